@@ -1,0 +1,18 @@
+"""Input and output: the Zarr multiome store, links tables, gene annotation, fragment files."""
+
+from p2g_dask._lazy import lazy_exports
+
+_EXPORTS = {
+    "ingest": "store",
+    "open_store": "store",
+    "MultiomeStore": "store",
+    "parse_peak_names": "peaks",
+    "peak_table": "peaks",
+    "write_links": "links",
+    "read_links": "links",
+    "read_gene_annotation": "annotation",
+    "read_chrom_sizes": "annotation",
+    "read_fragments": "fragments",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,12 @@
+"""Plots on collected results: ArchR-style browser tracks, link summaries, heatmaps."""
+
+from p2g_dask._lazy import lazy_exports
+
+_EXPORTS = {
+    "plot_peak2gene": "browser",
+    "plot_link_summary": "summary",
+    "plot_peak2gene_heatmap": "heatmap",
+    "plot_set": "style",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

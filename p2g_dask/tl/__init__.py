@@ -1,0 +1,22 @@
+"""Tools: metacells, peak-to-gene links, iterative LSI, pseudobulk coverage."""
+
+from p2g_dask._lazy import lazy_exports
+
+_EXPORTS = {
+    "metacells": "metacells",
+    "metacell_membership": "metacells",
+    "overlap_filter": "metacells",
+    "aggregate_metacells": "aggregate",
+    "candidate_pairs": "pairs",
+    "correlate_pairs": "correlate",
+    "benjamini_hochberg": "correlate",
+    "peak_to_gene": "peak_to_gene",
+    "iterative_lsi": "lsi",
+    "tfidf": "lsi",
+    "pseudobulk_with_fragments": "pseudobulk",
+    "filter_links": "links",
+    "links_per_gene": "links",
+    "links_per_peak": "links",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
