@@ -19,4 +19,9 @@ _EXPORTS = {
     "links_per_peak": "links",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+# These functions share their module's name: importing the submodule would bind the module to
+# the package attribute, so bind the functions eagerly instead.
+from p2g_dask.tl.metacells import metacells  # noqa: E402
+from p2g_dask.tl.peak_to_gene import peak_to_gene  # noqa: E402
 __all__ = sorted(_EXPORTS)

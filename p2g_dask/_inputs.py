@@ -1,0 +1,191 @@
+"""Normalise what users pass (AnnData, MuData, a store or its path, h5ad paths) into modalities.
+
+Every public entry point goes through :func:`resolve_input`, so the same input forms work for
+``peak_to_gene``, ``iterative_lsi``, ``pseudobulk_with_fragments`` and the plots.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from p2g_dask._logging import logger
+from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
+
+
+@dataclass
+class Modality:
+    """One modality over the analysed cells: counts in memory or in a store, plus tables."""
+
+    name: str
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    X: Any = None
+    store: StoreModality | None = None
+    obsm: Any = field(default_factory=dict)
+    adata: ad.AnnData | None = None
+
+    @property
+    def n_obs(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def n_vars(self) -> int:
+        return self.var.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        if self.store is not None:
+            return self.store.nnz
+        return int(self.X.nnz) if sp.issparse(self.X) else int(np.count_nonzero(self.X))
+
+
+def _is_mudata(obj: Any) -> bool:
+    try:
+        import mudata as md
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, md.MuData)
+
+
+def _read_path(obj: Any) -> Any:
+    if isinstance(obj, (str, os.PathLike)):
+        path = os.fspath(obj)
+        if is_store(path):
+            return open_store(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"input {path!r} does not exist.")
+        if path.lower().endswith(".h5ad"):
+            return ad.read_h5ad(path)
+        if path.lower().endswith(".h5mu"):
+            import mudata as md
+
+            return md.read_h5mu(path)
+        raise ValueError(
+            f"input {path!r}: give an AnnData, a MuData, a p2g store (p2g.io.ingest) or a path to "
+            ".h5ad / .h5mu / a store folder."
+        )
+    return obj
+
+
+def mudata_modality(mdata: Any, mod: str, argument: str) -> ad.AnnData:
+    """``mdata.mod[mod]`` with an error listing the modalities there are."""
+    if mod not in mdata.mod:
+        raise ValueError(
+            f"{argument}={mod!r} is not a modality of the MuData; it has {sorted(mdata.mod)}. "
+            f"Pass {argument}= with one of those names."
+        )
+    return mdata.mod[mod]
+
+
+def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None) -> Modality:
+    x = adata.X
+    if x is None:
+        raise ValueError(f"the {name} AnnData has no X; put raw counts in .X.")
+    if rows is not None:
+        obs = adata.obs.iloc[rows]
+        x = x[rows]
+        obsm = {k: (v.iloc[rows] if isinstance(v, pd.DataFrame) else v[rows]) for k, v in adata.obsm.items()}
+    else:
+        obs, obsm = adata.obs, dict(adata.obsm)
+    if sp.issparse(x) and x.format != "csr":
+        x = sp.csr_matrix(x)
+    return Modality(name, obs, adata.var, X=x, obsm=obsm, adata=adata)
+
+
+def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
+    """Barcodes of both modalities, in ATAC order; errors on none, warns on a partial overlap."""
+    common = atac_names.intersection(rna_names, sort=False)
+    if common.size == 0:
+        raise ValueError(
+            f"atac ({atac_names.size} cells, e.g. {atac_names[:1].tolist()}) and rna ({rna_names.size} "
+            f"cells, e.g. {rna_names[:1].tolist()}) share no barcodes; check both come from the same "
+            "run and use the same barcode form (e.g. the '-1' suffix)."
+        )
+    if common.size < max(atac_names.size, rna_names.size):
+        logger.warning(
+            "atac has %d cells and rna %d; using the %d barcodes they share",
+            atac_names.size, rna_names.size, common.size,
+        )
+    return common
+
+
+def resolve_input(
+    data: Any, rna: Any = None, *, mod_atac: str = "atac", mod_rna: str = "rna", need_rna: bool = False
+) -> tuple[Modality, Modality | None, dict]:
+    """Return ``(atac, rna, extra_obsm)`` over the shared cells.
+
+    ``extra_obsm`` holds a MuData's own ``obsm`` aligned to the shared cells (used when
+    ``use_rep`` is not in the ATAC modality).
+    """
+    data = _read_path(data)
+    rna = _read_path(rna)
+    extra_obsm: dict = {}
+    if isinstance(data, MultiomeStore):
+        if rna is not None:
+            raise ValueError("with a store as input, leave rna=None: the store holds both modalities.")
+        atac_mod = Modality("atac", data.atac.obs, data.atac.var, store=data.atac)
+        rna_mod = Modality("rna", data.rna.obs, data.rna.var, store=data.rna)
+        return atac_mod, rna_mod, extra_obsm
+    if _is_mudata(data):
+        mdata = data
+        data = mudata_modality(mdata, mod_atac, "mod_atac")
+        if rna is None and mod_rna in mdata.mod:
+            rna = mdata.mod[mod_rna]
+        elif rna is None and need_rna:
+            mudata_modality(mdata, mod_rna, "mod_rna")
+        names = data.obs_names if rna is None else data.obs_names.intersection(rna.obs_names, sort=False)
+        position = mdata.obs_names.get_indexer(names)
+        for key, value in mdata.obsm.items():
+            if (position >= 0).all():
+                extra_obsm[key] = value.iloc[position] if isinstance(value, pd.DataFrame) else value[position]
+    if not isinstance(data, ad.AnnData):
+        raise TypeError(
+            f"atac must be an AnnData, a MuData, a p2g store or a path to one; got {type(data).__name__}."
+        )
+    if rna is None:
+        if need_rna:
+            raise ValueError("rna is required (an AnnData of the same cells), or pass gene_obsm= with gene_names=.")
+        return _from_anndata(data, "atac", None), None, extra_obsm
+    if not isinstance(rna, ad.AnnData):
+        raise TypeError(f"rna must be an AnnData or a path to an .h5ad; got {type(rna).__name__}.")
+    atac_names, rna_names = pd.Index(data.obs_names), pd.Index(rna.obs_names)
+    if atac_names.equals(rna_names):
+        return _from_anndata(data, "atac", None), _from_anndata(rna, "rna", None), extra_obsm
+    common = common_cells(atac_names, rna_names)
+    atac_rows = None if common.equals(atac_names) else atac_names.get_indexer(common)
+    return (
+        _from_anndata(data, "atac", atac_rows),
+        _from_anndata(rna, "rna", rna_names.get_indexer(common)),
+        extra_obsm,
+    )
+
+
+def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
+    """The cell table of an AnnData, a MuData's ATAC modality, or a store."""
+    atac, _, _ = resolve_input(data, None, mod_atac=mod_atac)
+    return atac.obs
+
+
+def get_obsm(modality: Modality, key: str, extra_obsm: dict | None = None, argument: str = "use_rep") -> np.ndarray:
+    """``obsm[key]`` of a modality (then of a MuData) as an array; lists the keys there are."""
+    obsm = modality.store.obsm if modality.store is not None else modality.obsm
+    if key in obsm:
+        value = obsm[key]
+    elif extra_obsm and key in extra_obsm:
+        value = extra_obsm[key]
+    else:
+        keys = sorted(set(obsm) | set(extra_obsm or {}))
+        raise KeyError(
+            f"{argument}={key!r} is not in obsm; obsm has {keys}. Compute it first "
+            "(e.g. p2g.tl.iterative_lsi) or pass one of those keys."
+        )
+    if isinstance(value, pd.DataFrame):
+        value = value.to_numpy()
+    return value

@@ -1,0 +1,226 @@
+"""A parquet cache of a fragment file, partitioned by chromosome.
+
+Parsing a 10^8-line gzip text file is the slow part of making coverage tracks, and every run
+(another grouping, another bin size) would repeat it. The cache is written once per source file:
+
+```
+<cache_dir>/
+  manifest.json                 source path, size, mtime_ns; per chromosome: file and row count
+  barcodes.parquet              the file's barcodes; row i is barcode id i
+  fragments/chrom=<name>/part-0.parquet   start, end (uint32), barcode_id (int32), count (int32)
+```
+
+It is reused only while the source file has the same resolved path, size and mtime
+(nanoseconds); otherwise it is rebuilt. It holds every fragment of the file (not only the cells
+of one analysis), so one cache serves any grouping of the cells. It is built under a temporary
+name and renamed when complete, so an interrupted build never looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p2g_dask._atomic import atomic_path
+from p2g_dask._logging import logger, timed
+from p2g_dask.io.fragments import DEFAULT_BLOCK_SIZE, iter_fragments
+
+CACHE_VERSION = 1
+_SCHEMA = pa.schema([("start", pa.uint32()), ("end", pa.uint32()), ("barcode_id", pa.int32()), ("count", pa.int32())])
+# zstd: smallest cache here at the same read speed as lz4 (3 M fragments read back in 0.05 s).
+_COMPRESSION = "zstd"
+
+
+def _source_signature(source: Path) -> dict:
+    st = source.stat()
+    return {"source": str(source.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+@dataclass(frozen=True)
+class FragmentCache:
+    """An opened fragment cache (see the module docstring for the layout).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "f.tsv").write_text("chr1\\t10\\t60\\tAAAC-1\\t1\\nchr2\\t5\\t50\\tGGTA-1\\t1\\n")
+    >>> cache = build_fragment_cache(d / "f.tsv", d / "cache")
+    >>> cache.chroms, cache.read_chrom("chr2")["start"].tolist()
+    ({'chr1': 1, 'chr2': 1}, [5])
+    """
+
+    path: Path
+    manifest: dict
+
+    @property
+    def chroms(self) -> dict[str, int]:
+        """Number of fragments per chromosome, in the order of the source file."""
+        return {c: int(v["n"]) for c, v in self.manifest["chroms"].items()}
+
+    @property
+    def n_fragments(self) -> int:
+        return int(self.manifest["n_fragments"])
+
+    def chrom_file(self, chrom: str) -> str:
+        """Path of the parquet file holding ``chrom``."""
+        return str(self.path / self.manifest["chroms"][chrom]["file"])
+
+    def barcodes(self) -> np.ndarray:
+        """The file's barcodes as an object array; ``barcode_id`` indexes it."""
+        return pq.read_table(self.path / "barcodes.parquet").column("barcode").to_numpy(zero_copy_only=False)
+
+    def read_chrom(self, chrom: str, columns: tuple[str, ...] = ("start", "end", "barcode_id")) -> dict:
+        """Numpy arrays of one chromosome's ``columns`` (empty arrays for an absent chromosome)."""
+        if chrom not in self.manifest["chroms"]:
+            return {c: np.empty(0, _SCHEMA.field(c).type.to_pandas_dtype()) for c in columns}
+        return read_cache_file(self.chrom_file(chrom), columns)
+
+
+def read_cache_file(file: str, columns: tuple[str, ...] = ("start", "end", "barcode_id")) -> dict:
+    """Read ``columns`` of one chromosome file of a cache as numpy arrays (a task-side helper)."""
+    table = pq.read_table(file, columns=list(columns), use_threads=False, memory_map=True)
+    return {c: table.column(c).to_numpy() for c in columns}
+
+
+def open_fragment_cache(cache_dir: str | os.PathLike) -> FragmentCache:
+    """Open an existing cache (no validity check against its source; see :func:`cache_status`)."""
+    path = Path(cache_dir)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("version") != CACHE_VERSION:
+        raise ValueError(
+            f"cache_fragments: {str(path)!r} was written by another cache version "
+            f"({manifest.get('version')} != {CACHE_VERSION}); delete it to rebuild."
+        )
+    return FragmentCache(path, manifest)
+
+
+def cache_status(cache_dir: str | os.PathLike, source: str | os.PathLike) -> str:
+    """``'current'`` when the cache matches ``source``; otherwise the reason it does not."""
+    manifest_file = Path(cache_dir) / "manifest.json"
+    if not manifest_file.is_file():
+        return "no cache yet"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return f"unreadable manifest ({err})"
+    if manifest.get("version") != CACHE_VERSION:
+        return f"cache version {manifest.get('version')} != {CACHE_VERSION}"
+    now = _source_signature(Path(source))
+    changed = [k for k in ("source", "size", "mtime_ns") if manifest.get(k) != now[k]]
+    return "current" if not changed else "source changed (" + ", ".join(changed) + ")"
+
+
+def build_fragment_cache(
+    source: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    force: bool = False,
+) -> FragmentCache:
+    """Return the parquet cache of a fragment file, building it only when missing or stale.
+
+    Parameters
+    ----------
+    source
+        A 10x fragment file (gzip, bgzip or plain text).
+    cache_dir
+        The cache folder for this one file. Reused when it records the same resolved path,
+        size and mtime as ``source`` now has; rebuilt (replaced) otherwise.
+    block_size
+        Bytes of text parsed per block while building.
+    force
+        Rebuild even when the cache is current.
+
+    Returns
+    -------
+    FragmentCache
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "f.tsv").write_text("chr1\\t10\\t60\\tAAAC-1\\t1\\n")
+    >>> build_fragment_cache(d / "f.tsv", d / "cache").n_fragments
+    1
+    """
+    source, cache_dir = Path(source), Path(cache_dir)
+    status = cache_status(cache_dir, source)
+    if status == "current" and not force:
+        logger.info("fragment cache %s is current for %s; reusing it", cache_dir, source)
+        return open_fragment_cache(cache_dir)
+    if cache_dir.exists():
+        logger.info("rebuilding fragment cache %s: %s", cache_dir, "forced" if force else status)
+    signature = _source_signature(source)
+    with timed(f"caching fragments of {source.name}"), atomic_path(cache_dir, overwrite=True,
+                                                                     argument="cache_fragments") as tmp:
+        manifest = _write_cache(source, tmp, block_size)
+        manifest.update(signature)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # Re-check: a source modified while it was being read must not be recorded as cached.
+    if _source_signature(source) != signature:
+        raise RuntimeError(f"path_to_fragments: {str(source)!r} changed while it was being cached; run again.")
+    return FragmentCache(cache_dir, manifest)
+
+
+def _write_cache(source: Path, out: Path, block_size: int) -> dict:
+    out.mkdir(parents=True)
+    barcode_ids: dict[str, int] = {}
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts: dict[str, int] = {}
+    files: dict[str, str] = {}
+    n_total = 0
+    try:
+        for table in iter_fragments(source, block_size=block_size):
+            n_total += table.num_rows
+            bc = table.column("barcode").combine_chunks()
+            # Map the block's small barcode dictionary to file-wide ids, then index per row.
+            mapping = np.fromiter(
+                (barcode_ids.setdefault(b, len(barcode_ids)) for b in bc.dictionary.to_pylist()),
+                dtype=np.int32, count=len(bc.dictionary),
+            )
+            ids = mapping[bc.indices.to_numpy(zero_copy_only=False)]
+            chrom = table.column("chrom").combine_chunks()
+            chrom_codes = chrom.indices.to_numpy(zero_copy_only=False)
+            chrom_names = chrom.dictionary.to_pylist()
+            start = table.column("start").to_numpy().astype(np.uint32)
+            end = table.column("end").to_numpy().astype(np.uint32)
+            count = table.column("count").to_numpy()
+            # Sorted files give one run per chromosome; a stable sort keeps file order within one.
+            order = np.argsort(chrom_codes, kind="stable")
+            codes_sorted = chrom_codes[order]
+            bounds = np.flatnonzero(np.diff(codes_sorted)) + 1
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
+                name = chrom_names[codes_sorted[lo]]
+                rows = order[lo:hi]
+                if name not in writers:
+                    files[name] = f"fragments/chrom={urllib.parse.quote(name, safe='')}/part-0.parquet"
+                    (out / files[name]).parent.mkdir(parents=True)
+                    writers[name] = pq.ParquetWriter(out / files[name], _SCHEMA, compression=_COMPRESSION)
+                    counts[name] = 0
+                piece = pa.table(
+                    [start[rows], end[rows], ids[rows], count[rows]], schema=_SCHEMA
+                )
+                writers[name].write_table(piece, row_group_size=1 << 20)
+                counts[name] += int(hi - lo)
+    finally:
+        for w in writers.values():
+            w.close()
+    barcodes = np.empty(len(barcode_ids), dtype=object)
+    barcodes[list(barcode_ids.values())] = list(barcode_ids.keys())
+    pq.write_table(pa.table({"barcode": pa.array(barcodes, pa.string())}), out / "barcodes.parquet")
+    logger.info("cached %d fragments, %d barcodes, %d chromosomes from %s", n_total, len(barcodes),
+                len(counts), source)
+    return {
+        "version": CACHE_VERSION,
+        "n_fragments": n_total,
+        "n_barcodes": len(barcodes),
+        "chroms": {c: {"file": files[c], "n": counts[c]} for c in counts},
+    }

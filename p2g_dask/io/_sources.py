@@ -1,0 +1,209 @@
+"""Row-streaming readers for the inputs of ``ingest``: in-memory AnnData, h5ad, h5mu and 10x h5.
+
+Each source exposes ``obs``, ``var``, ``obsm`` and ``read_rows(sorted_rows) -> CSR`` so that
+``ingest`` never holds a whole matrix: a backed file is read one block of cells at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from p2g_dask._logging import logger
+
+
+@dataclass
+class RowSource:
+    """One modality of an input, readable by blocks of cell rows."""
+
+    name: str
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    read_rows: Callable[[np.ndarray], sp.csr_matrix]
+    obsm: dict[str, Any] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+    row_nnz: np.ndarray | None = None
+
+    @property
+    def n_vars(self) -> int:
+        return self.var.shape[0]
+
+
+def _h5_csr_reader(group: h5py.Group, n_vars: int):
+    """Rows of a CSR matrix stored as data/indices/indptr in HDF5."""
+    indptr = group["indptr"][:].astype(np.int64)
+    data_ds, indices_ds = group["data"], group["indices"]
+
+    def read_rows(rows: np.ndarray) -> sp.csr_matrix:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return sp.csr_matrix((0, n_vars), dtype=data_ds.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        # One contiguous read of the span, then row selection in memory: HDF5 is fast at
+        # contiguous reads and slow at many small ones.
+        start, stop = indptr[lo], indptr[hi]
+        span = sp.csr_matrix(
+            (data_ds[start:stop], indices_ds[start:stop], indptr[lo : hi + 1] - start), shape=(hi - lo, n_vars)
+        )
+        return sp.csr_matrix(span[rows - lo])
+
+    return read_rows, indptr
+
+
+def _read_anndata_h5(path: Path, prefix: str, name: str) -> tuple[RowSource, h5py.File]:
+    handle = h5py.File(path, "r")
+    root = handle[prefix] if prefix else handle
+    obs = ad.io.read_elem(root["obs"])
+    var = ad.io.read_elem(root["var"])
+    obsm = {k: ad.io.read_elem(root["obsm"][k]) for k in root["obsm"]} if "obsm" in root else {}
+    x = root["X"]
+    encoding = x.attrs.get("encoding-type", "array") if isinstance(x, h5py.Group) else "array"
+    if encoding == "csr_matrix":
+        reader, indptr = _h5_csr_reader(x, var.shape[0])
+        return RowSource(name, obs, var, reader, obsm, row_nnz=np.diff(indptr)), handle
+    if encoding == "csc_matrix":
+        logger.warning(
+            "%s: X of %s is stored column-major (CSC); it is loaded into memory once to read rows. "
+            "Store X as CSR to stream it.", path, name,
+        )
+        matrix = sp.csr_matrix(ad.io.read_elem(x))
+        return RowSource(name, obs, var, lambda rows: matrix[rows], obsm), handle
+
+    def dense_rows(rows):
+        return sp.csr_matrix(x[np.asarray(rows, dtype=np.int64)])
+
+    return RowSource(name, obs, var, dense_rows, obsm), handle
+
+
+def _read_10x_h5(path: Path) -> tuple[dict[str, RowSource], h5py.File]:
+    handle = h5py.File(path, "r")
+    if "matrix" not in handle:
+        handle.close()
+        raise ValueError(f"{str(path)!r} is not a 10x feature-barcode matrix h5 (no 'matrix' group).")
+    matrix = handle["matrix"]
+    n_features = int(matrix["shape"][0])
+    barcodes = matrix["barcodes"][:].astype(str)
+    features = matrix["features"]
+    feature_type = features["feature_type"][:].astype(str)
+    feature_names = features["name"][:].astype(str)
+    feature_ids = features["id"][:].astype(str)
+    intervals = features["interval"][:].astype(str) if "interval" in features else None
+    indptr = matrix["indptr"][:].astype(np.int64)
+    data_ds, indices_ds = matrix["data"], matrix["indices"]
+    obs = pd.DataFrame(index=pd.Index(barcodes, name=None))
+    sources = {}
+    for label, name in (("Peaks", "atac"), ("Gene Expression", "rna")):
+        columns = np.flatnonzero(feature_type == label)
+        if columns.size == 0:
+            continue
+        if name == "atac":
+            var = pd.DataFrame(index=pd.Index(feature_ids[columns]))
+        else:
+            var = pd.DataFrame({"gene_ids": feature_ids[columns]}, index=pd.Index(feature_names[columns]))
+            if intervals is not None:
+                var["interval"] = intervals[columns]
+        column_map = np.full(n_features, -1, dtype=np.int64)
+        column_map[columns] = np.arange(columns.size)
+
+        def read_rows(rows, column_map=column_map, width=columns.size):
+            rows = np.asarray(rows, dtype=np.int64)
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            start, stop = indptr[lo], indptr[hi]
+            indices = column_map[indices_ds[start:stop].astype(np.int64)]
+            data = data_ds[start:stop]
+            keep = indices >= 0
+            row_of = np.repeat(np.arange(hi - lo), np.diff(indptr[lo : hi + 1]))
+            span = sp.csr_matrix((data[keep], (row_of[keep], indices[keep])), shape=(hi - lo, width))
+            return sp.csr_matrix(span[rows - lo])
+
+        sources[name] = RowSource(name, obs.copy(), var, read_rows)
+    return sources, handle
+
+
+def open_sources(
+    atac: Any, rna: Any, *, mod_atac: str = "atac", mod_rna: str = "rna"
+) -> tuple[RowSource, RowSource, list]:
+    """Resolve the inputs of ``ingest`` into two row sources; returns open handles to close."""
+    handles: list = []
+    try:
+        import mudata as md
+    except ImportError:  # pragma: no cover - mudata is a dependency
+        md = None
+
+    def from_anndata(adata: ad.AnnData, name: str) -> RowSource:
+        x = adata.X
+        if x is None:
+            raise ValueError(f"the {name} AnnData has no X matrix; put the counts in .X.")
+        if isinstance(x, (ad.abc.CSRDataset, ad.abc.CSCDataset)):
+            x = x.to_memory()
+        matrix = sp.csr_matrix(x) if not sp.issparse(x) or x.format != "csr" else x
+        return RowSource(name, adata.obs, adata.var, lambda rows: matrix[rows], dict(adata.obsm),
+                         row_nnz=np.diff(matrix.indptr))
+
+    def open_one(obj, name, mod):
+        if isinstance(obj, ad.AnnData):
+            return from_anndata(obj, name)
+        if md is not None and isinstance(obj, md.MuData):
+            return from_anndata(_mudata_modality(obj, mod, "data"), name)
+        path = Path(os.fspath(obj))
+        if not path.exists():
+            raise FileNotFoundError(f"{name}={str(path)!r} does not exist.")
+        suffix = "".join(path.suffixes[-1:]).lower()
+        if suffix == ".h5ad":
+            source, handle = _read_anndata_h5(path, "", name)
+            handles.append(handle)
+            return source
+        if suffix == ".h5mu":
+            with h5py.File(path, "r") as f:
+                mods = list(f["mod"].keys()) if "mod" in f else []
+            if mod not in mods:
+                raise ValueError(f"mod_{name}={mod!r} is not a modality of {str(path)!r}; it has {mods}.")
+            source, handle = _read_anndata_h5(path, f"mod/{mod}", name)
+            handles.append(handle)
+            return source
+        raise ValueError(
+            f"{name}={str(path)!r}: unsupported input; give an AnnData, a MuData, or a path to "
+            ".h5ad, .h5mu or a 10x filtered_feature_bc_matrix .h5."
+        )
+
+    try:
+        single = rna is None
+        if single:
+            path = None if isinstance(atac, ad.AnnData) else atac
+            if md is not None and isinstance(atac, md.MuData):
+                return open_one(atac, "atac", mod_atac), open_one(atac, "rna", mod_rna), handles
+            if path is not None and str(path).lower().endswith(".h5") and not str(path).lower().endswith(".h5ad"):
+                sources, handle = _read_10x_h5(Path(path))
+                handles.append(handle)
+                missing = {"atac", "rna"} - set(sources)
+                if missing:
+                    raise ValueError(f"{str(path)!r} has no {' or '.join(sorted(missing))} features (feature_types).")
+                return sources["atac"], sources["rna"], handles
+            if path is not None and str(path).lower().endswith(".h5mu"):
+                return open_one(path, "atac", mod_atac), open_one(path, "rna", mod_rna), handles
+            raise ValueError(
+                "rna=None needs a combined input: a MuData, an .h5mu path or a 10x multiome .h5; "
+                "otherwise pass rna=<AnnData or .h5ad>."
+            )
+        return open_one(atac, "atac", mod_atac), open_one(rna, "rna", mod_rna), handles
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        raise
+
+
+def _mudata_modality(mdata, mod: str, argument: str):
+    if mod not in mdata.mod:
+        raise ValueError(
+            f"mod={mod!r} is not a modality of the MuData given as {argument}; it has {list(mdata.mod)}. "
+            "Pass mod_atac=/mod_rna= with the right names."
+        )
+    return mdata.mod[mod]

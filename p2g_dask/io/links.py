@@ -1,0 +1,116 @@
+"""Links tables on disk: parquet that keeps parameters and metacells, plus genome-browser formats."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p2g_dask._atomic import atomic_path
+
+_META_KEY = b"p2g_dask"
+FORMATS = ("parquet", "bedpe", "interact", "longrange")
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        return {"__ndarray__": np.asarray(value).tolist()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_json(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            array = np.asarray(value["__ndarray__"])
+            if key == "metacells":
+                from p2g_dask.tl.metacells import MetacellMembership
+
+                return MetacellMembership(array.astype(np.int64))
+            return array
+        return {k: _from_json(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def write_links(
+    links: pd.DataFrame, path: str | os.PathLike, *, format: str = "parquet", overwrite: bool = False, **options: Any
+) -> Path:
+    """Write a links table; parquet keeps ``links.attrs`` (parameters, metacells, timings).
+
+    Parameters
+    ----------
+    links
+        Output of :func:`p2g_dask.tl.peak_to_gene` (or a filtered subset).
+    path
+        Output file.
+    format
+        ``'parquet'`` (lossless), ``'bedpe'``, ``'interact'`` (UCSC) or ``'longrange'`` (WashU).
+    overwrite
+        Replace an existing file.
+    options
+        Passed to the browser-format writer (e.g. ``fdr_thresh``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> links = pd.DataFrame({"peak": ["chr1:1-5"], "gene": ["A"], "correlation": [0.5]})
+    >>> links.attrs["params"] = {"seed": 1}
+    >>> out = write_links(links, tempfile.mkdtemp() + "/links.parquet")
+    >>> read_links(out).attrs["params"]
+    {'seed': 1}
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is not supported; use one of {FORMATS}.")
+    path = Path(path)
+    if format != "parquet":
+        from p2g_dask.io import links_formats
+
+        writer = getattr(links_formats, f"write_links_{format}")
+        with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
+            writer(links, tmp, **options)
+        return path
+    table = pa.Table.from_pandas(links, preserve_index=False)
+    metadata = dict(table.schema.metadata or {})
+    metadata[_META_KEY] = json.dumps(_to_json(dict(links.attrs))).encode()
+    # pandas' own metadata would also carry attrs (as plain JSON); ours restores types.
+    metadata.pop(b"pandas", None)
+    table = table.replace_schema_metadata(metadata)
+    with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_links(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a parquet links table written by :func:`write_links`, with its ``attrs``.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> out = write_links(pd.DataFrame({"gene": ["A"]}), tempfile.mkdtemp() + "/l.parquet")
+    >>> read_links(out)["gene"].tolist()
+    ['A']
+    """
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    links = table.to_pandas()
+    if _META_KEY in metadata:
+        links.attrs = _from_json(json.loads(metadata[_META_KEY]))
+    return links

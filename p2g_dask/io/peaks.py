@@ -1,0 +1,106 @@
+"""Peak coordinates from var names (``chr1:100-200``, ``chr1-100-200``, ``chr1_100_200``) or columns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+_PEAK_NAME = re.compile(r"^(?P<chrom>.+?)[:_-](?P<start>\d+)[-_](?P<end>\d+)$")
+_COLUMN_ALIASES = {
+    "chrom": ("chrom", "chr", "Chromosome", "seqnames", "chromosome"),
+    "start": ("start", "Start", "chromStart"),
+    "end": ("end", "End", "chromEnd"),
+}
+
+
+def parse_peak_names(names: Sequence[str]) -> pd.DataFrame:
+    """Parse peak names into ``chrom, start, end`` (0-based, half-open, as written).
+
+    Parameters
+    ----------
+    names
+        Peak names such as ``chr1:100-200``, ``chr1-100-200`` or ``chr1_100_200``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``chrom`` (str), ``start``, ``end`` (int64), indexed by the names.
+
+    Examples
+    --------
+    >>> parse_peak_names(["chr1:100-200", "chrX-5-10"]).to_dict("list")
+    {'chrom': ['chr1', 'chrX'], 'start': [100, 5], 'end': [200, 10]}
+    """
+    names = pd.Index(np.asarray(names, dtype=object).astype(str))
+    parts = names.str.extract(_PEAK_NAME)
+    bad = parts["chrom"].isna()
+    if bad.any():
+        example = names[np.flatnonzero(bad.to_numpy())[0]]
+        raise ValueError(
+            f"{int(bad.sum())} of {len(names)} peak names cannot be parsed, e.g. {example!r}; "
+            "name peaks 'chr1:100-200', 'chr1-100-200' or 'chr1_100_200', or give var columns "
+            "'chrom', 'start' and 'end'."
+        )
+    table = pd.DataFrame(
+        {
+            "chrom": parts["chrom"].to_numpy(dtype=object),
+            "start": parts["start"].astype(np.int64).to_numpy(),
+            "end": parts["end"].astype(np.int64).to_numpy(),
+        },
+        index=names,
+    )
+    _check_intervals(table)
+    return table
+
+
+def _check_intervals(table: pd.DataFrame) -> None:
+    bad = (table["end"].to_numpy() <= table["start"].to_numpy()) | (table["start"].to_numpy() < 0)
+    if bad.any():
+        row = table.iloc[int(np.flatnonzero(bad)[0])]
+        raise ValueError(
+            f"{int(bad.sum())} peaks have end <= start or a negative start, e.g. "
+            f"{row.name!r} ({row['chrom']}, {row['start']}, {row['end']}); peaks must be "
+            "0-based half-open intervals with start < end."
+        )
+
+
+def peak_table(var: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
+    """Peak coordinates from a var table (``chrom/start/end`` columns) or from its names.
+
+    Parameters
+    ----------
+    var
+        An AnnData ``var`` DataFrame, or a sequence of peak names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``chrom, start, end`` indexed by peak name, in the input's order.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> var = pd.DataFrame({"chrom": ["chr2"], "start": [10], "end": [20]}, index=["p1"])
+    >>> peak_table(var).loc["p1", "end"]
+    20
+    """
+    if not isinstance(var, pd.DataFrame):
+        return parse_peak_names(var)
+    found = {}
+    for key, aliases in _COLUMN_ALIASES.items():
+        found[key] = next((a for a in aliases if a in var.columns), None)
+    if all(found.values()):
+        table = pd.DataFrame(
+            {
+                "chrom": var[found["chrom"]].astype(str).to_numpy(dtype=object),
+                "start": var[found["start"]].astype(np.int64).to_numpy(),
+                "end": var[found["end"]].astype(np.int64).to_numpy(),
+            },
+            index=var.index.astype(str),
+        )
+        _check_intervals(table)
+        return table
+    return parse_peak_names(var.index)

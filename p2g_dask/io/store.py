@@ -1,0 +1,383 @@
+"""The p2g multiome store: one Zarr (v3) folder holding ATAC and RNA of the same cells.
+
+Layout (each modality is a complete AnnData Zarr group, readable with ``anndata.read_zarr``)::
+
+    store.zarr/                 attrs: p2g_format_version, p2g_dask_version, n_obs
+      atac/  X (CSR: data, indices, indptr), obs, var, obsm, uns
+      rna/   X (CSR), obs, var, obsm, uns
+
+Cells are the barcode intersection of the inputs, in the ATAC input's order. ``X`` is written
+one block of cells at a time, so a backed h5ad or a 10x h5 is never loaded whole. Row chunks
+of the lazy ``X`` are logical (any chunking can be read), chosen by a target of bytes per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import zarr
+
+import p2g_dask
+from p2g_dask._atomic import atomic_path
+from p2g_dask._logging import logger, timed
+from p2g_dask.io._sources import RowSource, open_sources
+
+#: Bytes of CSR (data + indices) per row chunk when none is given.
+DEFAULT_CHUNK_BYTES = 96 * 2**20
+_ZARR_ELEMENT_CHUNK = 2**20
+
+ad.settings.zarr_write_format = 3
+try:  # the setting exists from anndata 0.12; deciding it explicitly silences its warning
+    ad.settings.auto_shard_zarr_v3 = False
+except AttributeError:  # pragma: no cover
+    pass
+
+
+def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES, bytes_per_nnz: int = 8) -> int:
+    """Cells per row chunk so that one chunk holds about ``chunk_bytes`` of CSR data."""
+    return int(max(256, min(200_000, chunk_bytes // max(1.0, row_nnz_mean * bytes_per_nnz))))
+
+
+def _validate_block(block: sp.csr_matrix, name: str, first_row: int) -> None:
+    data = block.data
+    if data.size and not np.isfinite(data).all():
+        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(~np.isfinite(data))[0], side="right") - 1)
+        raise ValueError(
+            f"{name} counts contain non-finite values (NaN or inf), first in cell row {row}; "
+            "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
+        )
+    if data.size and data.min() < 0:
+        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(data < 0)[0], side="right") - 1)
+        raise ValueError(
+            f"{name} counts contain negative values (min {data.min()}), first in cell row {row}; "
+            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
+        )
+
+
+def _storage_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.int32) if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
+
+
+def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chunk_cells: int) -> None:
+    """Write one modality's X block by block, then obs/var/obsm with anndata's encoders."""
+    n_obs, n_vars = rows.size, source.n_vars
+    probe = source.read_rows(rows[: min(rows.size, 16)])
+    dtype = _storage_dtype(probe.dtype)
+    x_group = group.create_group("X")
+    x_group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
+    data = x_group.create_array("data", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=dtype)
+    indices = x_group.create_array("indices", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int32)
+    indptr = np.zeros(n_obs + 1, dtype=np.int64)
+    for start in range(0, n_obs, chunk_cells):
+        stop = min(start + chunk_cells, n_obs)
+        wanted = rows[start:stop]
+        order = np.argsort(wanted, kind="stable")
+        block = source.read_rows(wanted[order])
+        block = sp.csr_matrix(block[np.argsort(order, kind="stable")])
+        block.sum_duplicates()
+        block.sort_indices()
+        _validate_block(block, source.name, start)
+        if block.dtype != dtype:
+            if dtype == np.int32 and block.data.size and block.data.max() > np.iinfo(np.int32).max:
+                raise ValueError(f"{source.name} counts exceed the int32 range; store them as float.")
+            block = block.astype(dtype)
+        indptr[start + 1 : stop + 1] = indptr[start] + np.cumsum(np.diff(block.indptr))
+        data.append(block.data)
+        indices.append(block.indices.astype(np.int32, copy=False))
+    ptr = x_group.create_array("indptr", shape=indptr.shape, chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int64)
+    ptr[:] = indptr
+    obs = source.obs.iloc[rows].copy()
+    obs.index = obs.index.astype(str)
+    ad.io.write_elem(group, "obs", obs)
+    var = source.var.copy()
+    var.index = var.index.astype(str)
+    ad.io.write_elem(group, "var", var)
+    ad.io.write_elem(group, "obsm", {k: _take_rows(v, rows) for k, v in source.obsm.items()})
+    for empty in ("layers", "varm", "obsp", "varp"):
+        ad.io.write_elem(group, empty, {})
+    ad.io.write_elem(group, "uns", {})
+    group.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0", "p2g_chunk_cells": int(chunk_cells)})
+
+
+def _take_rows(value, rows):
+    if isinstance(value, pd.DataFrame):
+        return value.iloc[rows]
+    return value[rows]
+
+
+def ingest(
+    atac: Any,
+    rna: Any = None,
+    path: str | os.PathLike | None = None,
+    *,
+    chunk_cells: int | None = None,
+    mod_atac: str = "atac",
+    mod_rna: str = "rna",
+    overwrite: bool = False,
+) -> "MultiomeStore":
+    """Write paired ATAC and RNA counts into one chunked Zarr store.
+
+    Parameters
+    ----------
+    atac
+        Cells x peaks: an AnnData, a path to ``.h5ad``; or a combined input (a MuData, an
+        ``.h5mu`` path, or a 10x multiome ``filtered_feature_bc_matrix.h5``) with ``rna=None``.
+    rna
+        Cells x genes: an AnnData or an ``.h5ad`` path. With a combined input, ``rna`` may be
+        the output path (``ingest(mdata, "store.zarr")``).
+    path
+        Output folder of the store (``.zarr`` by convention).
+    chunk_cells
+        Cells per written block and default row chunk; chosen from ~96 MiB of CSR data if None.
+    mod_atac, mod_rna
+        Modality names in a MuData / ``.h5mu`` input.
+    overwrite
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    MultiomeStore
+        The opened store.
+
+    Examples
+    --------
+    >>> import tempfile, p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=100, n_peaks=500, n_genes=50, n_linked_genes=5)
+    >>> store = p2g.io.ingest(sim.atac, sim.rna, tempfile.mkdtemp() + "/demo.zarr")
+    >>> store.atac.X.shape
+    (100, 500)
+    """
+    if path is None and rna is not None and str(rna).endswith(".zarr") and not hasattr(rna, "obs"):
+        path, rna = rna, None
+    if path is None:
+        raise ValueError("path is required: the output folder of the store, e.g. 'pbmc.zarr'.")
+    with timed("ingest"):
+        atac_src, rna_src, handles = open_sources(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna)
+        try:
+            atac_names = pd.Index(atac_src.obs.index.astype(str))
+            rna_names = pd.Index(rna_src.obs.index.astype(str))
+            common = atac_names.intersection(rna_names, sort=False)
+            _report_overlap(len(atac_names), len(rna_names), len(common))
+            atac_rows = atac_names.get_indexer(common)
+            rna_rows = rna_names.get_indexer(common)
+            if chunk_cells is None:
+                nnz = atac_src.row_nnz
+                mean_nnz = float(nnz.mean()) if nnz is not None and nnz.size else 2_000.0
+                chunk_cells = chunk_cells_for(mean_nnz)
+            if chunk_cells < 1:
+                raise ValueError(f"chunk_cells={chunk_cells} must be a positive number of cells.")
+            with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
+                root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+                root.attrs.update(
+                    {
+                        "p2g_format_version": p2g_dask.STORE_FORMAT_VERSION,
+                        "p2g_dask_version": p2g_dask.__version__,
+                        "n_obs": int(common.size),
+                    }
+                )
+                for source, rows in ((atac_src, atac_rows), (rna_src, rna_rows)):
+                    _write_modality(root.create_group(source.name), source, rows, int(chunk_cells))
+                logger.info("stored %d cells x %d peaks x %d genes in %s", common.size,
+                            atac_src.n_vars, rna_src.n_vars, path)
+        finally:
+            for handle in handles:
+                handle.close()
+    return open_store(path)
+
+
+def _report_overlap(n_atac: int, n_rna: int, n_common: int) -> None:
+    if n_common == 0:
+        raise ValueError(
+            f"atac ({n_atac} cells) and rna ({n_rna} cells) share no barcodes; check that both "
+            "come from the same multiome run and that obs_names use the same form (e.g. a '-1' suffix)."
+        )
+    if n_common < max(n_atac, n_rna):
+        logger.warning(
+            "atac has %d cells and rna %d; keeping the %d shared barcodes", n_atac, n_rna, n_common
+        )
+
+
+def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
+    group = zarr.open_group(path, mode="r")[f"{modality}/X"]
+    indptr = group["indptr"][start : stop + 1]
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    data = group["data"][lo:hi]
+    indices = group["indices"][lo:hi]
+    return sp.csr_matrix((data, indices, indptr - lo), shape=(stop - start, n_vars))
+
+
+class StoreModality:
+    """One modality of a store: lazy ``X``, in-memory ``obs``/``var``, and ``obsm`` on demand."""
+
+    def __init__(self, path: str, name: str, chunk_cells: int | None = None):
+        self.path, self.name = path, name
+        group = zarr.open_group(path, mode="r")[name]
+        self._group = group
+        self.obs: pd.DataFrame = ad.io.read_elem(group["obs"])
+        self.var: pd.DataFrame = ad.io.read_elem(group["var"])
+        shape = tuple(group["X"].attrs["shape"])
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = group["X/data"].dtype
+        self.nnz = int(group["X/data"].shape[0])
+        if chunk_cells is None:
+            chunk_cells = group.attrs.get("p2g_chunk_cells") or chunk_cells_for(self.nnz / max(1, self.shape[0]))
+        self.chunk_cells = int(chunk_cells)
+
+    @property
+    def n_obs(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_vars(self) -> int:
+        return self.shape[1]
+
+    def row_chunks(self, chunk_cells: int | None = None) -> list[tuple[int, int]]:
+        """``(start, stop)`` cell-row ranges of the chunks."""
+        step = chunk_cells or self.chunk_cells
+        return [(s, min(s + step, self.n_obs)) for s in range(0, self.n_obs, step)]
+
+    @property
+    def X(self) -> da.Array:
+        """Cells x features as a dask array of scipy CSR row chunks (read lazily from Zarr)."""
+        return self.lazy_X()
+
+    def lazy_X(self, chunk_cells: int | None = None) -> da.Array:
+        bounds = self.row_chunks(chunk_cells)
+        token = dask.base.tokenize(self.path, self.name, bounds, os.path.getmtime(self.path))
+        name = f"p2g-read-{self.name}-{token}"
+        graph = {
+            (name, i, 0): (_read_csr_rows, self.path, self.name, s, e, self.n_vars) for i, (s, e) in enumerate(bounds)
+        }
+        chunks = (tuple(e - s for s, e in bounds) or (0,), (self.n_vars,))
+        meta = sp.csr_matrix((0, 0), dtype=self.dtype)
+        return da.Array(graph, name, chunks, meta=meta)
+
+    @property
+    def obsm(self) -> dict[str, np.ndarray]:
+        group = zarr.open_group(self.path, mode="r")[f"{self.name}/obsm"]
+        return {key: ad.io.read_elem(group[key]) for key in group.keys()}
+
+    @property
+    def uns(self) -> dict:
+        return ad.io.read_elem(zarr.open_group(self.path, mode="r")[f"{self.name}/uns"])
+
+    def write_obsm(self, key: str, value: np.ndarray, *, overwrite: bool = True) -> None:
+        """Store a cells x d array (e.g. an embedding) under ``obsm[key]``."""
+        value = np.asarray(value)
+        if value.shape[0] != self.n_obs:
+            raise ValueError(f"obsm[{key!r}] has {value.shape[0]} rows; the store has {self.n_obs} cells.")
+        group = zarr.open_group(self.path, mode="r+")[f"{self.name}/obsm"]
+        if key in group and not overwrite:
+            raise FileExistsError(f"obsm[{key!r}] exists in {self.path}; pass overwrite=True.")
+        # Write under a temporary key, then swap, so an interruption never leaves a partial array.
+        tmp_key = f"_p2g_tmp_{key}"
+        ad.io.write_elem(group, tmp_key, value)
+        if key in group:
+            del group[key]
+        ad.io.write_elem(group, key, value)
+        del group[tmp_key]
+
+    def write_uns(self, key: str, value: Mapping) -> None:
+        """Store a JSON-like mapping under ``uns[key]``."""
+        group = zarr.open_group(self.path, mode="r+")[f"{self.name}/uns"]
+        if key in group:
+            del group[key]
+        ad.io.write_elem(group, key, dict(value))
+
+    def to_memory(self, rows: np.ndarray | slice | None = None) -> sp.csr_matrix:
+        """Read X (or some rows of it) into memory as CSR."""
+        if rows is None:
+            return _read_csr_rows(self.path, self.name, 0, self.n_obs, self.n_vars)
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.n_obs)
+            return _read_csr_rows(self.path, self.name, start, stop, self.n_vars)
+        rows = np.asarray(rows)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        return _read_csr_rows(self.path, self.name, lo, hi, self.n_vars)[rows - lo]
+
+    def to_anndata(self) -> ad.AnnData:
+        """The whole modality in memory as AnnData."""
+        return ad.read_zarr(os.path.join(self.path, self.name))
+
+    def __repr__(self) -> str:
+        return f"StoreModality({self.name!r}, {self.n_obs} cells x {self.n_vars} features, nnz={self.nnz})"
+
+
+class MultiomeStore:
+    """An opened p2g store: ``.atac`` and ``.rna`` modalities over the same cells."""
+
+    def __init__(self, path: str | os.PathLike, chunk_cells: int | None = None):
+        self.path = str(Path(path).resolve())
+        root = zarr.open_group(self.path, mode="r")
+        version = root.attrs.get("p2g_format_version")
+        if version is None:
+            raise ValueError(f"{str(path)!r} is not a p2g_dask store (no p2g_format_version); create one with p2g.io.ingest.")
+        if int(version) != p2g_dask.STORE_FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} was written with store format {version} (p2g_dask "
+                f"{root.attrs.get('p2g_dask_version')}); this p2g_dask reads format "
+                f"{p2g_dask.STORE_FORMAT_VERSION}: re-ingest the data with this version."
+            )
+        self.attrs = dict(root.attrs)
+        self.atac = StoreModality(self.path, "atac", chunk_cells)
+        self.rna = StoreModality(self.path, "rna", chunk_cells)
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.atac.obs.index
+
+    def __repr__(self) -> str:
+        return f"MultiomeStore({self.path!r}: {self.atac!r}, {self.rna!r})"
+
+
+def open_store(path: str | os.PathLike, *, chunk_cells: int | None = None) -> MultiomeStore:
+    """Open a p2g store lazily.
+
+    Parameters
+    ----------
+    path
+        Folder written by :func:`ingest`.
+    chunk_cells
+        Cells per row chunk of the lazy matrices; chosen from ~96 MiB of CSR data if None.
+
+    Returns
+    -------
+    MultiomeStore
+        ``store.atac.X`` / ``store.rna.X`` are dask arrays of CSR row chunks.
+
+    Examples
+    --------
+    >>> import tempfile, p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=100, n_peaks=500, n_genes=50, n_linked_genes=5)
+    >>> path = tempfile.mkdtemp() + "/demo.zarr"
+    >>> _ = p2g.io.ingest(sim.atac, sim.rna, path)
+    >>> p2g.io.open_store(path).rna.X.shape
+    (100, 50)
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"store path={str(path)!r} does not exist; create it with p2g.io.ingest.")
+    return MultiomeStore(path, chunk_cells)
+
+
+def is_store(obj: Any) -> bool:
+    """True for a MultiomeStore or a path to a folder holding one."""
+    if isinstance(obj, MultiomeStore):
+        return True
+    if isinstance(obj, (str, os.PathLike)):
+        meta = Path(obj) / "zarr.json"
+        if meta.exists():
+            try:
+                return "p2g_format_version" in json.loads(meta.read_text()).get("attributes", {})
+            except (OSError, ValueError):
+                return False
+    return False

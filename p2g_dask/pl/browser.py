@@ -1,0 +1,348 @@
+"""ArchR-style browser track of one gene's peak-to-gene links (``plot_peak2gene``).
+
+Rows, top to bottom, on one genomic x axis: coverage per group (from BigWigs or from the peak
+matrix), the peaks of the region, the links as arcs, the gene models. Everything is drawn on the
+client from collected results; only the region's peak columns are read from the matrix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from p2g_dask._logging import logger
+from p2g_dask.pl import _tracks
+
+GENE_COLUMNS = ("gene_name", "chrom", "start", "end", "strand")
+LINK_COLUMNS = ("peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance", "correlation", "fdr")
+# Track heights in inches; a figsize= rescales them proportionally.
+_COVERAGE_IN, _PEAKS_IN, _ARCS_IN, _GENE_ROW_IN, _AXIS_IN = 0.42, 0.2, 1.1, 0.34, 0.55
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: annotation tables, links, and the region's columns of the peak matrix.
+
+
+def load_annotations(gene_annotation: Any, exon_annotation: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Genes and exons (or None) from DataFrames, or via :func:`p2g_dask.io.read_gene_annotation`.
+
+    DataFrames are used as given (validated); a path (GFF3/GTF/gene table, or an exon BED for
+    ``exon_annotation``) or a genome object goes through the reader, and a GFF's own exons are
+    used when no ``exon_annotation`` is given.
+    """
+    if isinstance(gene_annotation, pd.DataFrame) and (exon_annotation is None
+                                                      or isinstance(exon_annotation, pd.DataFrame)):
+        genes, exons = gene_annotation, exon_annotation
+    else:
+        # Imported lazily: the annotation reader is only needed for files.
+        from p2g_dask.io.annotation import read_gene_annotation
+
+        genes, exons = read_gene_annotation(gene_annotation, exons=exon_annotation)
+        if exon_annotation is None and exons.empty:
+            exons = None
+    _check_columns(genes, GENE_COLUMNS, "gene_annotation")
+    if exons is not None:
+        _check_columns(exons, GENE_COLUMNS[:4], "exon_annotation")
+    return genes, exons
+
+
+def _check_columns(table: Any, columns: tuple[str, ...], argument: str) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{argument} must be a DataFrame with columns {list(columns)} or a path to an "
+                        f"annotation file; got {type(table).__name__}.")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{argument} lacks columns {missing}; it needs {list(columns)} (0-based half-open "
+            "coordinates), e.g. from p2g.io.read_gene_annotation."
+        )
+
+
+def check_links(links: pd.DataFrame, columns: tuple[str, ...] = LINK_COLUMNS) -> pd.DataFrame:
+    """Raise a ``ValueError`` naming the missing columns of a links table."""
+    if not isinstance(links, pd.DataFrame):
+        raise TypeError(f"links must be the DataFrame returned by p2g.tl.peak_to_gene; got {type(links).__name__}.")
+    missing = [c for c in columns if c not in links.columns]
+    if missing:
+        raise ValueError(f"links lacks columns {missing}; pass the table returned by p2g.tl.peak_to_gene.")
+    return links
+
+
+def passing_links(links: pd.DataFrame, *, fdr_thresh: float, min_abs_r: float) -> np.ndarray:
+    """Boolean mask of links with ``fdr <= fdr_thresh`` and ``|correlation| >= min_abs_r`` (NaN fails)."""
+    fdr = links["fdr"].to_numpy(dtype=float)
+    r = links["correlation"].to_numpy(dtype=float)
+    return (fdr <= fdr_thresh) & (np.abs(r) >= min_abs_r)
+
+
+def close_names(name: str, names: pd.Series | np.ndarray, n: int = 5) -> list[str]:
+    """Up to ``n`` names close to ``name`` (case-insensitive), for 'did you mean' errors."""
+    names = pd.unique(np.asarray(names, dtype=str))
+    lower = {}
+    for nm in names:
+        lower.setdefault(nm.lower(), nm)
+    hits = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
+    return [lower[h] for h in hits]
+
+
+def locate_gene(genes: pd.DataFrame, gene: str, links_chrom: str | None) -> pd.Series:
+    """The annotation row of ``gene``; a ``ValueError`` with close names when it is absent."""
+    rows = genes[genes["gene_name"] == gene]
+    if rows.empty:
+        hint = close_names(gene, genes["gene_name"])
+        raise ValueError(
+            f"gene={gene!r} is not in gene_annotation ({len(genes)} genes)"
+            + (f"; close names: {hint}" if hint else "")
+            + ". Pass a gene_name of the annotation used for peak_to_gene."
+        )
+    if len(rows) > 1:
+        same = rows[rows["chrom"] == links_chrom] if links_chrom is not None else rows
+        rows = same if not same.empty else rows
+        logger.warning("gene %s has %d annotation rows; drawing the first on %s", gene, len(rows), rows.iloc[0]["chrom"])
+    return rows.iloc[0]
+
+
+
+
+def _region(gene_row: pd.Series, sel: pd.DataFrame, pad_bp: int) -> tuple[int, int]:
+    lo = [int(gene_row["start"])] + ([int(sel["peak_start"].min()), int(sel["tss"].min())] if len(sel) else [])
+    hi = [int(gene_row["end"])] + ([int(sel["peak_end"].max()), int(sel["tss"].max()) + 1] if len(sel) else [])
+    return max(0, min(lo) - pad_bp), max(hi) + pad_bp
+
+
+def _region_peaks(modality: Any, sel: pd.DataFrame, region_links: pd.DataFrame, chrom: str,
+                  lo: int, hi: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Peaks overlapping the region and their column numbers (-1 without a matrix)."""
+    if modality is not None:
+        from p2g_dask.io.peaks import peak_table
+
+        table = peak_table(modality.var)
+        keep = ((table["chrom"] == chrom) & (table["end"] > lo) & (table["start"] < hi)).to_numpy()
+        return table[keep], np.flatnonzero(keep)
+    # BigWig-only plot: the peaks known from the links table are all there is to show.
+    table = region_links.drop_duplicates("peak").set_index("peak")[["peak_start", "peak_end"]]
+    table = table.rename(columns={"peak_start": "start", "peak_end": "end"}).sort_values("start")
+    table.insert(0, "chrom", chrom)
+    return table, np.full(len(table), -1)
+
+
+def _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, lo, hi, n_bins):
+    """``{group: (kind, x, values)}`` for the coverage rows, in display order."""
+    if bigwig_files is not None:
+        return {str(g): ("steps", *_tracks.bigwig_signal(path, chrom, lo, hi, n_bins))
+                for g, path in bigwig_files.items()}
+    if group_by is None:
+        labels, groups = np.full(modality.n_obs, "all cells", dtype=object), ["all cells"]
+    else:
+        labels, groups = _tracks.group_labels(modality.obs, group_by)
+    counts, totals = _tracks.read_columns(modality, cols, totals=depth_col is None)
+    if depth_col is not None:
+        if depth_col not in modality.obs.columns:
+            raise KeyError(f"depth_col={depth_col!r} is not an obs column; obs has {list(modality.obs.columns)}.")
+        totals = modality.obs[depth_col].to_numpy(dtype=float)
+    means = _tracks.group_mean_cp10k(counts, totals, labels, groups)
+    edges = (peaks["start"].to_numpy(), peaks["end"].to_numpy())
+    return {g: ("bars", edges, means[i]) for i, g in enumerate(groups)}
+
+
+def plot_peak2gene(
+    atac: Any = None,
+    *,
+    gene: str,
+    links: pd.DataFrame,
+    gene_annotation: pd.DataFrame | str | os.PathLike,
+    exon_annotation: pd.DataFrame | str | os.PathLike | None = None,
+    fdr_thresh: float = 0.01,
+    min_abs_r: float = 0.3,
+    pad_bp: int = 80_000,
+    group_by: str | None = None,
+    bigwig_files: Mapping[str, str | os.PathLike] | None = None,
+    depth_col: str | None = None,
+    mod_atac: str = "atac",
+    cmap: str = "RdBu_r",
+    figsize: tuple[float, float] | None = None,
+    ax: Any = None,
+    show: bool = False,
+):
+    """Browser track of one gene's peak-to-gene links, in the style of ArchR's ``plotBrowserTrack``.
+
+    Rows, top to bottom, on one genomic x axis spanning the gene and its passing links
+    ``+- pad_bp``: coverage per group (shared y scale, ``[0 - max]`` written in each row), the
+    region's peaks (linked ones highlighted), the links as half-ellipse arcs from peak centre to
+    TSS (``ry = R_MAX * rx / max_rx``, coloured by correlation, colorbar at the right), and the
+    gene models (intron line, exon blocks, strand chevrons, names; genes stacked on rows so
+    labels do not collide).
+
+    Parameters
+    ----------
+    atac
+        Cells x peaks counts: AnnData, MuData (``mod_atac``), a p2g store or its path. Only the
+        region's peak columns are read. May be None with ``bigwig_files``.
+    gene
+        Gene name as in ``gene_annotation``. A name not in the annotation raises ``ValueError``
+        with close names; a gene without passing links gives an empty arc track with a note and a
+        logged warning.
+    links
+        Table from :func:`p2g_dask.tl.peak_to_gene`. Only the links of ``gene`` are drawn.
+    gene_annotation, exon_annotation
+        DataFrames with ``gene_name, chrom, start, end, strand`` (0-based half-open) or paths
+        read by :func:`p2g_dask.io.read_gene_annotation`. Without exons, each gene is one block.
+    fdr_thresh, min_abs_r
+        Links drawn: ``fdr <= fdr_thresh`` and ``|correlation| >= min_abs_r``.
+    pad_bp
+        Padding around the gene and its passing links, in bp.
+    group_by
+        obs column: one coverage row per group, the group's mean CP10k of each peak painted
+        across the peak's width. Without ``group_by`` and ``bigwig_files``: one row of all cells.
+    bigwig_files
+        ``{group: path}``: coverage rows from BigWigs (e.g. from ``pseudobulk_with_fragments``),
+        binned to the axes' pixel width. Exclusive with ``group_by``.
+    depth_col
+        obs column of per-cell depth for CP10k; None uses each cell's total peak counts.
+    mod_atac
+        ATAC modality name in a MuData.
+    cmap
+        Diverging colormap of the arcs, fixed to r in [-1, 1] so figures compare.
+    figsize
+        Figure size in inches; None sizes the height from the number of rows (width 8).
+    ax
+        Draw into this axes' area of an existing figure (it is split into the rows).
+    show
+        Call ``matplotlib.pyplot.show()``.
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, dict)
+        The figure and its axes: ``"coverage"`` (list, one per group), ``"peaks"``, ``"links"``,
+        ``"genes"``, ``"colorbar"``. Artists carry gids (``"arc"``, ``"exon:<gene>"``, ...).
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=300, n_peaks=3000, n_genes=300, n_linked_genes=20, seed=2)
+    >>> t = sim.truth.merge(sim.genes, left_on="gene", right_on="gene_name")
+    >>> links = pd.DataFrame({"peak": t.peak, "gene": t.gene, "chrom": t.chrom,
+    ...     "peak_start": t.peak.str.split("[:-]").str[1].astype(int),
+    ...     "peak_end": t.peak.str.split("[:-]").str[2].astype(int),
+    ...     "tss": np.where(t.strand == "+", t.start, t.end - 1), "distance": t.distance,
+    ...     "correlation": 0.8, "fdr": 1e-5})
+    >>> fig, axes = plot_peak2gene(sim.atac, gene=links.gene[0], links=links,
+    ...     gene_annotation=sim.genes, exon_annotation=sim.exons, group_by="lineage")
+    >>> len(axes["coverage"]) == sim.atac.obs["lineage"].nunique()
+    True
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if group_by is not None and bigwig_files is not None:
+        raise ValueError("pass either group_by= (coverage from the peak matrix) or bigwig_files=, not both.")
+    if atac is None and bigwig_files is None:
+        raise ValueError("atac is None: pass the peak matrix (AnnData/MuData/store) or bigwig_files={group: path}.")
+    check_links(links)
+    genes, exons = load_annotations(gene_annotation, exon_annotation)
+    gene_links = links[links["gene"] == gene]
+    gene_row = locate_gene(genes, gene, gene_links["chrom"].iloc[0] if len(gene_links) else None)
+    chrom = str(gene_row["chrom"])
+    sel = gene_links[passing_links(gene_links, fdr_thresh=fdr_thresh, min_abs_r=min_abs_r)]
+    if len(sel) and (sel["chrom"] != chrom).any():
+        raise ValueError(f"links of gene={gene!r} are on {sorted(sel['chrom'].unique())} but gene_annotation "
+                         f"places it on {chrom}; use the annotation the links were computed with.")
+    if sel.empty:
+        logger.warning("gene %s has no links with fdr <= %g and |r| >= %g (of %d tested): drawing no arcs",
+                       gene, fdr_thresh, min_abs_r, len(gene_links))
+    lo, hi = _region(gene_row, sel, int(pad_bp))
+    modality = None
+    if atac is not None:
+        from p2g_dask._inputs import resolve_input
+
+        modality = resolve_input(atac, None, mod_atac=mod_atac)[0]
+    peaks, cols = _region_peaks(modality, sel, gene_links, chrom, lo, hi)
+    near = genes[(genes["chrom"] == chrom) & (genes["end"] > lo) & (genes["start"] < hi)].sort_values("start")
+    region_exons = None if exons is None else exons[(exons["chrom"] == chrom)
+                                                    & exons["gene_name"].isin(near["gene_name"])]
+    group_names = list(bigwig_files) if bigwig_files is not None else (
+        _tracks.group_labels(modality.obs, group_by)[1] if group_by is not None else ["all cells"])
+
+    # Layout: heights in inches, then the figure (or the given axes' area) split into rows.
+    width = 8.0 if figsize is None else figsize[0]
+    label_in = 0.075 * max(len(str(g)) for g in [*group_names, "Genes"]) + 0.25
+    left, right = min(0.35, label_in / width), 0.89
+    axes_w_in = (right - left) * width if ax is None else ax.get_position().width * ax.figure.get_figwidth()
+    # Label widths in bp: 7 pt italic is ~0.68 em per character.
+    bp_per_char = (hi - lo) / axes_w_in * (7.0 * 0.68 / 72)
+    n_gene_rows = int(_tracks.pack_genes(near, (lo, hi), bp_per_char=bp_per_char).max()) + 1 if len(near) else 1
+    heights = [_COVERAGE_IN] * len(group_names) + [_PEAKS_IN, _ARCS_IN, _GENE_ROW_IN * n_gene_rows + 0.1]
+    fig_h = sum(heights) + _AXIS_IN + 0.35 if figsize is None else figsize[1]
+    if ax is None:
+        fig = plt.figure(figsize=(width, fig_h))
+        grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.1, left=left, right=right,
+                                top=1 - 0.35 / fig_h, bottom=_AXIS_IN / fig_h)
+    else:
+        fig = ax.figure
+        grid = ax.get_subplotspec().subgridspec(len(heights), 1, height_ratios=heights, hspace=0.1)
+        ax.remove()
+    gene_ax = fig.add_subplot(grid[-1])
+    rows = [fig.add_subplot(grid[i], sharex=gene_ax) for i in range(len(heights) - 1)]
+    cov_axes, peak_ax, arc_ax = rows[:-2], rows[-2], rows[-1]
+    gene_ax.set_xlim(lo, hi)
+
+    # Coverage rows, one shared y scale.
+    n_bins = max(50, min(hi - lo, int(gene_ax.get_position().width * fig.get_figwidth() * fig.dpi)))
+    signal = _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, lo, hi, n_bins)
+    ymax = max([float(np.max(v[2])) if np.size(v[2]) else 0.0 for v in signal.values()] + [0.0]) or 1.0
+    palette = plt.get_cmap("tab10" if len(signal) <= 10 else "tab20")
+    for i, (cax, (group, (kind, x, values))) in enumerate(zip(cov_axes, signal.items())):
+        color = palette(i % palette.N)
+        if kind == "bars":
+            _tracks.draw_coverage_bars(cax, x[0], x[1], values, color=color, group=group)
+        else:
+            _tracks.draw_coverage_steps(cax, x, values, color=color, group=group)
+        cax.set_ylim(0, ymax * 1.05)
+        cax.set_ylabel(group, rotation=0, ha="right", va="center", fontsize=8, color=color)
+        cax.text(0.004, 0.93, f"[0 - {ymax:.3g}]", transform=cax.transAxes, ha="left", va="top", fontsize=6.5,
+                 color="#444444")
+    if cov_axes:
+        unit = "BigWig signal" if bigwig_files is not None else "mean CP10k"
+        cov_axes[0].set_title(f"{gene}   {chrom}:{lo:,}-{hi:,}   ({unit})", fontsize=9, loc="left")
+
+    # Peaks, arcs, genes.
+    _tracks.draw_peaks(peak_ax, peaks, np.asarray(peaks.index.isin(sel["peak"]), dtype=bool))
+    norm, colormap = Normalize(-1.0, 1.0), plt.get_cmap(cmap)
+    centre = (sel["tss"] + sel["distance"]).to_numpy(dtype=float)
+    _tracks.draw_arcs(arc_ax, centre, sel["tss"].to_numpy(dtype=float), sel["correlation"].to_numpy(dtype=float),
+                      cmap=colormap, norm=norm)
+    if sel.empty:
+        arc_ax.text(0.5, 0.5, f"no links of {gene} with FDR \u2264 {fdr_thresh:g} and |r| \u2265 {min_abs_r:g}",
+                    transform=arc_ax.transAxes, ha="center", va="center", fontsize=8, color="#555555", gid="note")
+    cbar_ax = arc_ax.inset_axes([1.015, 0.12, 0.014, 0.76])
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cbar_ax, ticks=[-1, 0, 1])
+    cbar.ax.tick_params(labelsize=7, length=2)
+    cbar.set_label("r", fontsize=8, rotation=0, labelpad=4)
+    _tracks.draw_gene_models(gene_ax, near, region_exons, region=(lo, hi), highlight=gene, bp_per_char=bp_per_char)
+
+    for label, a in (("Peaks", peak_ax), ("Links", arc_ax), ("Genes", gene_ax)):
+        a.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for a in rows + [gene_ax]:
+        a.set_yticks([])
+        for side in ("top", "right", "left"):
+            a.spines[side].set_visible(False)
+        if a is not gene_ax:
+            a.spines["bottom"].set_visible(a in cov_axes)
+            a.spines["bottom"].set_color("#bbbbbb")
+            a.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
+    decimals = 2 if hi - lo > 100_000 else 3
+    gene_ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    gene_ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.{decimals}f}"))
+    gene_ax.tick_params(axis="x", labelsize=8)
+    gene_ax.set_xlabel(f"{chrom} (Mb)", fontsize=8)
+    if show:
+        plt.show()
+    return fig, {"coverage": cov_axes, "peaks": peak_ax, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}

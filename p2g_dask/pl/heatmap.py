@@ -1,0 +1,268 @@
+"""ArchR's ``plotPeak2GeneHeatmap``: k-means clustered metacell heatmaps of linked peaks and genes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from p2g_dask._logging import logger
+from p2g_dask.pl import _tracks
+from p2g_dask.pl.browser import check_links
+
+# ArchR's default palettes of this plot (solarExtra for accessibility, blueYellow for expression).
+SOLAR_EXTRA = ["#3361A5", "#248AF3", "#14B3FF", "#88CEEF", "#C1D5DC", "#EAD397", "#FDB31A", "#E42A2A", "#A31D1D"]
+BLUE_YELLOW = ["#352A86", "#343DAE", "#0262E0", "#1389D2", "#2DB7A3", "#A5BE6A", "#F8BA43", "#F6DA23", "#F8FA0D"]
+
+
+def row_zscores(m: np.ndarray) -> np.ndarray:
+    """Z-score each row (ddof=1, as R's ``sd``); constant rows become 0."""
+    m = np.asarray(m, dtype=float)
+    sd = m.std(axis=1, ddof=1, keepdims=True)
+    return np.divide(m - m.mean(axis=1, keepdims=True), sd, out=np.zeros_like(m), where=sd > 0)
+
+
+def majority_groups(metacells: np.ndarray, labels: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Most frequent group among each metacell's cells (ties: the earlier group in ``groups``)."""
+    code = pd.Categorical(labels, categories=groups).codes
+    counts = np.zeros((metacells.shape[0], len(groups)), dtype=np.int64)
+    for j in range(metacells.shape[1]):
+        np.add.at(counts, (np.arange(metacells.shape[0]), code[metacells[:, j]]), 1)
+    return np.asarray(groups, dtype=object)[counts.argmax(axis=1)]
+
+
+def metacell_columns(modality: Any, cols: np.ndarray, metacells: np.ndarray) -> np.ndarray:
+    """``log2(CP10k + 1)`` metacell values of the matrix columns ``cols``.
+
+    Normalised over *all* features: the columns are read with every cell's total and passed to
+    :func:`p2g_dask.tl.aggregate.metacell_matrix` with one extra "rest of the matrix" column, so
+    each metacell is scaled by its full total exactly as in ``peak_to_gene``.
+    """
+    from p2g_dask.tl.aggregate import metacell_matrix
+
+    sub, totals = _tracks.read_columns(modality, cols, totals=True)
+    rest = totals - np.asarray(sub.sum(axis=1)).ravel()
+    augmented = sp.hstack([sub.astype(np.float64), sp.csr_matrix(rest[:, None])], format="csr")
+    return metacell_matrix(augmented, metacells)[:, :-1]
+
+
+def order_clusters(cluster_means: np.ndarray, *, cutoff: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """ArchR's ``.binarySort``-like order: metacell columns by hierarchical clustering of the
+    cluster means, clusters by their binarised (``>= cutoff``) pattern over those columns, so the
+    heatmap shows a diagonal. Returns ``(cluster_order, column_order)``.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+
+    n_cols = cluster_means.shape[1]
+    col_order = (leaves_list(linkage(cluster_means.T, method="average", metric="euclidean"))
+                 if n_cols > 2 else np.arange(n_cols))
+    binary = cluster_means[:, col_order] >= cutoff
+    # First column where a cluster is high, then its mean there: descending patterns run down the diagonal.
+    first_high = np.where(binary.any(axis=1), binary.argmax(axis=1), n_cols)
+    strongest = cluster_means[:, col_order].argmax(axis=1)
+    cluster_order = np.lexsort((strongest, first_high))
+    return cluster_order, col_order
+
+
+def plot_peak2gene_heatmap(
+    links: pd.DataFrame,
+    atac: Any,
+    rna: Any = None,
+    *,
+    fdr: float = 1e-4,
+    cor_cutoff: float = 0.45,
+    var_cutoff_atac: float = 0.25,
+    var_cutoff_rna: float = 0.25,
+    k: int = 25,
+    group_by: str = "cell_type",
+    max_links: int = 25_000,
+    limits: tuple[float, float] = (-2.0, 2.0),
+    seed: int = 1,
+    mod_atac: str = "atac",
+    mod_rna: str = "rna",
+    figsize: tuple[float, float] = (10.0, 7.0),
+    return_matrices: bool = False,
+    show: bool = False,
+):
+    """Side-by-side heatmaps of metacell accessibility and expression for significant links.
+
+    ArchR's ``plotPeak2GeneHeatmap``: links with ``fdr <= fdr``, ``correlation >= cor_cutoff``
+    and variance quantiles above the cut-offs; the metacell matrices are recomputed from
+    ``links.attrs["metacells"]``; rows z-scored; k-means (``k`` clusters, seeded) on the peak
+    z-scores; the same row order in both heatmaps (row i is one link: its peak left, its gene
+    right); metacells ordered by clustering and annotated by their majority ``group_by`` group.
+
+    Parameters
+    ----------
+    links
+        Table from :func:`p2g_dask.tl.peak_to_gene` with its ``attrs["metacells"]``.
+    atac, rna
+        The data ``peak_to_gene`` ran on: AnnData pair, MuData (``mod_atac``/``mod_rna``) or a
+        store (``rna=None``). Only the linked peaks' and genes' columns are read.
+    fdr, cor_cutoff
+        Links kept: ``fdr <= fdr`` and ``correlation >= cor_cutoff`` (ArchR: positive links).
+    var_cutoff_atac, var_cutoff_rna
+        Keep links with ``var_q_atac > var_cutoff_atac`` and ``var_q_rna > var_cutoff_rna``
+        (skipped when the columns are absent).
+    k
+        k-means clusters (at most the number of links).
+    group_by
+        obs column whose majority value annotates each metacell.
+    max_links
+        More links than this are subsampled per cluster, proportionally (ArchR's ``nPlot``).
+    limits
+        Colour limits of the z-scores.
+    seed
+        Seed of k-means and of the subsampling.
+    mod_atac, mod_rna
+        Modality names in a MuData.
+    figsize
+        Figure size in inches.
+    return_matrices
+        Also return ``{"atac", "rna"}`` z-score matrices as drawn, ``"links"`` (the drawn links
+        in row order with their ``cluster``) and ``"groups"`` (metacell groups in column order).
+    show
+        Call ``matplotlib.pyplot.show()``.
+
+    Returns
+    -------
+    (Figure, dict) or (Figure, dict, dict)
+        Axes ``"atac"``, ``"rna"``, ``"groups_atac"``, ``"groups_rna"``, ``"colorbar_atac"``,
+        ``"colorbar_rna"``; with ``return_matrices`` the matrices as well.
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=400, n_peaks=3000, n_genes=300, n_linked_genes=30, seed=4)
+    >>> links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
+    ...                             n_metacells=60, k_neighbors=20, seed=1)  # doctest: +SKIP
+    >>> fig, axes = plot_peak2gene_heatmap(links, sim.atac, sim.rna, k=5)  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap, ListedColormap
+    from sklearn.cluster import KMeans
+
+    from p2g_dask._inputs import resolve_input
+
+    check_links(links, ("peak", "gene", "correlation", "fdr"))
+    metacells = links.attrs.get("metacells")
+    if metacells is None:
+        raise ValueError("links.attrs has no 'metacells'; pass the table returned by p2g.tl.peak_to_gene "
+                         "(read_links keeps it) so the metacells can be recomputed.")
+    metacells = np.asarray(metacells, dtype=np.int64)
+    atac_mod, rna_mod, _ = resolve_input(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=True)
+    _check_cells(links, atac_mod, metacells)
+
+    keep = (links["fdr"].to_numpy(dtype=float) <= fdr) & (links["correlation"].to_numpy(dtype=float) >= cor_cutoff)
+    if "var_q_atac" in links.columns:
+        keep &= links["var_q_atac"].to_numpy(dtype=float) > var_cutoff_atac
+    if "var_q_rna" in links.columns:
+        keep &= links["var_q_rna"].to_numpy(dtype=float) > var_cutoff_rna
+    sel = links[keep].reset_index(drop=True)
+    if len(sel) < 2:
+        raise ValueError(
+            f"{len(sel)} links pass fdr <= {fdr:g}, correlation >= {cor_cutoff:g} and the variance cut-offs; "
+            "a heatmap needs at least 2: loosen fdr= / cor_cutoff= / var_cutoff_*=."
+        )
+    peak_idx = _feature_index(atac_mod.var.index, sel["peak"], "peak", "atac")
+    gene_idx = _feature_index(rna_mod.var.index, sel["gene"], "gene", "rna")
+    upeaks, peak_inv = np.unique(peak_idx, return_inverse=True)
+    ugenes, gene_inv = np.unique(gene_idx, return_inverse=True)
+    z_atac = row_zscores(metacell_columns(atac_mod, upeaks, metacells).T[peak_inv])
+    z_rna = row_zscores(metacell_columns(rna_mod, ugenes, metacells).T[gene_inv])
+
+    k = int(min(k, len(sel)))
+    clusters = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(z_atac)
+    rows = np.arange(len(sel))
+    if len(sel) > max_links:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(np.concatenate([
+            rng.choice(np.flatnonzero(clusters == c), int(np.floor(max_links * np.mean(clusters == c))), replace=False)
+            for c in range(k)
+        ]))
+        logger.info("plot_peak2gene_heatmap: drawing %d of %d links (max_links)", rows.size, len(sel))
+    means = np.vstack([z_atac[rows][clusters[rows] == c].mean(axis=0) if np.any(clusters[rows] == c)
+                       else np.zeros(z_atac.shape[1]) for c in range(k)])
+    cluster_order, col_order = order_clusters(means)
+    rank = np.empty(k, dtype=int)
+    rank[cluster_order] = np.arange(k)
+    rows = rows[np.lexsort((rows, rank[clusters[rows]]))]
+    mat_atac, mat_rna = z_atac[rows][:, col_order], z_rna[rows][:, col_order]
+
+    labels, groups = _tracks.group_labels(atac_mod.obs, group_by)
+    mc_groups = majority_groups(metacells, labels, groups)[col_order]
+    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    group_colors = ListedColormap([palette(i % palette.N) for i in range(len(groups))])
+    group_code = pd.Categorical(mc_groups, categories=groups).codes[None, :]
+
+    fig = plt.figure(figsize=figsize)
+    grid = fig.add_gridspec(2, 2, height_ratios=[0.35, 8], hspace=0.03, wspace=0.08,
+                            left=0.06, right=0.83, top=0.9, bottom=0.1)
+    axes: dict[str, Any] = {}
+    row_clusters = rank[clusters[rows]]
+    bounds = np.flatnonzero(np.diff(row_clusters)) + 0.5
+    for j, (name, mat, colors, title) in enumerate((
+        ("atac", mat_atac, SOLAR_EXTRA, f"ATAC z-scores\n{len(rows):,} P2G links x {len(col_order)} metacells"),
+        ("rna", mat_rna, BLUE_YELLOW, f"RNA z-scores\n{len(rows):,} P2G links x {len(col_order)} metacells"),
+    )):
+        gax = fig.add_subplot(grid[0, j])
+        gax.imshow(group_code, aspect="auto", cmap=group_colors, vmin=-0.5, vmax=len(groups) - 0.5,
+                   interpolation="nearest")
+        gax.set_xticks([])
+        gax.set_yticks([])
+        gax.set_title(title, fontsize=9)
+        hax = fig.add_subplot(grid[1, j])
+        image = hax.imshow(mat, aspect="auto", interpolation="nearest", vmin=limits[0], vmax=limits[1],
+                           cmap=LinearSegmentedColormap.from_list(name, colors))
+        for b in bounds:
+            hax.axhline(b, color="white", linewidth=0.8)
+        hax.set_xticks([])
+        hax.set_yticks([])
+        # A centred, narrower colorbar under each heatmap keeps the two scales' labels apart.
+        cax = hax.inset_axes([0.2, -0.06, 0.6, 0.022])
+        cbar = fig.colorbar(image, cax=cax, orientation="horizontal", ticks=[limits[0], 0, limits[1]])
+        cbar.ax.tick_params(labelsize=7, length=2)
+        cbar.set_label("row z-score", fontsize=7, labelpad=1)
+        axes.update({name: hax, f"groups_{name}": gax, f"colorbar_{name}": cax})
+    # Cluster numbers down the left of the ATAC heatmap, at each block's middle.
+    edges = np.concatenate([[-0.5], bounds, [len(rows) - 0.5]])
+    if len(rows) / k >= 8:  # label only when blocks are tall enough to read
+        for c, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            axes["atac"].text(-0.01, (a + b) / 2, str(c + 1), transform=axes["atac"].get_yaxis_transform(),
+                              ha="right", va="center", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=group_colors(i)) for i in range(len(groups))]
+    fig.legend(handles, groups, title=group_by, loc="center left", bbox_to_anchor=(0.845, 0.5), fontsize=8,
+               title_fontsize=8, frameon=False)
+    if show:
+        plt.show()
+    if not return_matrices:
+        return fig, axes
+    drawn = sel.iloc[rows].assign(cluster=row_clusters + 1).reset_index(drop=True)
+    return fig, axes, {"atac": mat_atac, "rna": mat_rna, "links": drawn, "groups": mc_groups}
+
+
+def _feature_index(names: pd.Index, wanted: pd.Series, what: str, modality: str) -> np.ndarray:
+    idx = pd.Index(names.astype(str)).get_indexer(wanted.astype(str))
+    if (idx < 0).any():
+        missing = wanted[idx < 0].iloc[0]
+        raise ValueError(f"{int((idx < 0).sum())} linked {what}s are not in the {modality} var names (e.g. "
+                         f"{missing!r}); pass the {modality} data the links were computed from.")
+    return idx
+
+
+def _check_cells(links: pd.DataFrame, modality: Any, metacells: np.ndarray) -> None:
+    """Refuse data whose cells are not those ``peak_to_gene`` indexed the metacells with."""
+    n_cells = links.attrs.get("n_cells", modality.n_obs)
+    if metacells.size and (metacells.max() >= modality.n_obs or n_cells != modality.n_obs):
+        raise ValueError(f"the links' metacells index {n_cells} cells but atac has {modality.n_obs}; pass the "
+                         "data peak_to_gene ran on.")
+    expected = links.attrs.get("obs_names_hash")
+    if expected is not None:
+        import dask.base
+
+        if dask.base.tokenize(list(map(str, modality.obs.index))) != expected:
+            raise ValueError("atac's obs_names differ from those peak_to_gene ran on (obs_names_hash); pass the "
+                             "same cells in the same order.")

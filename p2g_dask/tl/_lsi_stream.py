@@ -1,0 +1,215 @@
+"""Where the LSI passes run: on an in-memory CSR matrix, or as Dask tasks over row chunks.
+
+Both classes offer the same operations (feature sums, per-cell totals, row subsets, projection,
+per-cluster sums, SVD of the fit cells) built from the kernels in ``_lsi_kernels``, so a store
+and an AnnData give the same numbers. Dask task keys start with ``p2g-lsi-<step>-``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.base import tokenize
+
+from p2g_dask.tl import _lsi_kernels as K
+
+#: Fan-in of the tree sums over chunks (bounds the partial results held at once).
+SPLIT_EVERY = 8
+#: Bytes of one dense TF-IDF piece fed to ``svd_compressed`` on the out-of-core SVD path.
+DENSE_PIECE_BYTES = 64 * 2**20
+
+
+@dataclass
+class LSIModel:
+    """A fitted LSI: the features (column indices), their IDF, loadings and singular values."""
+
+    features: np.ndarray
+    idf: np.ndarray
+    loadings: np.ndarray
+    singular_values: np.ndarray
+    n_cells_fit: int
+    scale_to: float
+    binarize: bool
+
+    def col_pos(self, n_vars: int) -> np.ndarray:
+        return K.column_positions(self.features, n_vars)
+
+
+class MemoryRows:
+    """Cells x features counts held in memory (scipy CSR)."""
+
+    def __init__(self, X: sp.csr_matrix):
+        self.X = X
+        self.n_obs, self.n_vars = X.shape
+        self._feature_sums: dict[bool, np.ndarray] = {}
+
+    def feature_sums(self, *, binarize: bool) -> np.ndarray:
+        if binarize not in self._feature_sums:
+            self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize)[0]
+        return self._feature_sums[binarize]
+
+    def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
+        return K.row_totals(self.X, col_pos, binarize=binarize)
+
+    def take(self, rows: np.ndarray, *, max_bytes: float) -> MemoryRows:
+        if rows.size == self.n_obs:
+            return self
+        return MemoryRows(K.take_rows(self.X, rows))
+
+    def project(self, model: LSIModel) -> np.ndarray:
+        return K.project_block(
+            self.X, model.col_pos(self.n_vars), model.idf, model.loadings,
+            scale_to=model.scale_to, binarize=model.binarize,
+        )
+
+    def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
+        return K.group_sums(self.X, labels, n_groups)
+
+    def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
+            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        X = self.X if fit.all() else K.take_rows(self.X, np.flatnonzero(fit))
+        tfidf = K.tfidf_block(X, col_pos, idf, scale_to=scale_to, binarize=binarize)
+        return K.sparse_svd(tfidf, n_components, seed=seed)
+
+
+def _sum_tree(parts: list, prefix: str, token: str) -> Any:
+    """Tree-sum of delayed arrays with a bounded fan-in; keys ``p2g-lsi-<prefix>-<token>``."""
+    level = 0
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_sum_list, pure=True)(
+                parts[i : i + SPLIT_EVERY], dask_key_name=f"{prefix}-{tokenize(token, level, i)}"
+            )
+            for i in range(0, len(parts), SPLIT_EVERY)
+        ]
+        level += 1
+    return parts[0]
+
+
+def _sum_list(arrays: list[np.ndarray]) -> np.ndarray:
+    total = arrays[0].copy()
+    for array in arrays[1:]:
+        total += array
+    return total
+
+
+def _tfidf_dense(block, local_rows, col_pos, idf, scale_to, binarize):
+    return K.tfidf_block(K.take_rows(block, local_rows), col_pos, idf, scale_to=scale_to,
+                         binarize=binarize).toarray().astype(np.float32)
+
+
+class DaskRows:
+    """Cells x features counts as Dask tasks: one delayed CSR block per row chunk."""
+
+    def __init__(self, blocks: list, sizes: list[int], n_vars: int, token: str, client: Any = None):
+        self.blocks, self.sizes, self.n_vars, self.token, self.client = blocks, list(sizes), n_vars, token, client
+        self.n_obs = int(sum(sizes))
+        self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self._feature_sums: dict[bool, np.ndarray] = {}
+
+    @classmethod
+    def from_dask_array(cls, X: da.Array, client: Any = None) -> DaskRows:
+        if len(X.chunks[1]) != 1:
+            raise ValueError(f"the ATAC matrix must have one chunk along features; it has {len(X.chunks[1])}.")
+        return cls(list(X.to_delayed().ravel()), list(X.chunks[0]), X.shape[1], X.name, client)
+
+    def _compute(self, *tasks):
+        if self.client is not None:
+            return dask.compute(*tasks, scheduler=self.client)
+        return dask.compute(*tasks)
+
+    def _per_block(self, func, prefix: str, *args, **kwargs) -> list:
+        token = tokenize(self.token, prefix, args, kwargs)
+        return [
+            dask.delayed(func, pure=True)(block, *args, dask_key_name=f"p2g-lsi-{prefix}-{tokenize(token, i)}", **kwargs)
+            for i, block in enumerate(self.blocks)
+        ]
+
+    def feature_sums(self, *, binarize: bool) -> np.ndarray:
+        if binarize not in self._feature_sums:
+            parts = self._per_block(K.feature_sums, "colsum", binarize=binarize)
+            total = _sum_tree(parts, "p2g-lsi-colsum-total", tokenize(self.token, binarize))
+            self._feature_sums[binarize] = self._compute(total)[0][0]
+        return self._feature_sums[binarize]
+
+    def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
+        col_pos_d = None if col_pos is None else dask.delayed(col_pos, traverse=False)
+        parts = self._per_block(K.row_totals, "rowsum", col_pos_d, binarize=binarize)
+        return np.concatenate(self._compute(*parts)) if parts else np.zeros(0)
+
+    def _local_rows(self, rows: np.ndarray) -> list[np.ndarray]:
+        which = np.searchsorted(self.bounds, rows, side="right") - 1
+        return [rows[which == i] - self.bounds[i] for i in range(len(self.blocks))]
+
+    def take(self, rows: np.ndarray, *, max_bytes: float) -> MemoryRows | DaskRows:
+        """Gather ``rows`` (sorted) into memory, or keep them as lazy row chunks when too large."""
+        local = self._local_rows(rows)
+        token = tokenize(self.token, rows)
+        picked = [
+            dask.delayed(K.take_rows, pure=True)(block, sel, dask_key_name=f"p2g-lsi-sample-{tokenize(token, i)}")
+            for i, (block, sel) in enumerate(zip(self.blocks, local)) if sel.size
+        ]
+        sizes = [sel.size for sel in local if sel.size]
+        # Raw totals (already computed by the caller) bound the nonzeros from above.
+        totals = self._feature_sums.get(False, None)
+        if totals is None:
+            totals = self.feature_sums(binarize=True)
+        nnz_per_row = totals.sum() / max(1, self.n_obs)
+        if rows.size * nnz_per_row * 12 <= max_bytes:
+            return MemoryRows(sp.vstack(self._compute(*picked), format="csr"))
+        return DaskRows(picked, sizes, self.n_vars, token, self.client)
+
+    def project(self, model: LSIModel) -> np.ndarray:
+        arrays = dask.delayed((model.col_pos(self.n_vars), model.idf, model.loadings), traverse=False)
+        parts = [
+            dask.delayed(_project_packed, pure=True)(
+                block, arrays, model.scale_to, model.binarize,
+                dask_key_name=f"p2g-lsi-project-{tokenize(self.token, model.features, model.loadings, i)}",
+            )
+            for i, block in enumerate(self.blocks)
+        ]
+        return np.vstack(self._compute(*parts))
+
+    def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
+        token = tokenize(self.token, labels, n_groups)
+        parts = [
+            dask.delayed(K.group_sums, pure=True)(
+                block, labels[self.bounds[i] : self.bounds[i + 1]], n_groups,
+                dask_key_name=f"p2g-lsi-groupsum-{tokenize(token, i)}",
+            )
+            for i, block in enumerate(self.blocks)
+        ]
+        return self._compute(_sum_tree(parts, "p2g-lsi-groupsum-total", token))[0]
+
+    def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
+            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``dask.array.linalg.svd_compressed`` on dense float32 TF-IDF pieces of the fit cells."""
+        n_features = idf.size
+        piece_rows = max(1, int(DENSE_PIECE_BYTES // (4 * n_features)))
+        col_pos_d = dask.delayed(col_pos, traverse=False)
+        idf_d = dask.delayed(idf, traverse=False)
+        token = tokenize(self.token, fit, col_pos, idf, scale_to, binarize)
+        pieces = []
+        for i, block in enumerate(self.blocks):
+            local = np.flatnonzero(fit[self.bounds[i] : self.bounds[i + 1]])
+            for start in range(0, local.size, piece_rows):
+                sel = local[start : start + piece_rows]
+                task = dask.delayed(_tfidf_dense, pure=True)(
+                    block, sel, col_pos_d, idf_d, scale_to, binarize,
+                    dask_key_name=f"p2g-lsi-tfidf-{tokenize(token, i, start)}",
+                )
+                pieces.append(da.from_delayed(task, shape=(sel.size, n_features), dtype=np.float32))
+        matrix = da.concatenate(pieces, axis=0)
+        _, s, v = da.linalg.svd_compressed(matrix, n_components, n_power_iter=2, n_oversamples=20, seed=seed)
+        s, v = self._compute(s, v)
+        return K.fix_signs(np.asarray(v, dtype=np.float64).T), np.asarray(s, dtype=np.float64)
+
+
+def _project_packed(block, arrays, scale_to, binarize):
+    col_pos, idf, loadings = arrays
+    return K.project_block(block, col_pos, idf, loadings, scale_to=scale_to, binarize=binarize)

@@ -1,0 +1,360 @@
+"""Iterative LSI (ArchR's ``addIterativeLSI``) on AnnData, MuData or an out-of-core p2g store.
+
+Each iteration selects features, fits a TF-IDF + truncated SVD on a sample of cells, clusters the
+sample, and picks the next iteration's features by their variance across those clusters. The
+last model is projected onto every cell, one row chunk at a time; components correlated with
+sequencing depth are dropped. See ``docs/lsi.md`` for the exact recipe and where it follows ArchR.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.base import tokenize
+
+from p2g_dask._inputs import resolve_input
+from p2g_dask._logging import logger, timed
+from p2g_dask.tl import _lsi_kernels as K
+from p2g_dask.tl._cluster_cells import leiden_clusters
+from p2g_dask.tl._lsi_stream import DaskRows, LSIModel, MemoryRows
+
+UNS_KEY = "iterative_lsi"
+
+
+def tfidf(X: Any, *, idf: np.ndarray | None = None, scale_to: float = 1e4, binarize: bool = True) -> Any:
+    """ArchR's log(TF-IDF) (``LSIMethod = 2``) of a cells x features count matrix.
+
+    ``TF = x / (cell total)``, ``IDF = n_cells / (feature total)`` and the value is
+    ``log(TF * IDF * scale_to + 1)`` (natural log), with counts binarized first by default.
+
+    Parameters
+    ----------
+    X
+        Counts, cells x features: a scipy sparse matrix, a numpy array, or a dask array of scipy
+        CSR row chunks (as ``store.atac.X``), which gives a lazy dask array of CSR chunks.
+    idf
+        Inverse document frequency per feature; computed from ``X`` when None. Features with a
+        zero total get IDF 0 (their entries are all zero anyway).
+    scale_to
+        Scale factor inside the log (ArchR's ``scaleTo``).
+    binarize
+        Set every nonzero count to 1 first (ArchR's default).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix or dask.array.Array
+        float64 TF-IDF, same shape as ``X``; a cell without counts gives an empty row.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> X = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 1]]))
+    >>> np.round(tfidf(X).toarray(), 3)
+    array([[8.517, 0.   , 7.824],
+           [0.   , 9.21 , 7.824]])
+    """
+    if scale_to <= 0:
+        raise ValueError(f"scale_to={scale_to} must be positive, e.g. 1e4 (ArchR's scaleTo).")
+    if isinstance(X, da.Array):
+        rows = DaskRows.from_dask_array(X)
+        n_obs, n_vars = X.shape
+        if idf is None:
+            idf = _idf(n_obs, rows.feature_sums(binarize=binarize))
+        idf = _check_idf(idf, n_vars)
+        col_pos = np.arange(n_vars, dtype=np.int64)
+        name = f"p2g-lsi-tfidf-{tokenize(X.name, idf, scale_to, binarize)}"
+        return X.map_blocks(
+            K.tfidf_block, col_pos, idf, scale_to=scale_to, binarize=binarize, dtype=np.float64,
+            meta=sp.csr_matrix((0, 0), dtype=np.float64), name=name,
+        )
+    X = _as_csr(X, "X")
+    if idf is None:
+        idf = _idf(X.shape[0], K.feature_sums(X, binarize=binarize)[0])
+    idf = _check_idf(idf, X.shape[1])
+    return K.tfidf_block(X, np.arange(X.shape[1], dtype=np.int64), idf, scale_to=scale_to, binarize=binarize)
+
+
+def _idf(n_obs: int, sums: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(sums > 0, n_obs / np.where(sums > 0, sums, 1.0), 0.0)
+
+
+def _check_idf(idf: Any, n_vars: int) -> np.ndarray:
+    idf = np.asarray(idf, dtype=np.float64)
+    if idf.shape != (n_vars,):
+        raise ValueError(f"idf has shape {idf.shape}; it needs one value per feature, shape ({n_vars},).")
+    return idf
+
+
+def _as_csr(X: Any, argument: str) -> sp.csr_matrix:
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    elif isinstance(X, np.ndarray) and X.ndim == 2:
+        X = sp.csr_matrix(X)
+    else:
+        raise TypeError(
+            f"{argument} must be a scipy sparse matrix, a 2-D numpy array or a dask array of CSR "
+            f"chunks; got {type(X).__name__}."
+        )
+    if X.nnz and X.data.min() < 0:
+        raise ValueError(
+            f"{argument} holds negative values (min {X.data.min()}); LSI needs raw counts, not "
+            "scaled or centred data (use adata.layers['counts'])."
+        )
+    return X
+
+
+def _validate(n_components, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
+              cor_cutoff, outlier_quantiles, filter_quantile, total_features, scale_to):
+    checks = [
+        (n_components >= 2, f"n_components={n_components} must be at least 2 (ArchR uses 30)."),
+        (iterations >= 1, f"iterations={iterations} must be at least 1 (ArchR uses 2)."),
+        (var_features > n_components, f"var_features={var_features} must exceed n_components={n_components}."),
+        (resolution > 0, f"resolution={resolution} must be positive, e.g. 0.5."),
+        (n_neighbors >= 2, f"n_neighbors={n_neighbors} must be at least 2, e.g. 30."),
+        (sample_cells_pre > n_components, f"sample_cells_pre={sample_cells_pre} must exceed n_components."),
+        (0 < cor_cutoff <= 1, f"cor_cutoff={cor_cutoff} must lie in (0, 1]; ArchR uses 0.75."),
+        (0 < filter_quantile <= 1, f"filter_quantile={filter_quantile} must lie in (0, 1]; ArchR uses 0.995."),
+        (total_features >= var_features, f"total_features={total_features} must be >= var_features={var_features}."),
+        (scale_to > 0, f"scale_to={scale_to} must be positive, e.g. 1e4."),
+    ]
+    if outlier_quantiles is not None:
+        lo, hi = (tuple(outlier_quantiles) + (None, None))[:2]
+        checks.append((
+            len(outlier_quantiles) == 2 and lo is not None and 0 <= lo < hi <= 1,
+            f"outlier_quantiles={outlier_quantiles} must be (low, high) with 0 <= low < high <= 1, "
+            "e.g. (0.1, 0.9), or None to fit on every sampled cell.",
+        ))
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _fit(sample, features, fsums, *, n_components, scale_to, binarize, outlier_quantiles, seed):
+    """One ArchR ``.computeLSI`` on the sampled cells over ``features``."""
+    features = features[fsums[features] > 0]  # ArchR drops features without counts in the sample
+    col_pos = K.column_positions(features, sample.n_vars)
+    totals = sample.row_totals(col_pos, binarize=binarize)
+    fit = K.fit_cells(totals, outlier_quantiles)
+    n_fit = int(fit.sum())
+    if n_fit <= n_components or features.size <= n_components:
+        raise ValueError(
+            f"only {n_fit} sampled cells and {features.size} features are left to fit "
+            f"n_components={n_components}; lower n_components or pass outlier_quantiles=None."
+        )
+    # As in ArchR, IDF = (cells fit) / (feature total over all sampled cells, outliers included).
+    idf = n_fit / fsums[features]
+    loadings, d = sample.svd(fit, col_pos, idf, n_components, scale_to=scale_to, binarize=binarize, seed=seed)
+    return LSIModel(features, idf, loadings, d, n_fit, scale_to, binarize)
+
+
+def _kept_components(coords, log_depth, *, scale_dims, cor_cutoff):
+    scaled = K.row_zscores(coords) if scale_dims else coords
+    corr = K.depth_correlation(scaled, log_depth)
+    kept = np.flatnonzero(corr <= cor_cutoff)
+    if kept.size < 2:
+        raise ValueError(
+            f"only {kept.size} LSI components have |r| <= cor_cutoff={cor_cutoff} with log10 depth; "
+            "raise cor_cutoff or n_components."
+        )
+    return scaled, corr, kept
+
+
+def iterative_lsi(
+    atac: Any,
+    *,
+    n_components: int = 30,
+    iterations: int = 2,
+    var_features: int = 25_000,
+    resolution: float = 0.5,
+    n_neighbors: int = 30,
+    sample_cells_pre: int = 10_000,
+    depth_col: str = "n_fragment",
+    seed: int = 1,
+    scale_to: float = 1e4,
+    binarize: bool = True,
+    scale_dims: bool = True,
+    cor_cutoff: float = 0.75,
+    outlier_quantiles: tuple[float, float] | None = (0.1, 0.9),
+    filter_quantile: float = 0.995,
+    total_features: int = 500_000,
+    key_added: str = "X_iterative_lsi",
+    mod_atac: str = "atac",
+    chunk_cells: int | None = None,
+    max_sample_bytes: float | None = None,
+    client: Any = None,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Iterative LSI embedding of scATAC cells, as ArchR's ``addIterativeLSI``.
+
+    Iteration 1 takes the ``var_features`` most accessible features (after skipping the top
+    ``1 - filter_quantile`` share), fits log(TF-IDF) + truncated SVD on at most
+    ``sample_cells_pre`` cells and clusters them (Leiden on a shared-nearest-neighbour graph);
+    each later iteration refits on the ``var_features`` features most variable across the
+    previous clusters. The last model is projected onto all cells; the per-cell z-scored
+    components (``scale_dims``) whose |correlation| with log10(depth + 1) exceeds ``cor_cutoff``
+    are dropped.
+
+    Parameters
+    ----------
+    atac
+        Cells x peaks counts: an AnnData, a MuData (modality ``mod_atac``), a p2g store
+        (:func:`p2g_dask.io.open_store`) or the path of one. A store is read chunk by chunk.
+    n_components
+        SVD components per iteration (ArchR's ``dimsToUse = 1:30``).
+    iterations
+        Number of LSI rounds.
+    var_features
+        Features per iteration: most accessible (iteration 1), most variable (later ones).
+    resolution, n_neighbors
+        Leiden resolution and neighbours of the clustering graph between iterations.
+    sample_cells_pre
+        At most this many cells (drawn within the 5-95 % depth quantiles) fit each model.
+    depth_col
+        ``obs`` column with each cell's fragment count; its row sums are used when absent.
+    seed
+        Seed for the cell sample, the SVD and Leiden; the same seed gives the same embedding.
+    scale_to, binarize
+        TF-IDF scale factor and binarization (ArchR's ``scaleTo``, ``binarize``).
+    scale_dims
+        Z-score each cell's components before the depth filter and clustering (ArchR's default).
+    cor_cutoff
+        Drop components with |r| above this with log10(depth + 1).
+    outlier_quantiles
+        Sampled cells at or beyond these quantiles of their feature total are projected, not fit
+        (ArchR's ``outlierQ``); None fits every sampled cell.
+    filter_quantile, total_features
+        ArchR's ``filterQuantile`` (skip the most accessible share in iteration 1) and
+        ``totalFeatures`` (the candidates for variable features).
+    key_added
+        ``obsm`` key of the embedding; details go to ``uns['iterative_lsi']``.
+    mod_atac
+        ATAC modality of a MuData.
+    chunk_cells
+        Cells per row chunk when reading a store (the store's own chunking when None).
+    max_sample_bytes
+        Largest sample gathered into memory from a store; a larger one stays chunked and its SVD
+        runs with ``dask.array.linalg.svd_compressed``. Default: a quarter of free memory.
+    client
+        A ``distributed.Client`` for the store passes (else the current or threaded scheduler).
+    overwrite
+        Replace an existing ``obsm[key_added]`` in a store (in-memory objects are always updated).
+
+    Returns
+    -------
+    numpy.ndarray
+        The embedding, cells x kept components, also stored in ``obsm[key_added]``.
+
+    Examples
+    --------
+    >>> import p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=300, n_peaks=3000, n_genes=100, n_linked_genes=10)
+    >>> emb = p2g.tl.iterative_lsi(sim.atac, n_components=10, var_features=1000, n_neighbors=15)
+    >>> sim.atac.obsm["X_iterative_lsi"].shape[0], emb.shape[1] <= 10
+    (300, True)
+    """
+    _validate(n_components, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
+              cor_cutoff, outlier_quantiles, filter_quantile, total_features, scale_to)
+    modality, _, _ = resolve_input(atac, None, mod_atac=mod_atac)
+    if modality.store is not None:
+        if not overwrite and key_added in modality.store.obsm:
+            raise FileExistsError(
+                f"key_added={key_added!r} already exists in the store's atac obsm; pass overwrite=True "
+                "to replace it, or choose another key_added."
+            )
+        source = DaskRows.from_dask_array(modality.store.lazy_X(chunk_cells), client)
+    else:
+        source = MemoryRows(_as_csr(modality.X, "atac.X"))
+    if max_sample_bytes is None:
+        import psutil
+
+        max_sample_bytes = psutil.virtual_memory().available / 4
+    timings: dict = {}
+    with timed("iterative_lsi", timings):
+        totals = source.feature_sums(binarize=False)
+        log_depth = np.log10(_depth(modality.obs, depth_col, source) + 1.0)
+        rng = np.random.default_rng(seed)
+        rows = K.sample_cells(rng, log_depth, sample_cells_pre, outlier_quantiles)
+        sample = source.take(rows, max_bytes=max_sample_bytes)
+        fsums = sample.feature_sums(binarize=binarize)
+        candidates = K.candidate_features(totals, total_features)
+        features = K.top_accessible(totals, var_features, filter_quantile=filter_quantile, total_features=total_features)
+        history = {"n_features": [], "n_cells_fit": [], "n_clusters": []}
+        fit_kw = dict(n_components=n_components, scale_to=scale_to, binarize=binarize,
+                      outlier_quantiles=outlier_quantiles, seed=seed)
+        for it in range(1, iterations + 1):
+            model = _fit(sample, features, fsums, **fit_kw)
+            history["n_features"].append(int(model.features.size))
+            history["n_cells_fit"].append(model.n_cells_fit)
+            if it == iterations:
+                history["n_clusters"].append(0)
+                logger.info("iterative_lsi %d/%d: %d features, %d of %d sampled cells fit", it, iterations,
+                            model.features.size, model.n_cells_fit, rows.size)
+                break
+            coords = sample.project(model)
+            scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=scale_dims, cor_cutoff=cor_cutoff)
+            labels = leiden_clusters(scaled[:, kept], n_neighbors=n_neighbors, resolution=resolution, seed=seed)
+            n_clusters = int(labels.max()) + 1
+            history["n_clusters"].append(n_clusters)
+            if n_clusters < 2:
+                logger.warning("iterative_lsi %d/%d: one cluster only; keeping this iteration (lower the "
+                               "resolution or n_neighbors for more)", it, iterations)
+                break
+            features = K.variable_features(sample.group_sums(labels, n_clusters), candidates, var_features,
+                                           scale_to=scale_to)
+            logger.info(
+                "iterative_lsi %d/%d: %d features, %d of %d sampled cells fit, %d clusters found, "
+                "%d variable features kept", it, iterations, model.features.size, model.n_cells_fit,
+                rows.size, n_clusters, features.size,
+            )
+        coords = source.project(model)
+        scaled, corr, kept = _kept_components(coords, log_depth, scale_dims=scale_dims, cor_cutoff=cor_cutoff)
+        embedding = scaled[:, kept]
+        if kept.size < n_components:
+            logger.info("iterative_lsi: dropped %d component(s) with |r| > %s to log10(depth + 1): %s",
+                        n_components - kept.size, cor_cutoff, (np.setdiff1d(np.arange(n_components), kept) + 1).tolist())
+    params = dict(n_components=n_components, iterations=iterations, var_features=var_features,
+                  resolution=resolution, n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre,
+                  depth_col=depth_col, seed=seed, scale_to=scale_to, binarize=binarize, scale_dims=scale_dims,
+                  cor_cutoff=cor_cutoff, filter_quantile=filter_quantile, total_features=total_features,
+                  key_added=key_added)
+    if outlier_quantiles is not None:  # anndata cannot store None
+        params["outlier_quantiles"] = np.asarray(outlier_quantiles, dtype=float)
+    info = {
+        "params": params,
+        "components_kept": kept,
+        "depth_correlation": corr,
+        "features": np.asarray(modality.var.index[model.features], dtype=str),
+        "idf": model.idf,
+        "loadings": model.loadings,
+        "singular_values": model.singular_values,
+        "n_cells_sampled": int(rows.size),
+        "iteration_n_features": np.asarray(history["n_features"]),
+        "iteration_n_cells_fit": np.asarray(history["n_cells_fit"]),
+        "iteration_n_clusters": np.asarray(history["n_clusters"]),
+        "seconds": timings["iterative_lsi"],
+    }
+    if modality.store is not None:
+        modality.store.write_obsm(key_added, embedding, overwrite=True)
+        modality.store.write_uns(UNS_KEY, info)
+    else:
+        modality.adata.obsm[key_added] = embedding
+        modality.adata.uns[UNS_KEY] = info
+    logger.info("iterative_lsi: stored obsm[%r] with shape %s", key_added, embedding.shape)
+    return embedding
+
+
+def _depth(obs, depth_col: str, source) -> np.ndarray:
+    if depth_col in obs.columns:
+        depth = np.asarray(obs[depth_col], dtype=np.float64)
+        if not np.isfinite(depth).all() or (depth < 0).any():
+            raise ValueError(
+                f"depth_col={depth_col!r} holds missing or negative values; fill them, or pass "
+                "depth_col= naming another column (row sums are used when the column is absent)."
+            )
+        return depth
+    logger.info("iterative_lsi: obs has no %r column; using the row sums of the counts as depth", depth_col)
+    return source.row_totals(None, binarize=False)

@@ -1,0 +1,304 @@
+"""``peak_to_gene``: ArchR's addPeak2GeneLinks as one Dask graph.
+
+Graph (task key prefixes as they appear on the dashboard)::
+
+    p2g-read-{atac,rna}          row chunks of the store (or p2g-input-* in-memory slices)
+    p2g-metacell-sum-{atac,rna}  partial metacell sums per chunk, tree-reduced
+    p2g-feature-variance-*       variance of every normalised feature -> quantiles
+    p2g-columns-{atac,rna}       one chromosome's columns (only these move between workers)
+    p2g-correlate                one task per chromosome: candidate pairs, r, t, p
+    p2g-links                    Benjamini-Hochberg over all pairs, the final table
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+from dask.delayed import delayed
+
+import p2g_dask
+from p2g_dask._inputs import Modality, get_obsm, resolve_input
+from p2g_dask._logging import logger, timed
+from p2g_dask.io.peaks import peak_table
+from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
+from p2g_dask.tl._kernels import benjamini_hochberg, column_variance, variance_quantiles
+from p2g_dask.tl.aggregate import metacell_sums
+from p2g_dask.tl.correlate import correlate_chromosome, take_columns
+from p2g_dask.tl.metacells import MetacellMembership
+from p2g_dask.tl.metacells import metacells as compute_metacells
+from p2g_dask.tl.pairs import gene_tss, peak_centres
+
+LINK_COLUMNS = [
+    "peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance",
+    "correlation", "t", "pval", "fdr", "var_q_atac", "var_q_rna",
+]
+
+
+def _feature_quantiles(sums: np.ndarray, totals: np.ndarray, columns: np.ndarray | None, scale_to: float) -> np.ndarray:
+    variances = column_variance(sums if columns is None else sums[:, columns], totals, scale_to)
+    return variance_quantiles(variances)
+
+
+def _assemble(tables, atac_q, rna_q, peaks, genes):
+    stats = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["peak_index", "gene_index", "distance", "correlation", "t", "pval"]
+    )
+    p_idx = stats["peak_index"].to_numpy(dtype=np.int64)
+    g_idx = stats["gene_index"].to_numpy(dtype=np.int64)
+    links = pd.DataFrame(
+        {
+            "peak": peaks.index.to_numpy(dtype=object)[p_idx],
+            "gene": genes["gene_name"].to_numpy(dtype=object)[g_idx],
+            "chrom": peaks["chrom"].to_numpy(dtype=object)[p_idx],
+            "peak_start": peaks["start"].to_numpy()[p_idx],
+            "peak_end": peaks["end"].to_numpy()[p_idx],
+            "tss": genes["tss"].to_numpy()[g_idx],
+            "distance": stats["distance"].to_numpy(dtype=np.int64),
+            "correlation": stats["correlation"].to_numpy(dtype=np.float64),
+            "t": stats["t"].to_numpy(dtype=np.float64),
+            "pval": stats["pval"].to_numpy(dtype=np.float64),
+        }
+    )
+    links["fdr"] = benjamini_hochberg(links["pval"].to_numpy())
+    links["var_q_atac"] = atac_q[p_idx]
+    links["var_q_rna"] = rna_q[g_idx]
+    return links[LINK_COLUMNS]
+
+
+def _gene_modality(atac: Modality, extra_obsm: dict, gene_obsm: str, gene_names) -> Modality:
+    matrix = get_obsm(atac, gene_obsm, extra_obsm, argument="gene_obsm")
+    if gene_names is None:
+        raise ValueError(f"gene_obsm={gene_obsm!r} needs gene_names= (one name per column of obsm[{gene_obsm!r}]).")
+    gene_names = pd.Index(np.asarray(gene_names).astype(str))
+    if gene_names.size != matrix.shape[1]:
+        raise ValueError(
+            f"gene_names has {gene_names.size} names but obsm[{gene_obsm!r}] has {matrix.shape[1]} columns."
+        )
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(matrix) if sp.issparse(matrix) else np.asarray(matrix)
+    return Modality("rna", atac.obs, pd.DataFrame(index=gene_names), X=matrix)
+
+
+def _annotated_genes(rna: Modality, genes: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Genes both measured and annotated: the table and their column positions in the RNA matrix."""
+    names = pd.Index(rna.var.index.astype(str))
+    first = ~names.duplicated(keep="first")
+    if not first.all():
+        logger.warning("rna has %d duplicate gene names; using the first column of each", int((~first).sum()))
+    position = pd.Series(np.flatnonzero(first), index=names[first])
+    annotated = genes[genes["gene_name"].isin(position.index)].reset_index(drop=True)
+    n_missing = int(first.sum()) - len(annotated)
+    if n_missing:
+        logger.info("%d of %d rna genes are not in gene_annotation and are skipped", n_missing, int(first.sum()))
+    return annotated, position.loc[annotated["gene_name"]].to_numpy(dtype=np.int64)
+
+
+def _resolve_client(client):
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def peak_to_gene(
+    atac: Any,
+    *,
+    rna: Any = None,
+    gene_annotation: Any,
+    use_rep: str = "X_iterative_lsi",
+    n_metacells: int = 500,
+    k_neighbors: int = 100,
+    max_distance: int = 250_000,
+    overlap_cutoff: float = 0.8,
+    scale_to: float = 1e4,
+    seed: int = 1,
+    metacells: np.ndarray | None = None,
+    gene_obsm: str | None = None,
+    gene_names: Any = None,
+    mod_atac: str = "atac",
+    mod_rna: str = "rna",
+    chunk_cells: int | None = None,
+    split_every: int = 4,
+    client: Any = None,
+    show_progress: bool = False,
+) -> pd.DataFrame:
+    """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
+
+    Parameters
+    ----------
+    atac
+        Cells x peaks: AnnData, MuData, a p2g store (:func:`p2g_dask.io.open_store`) or its path.
+    rna
+        Cells x genes AnnData (the same cells; the shared barcodes are used). Not needed for a
+        store, a MuData with an ``mod_rna`` modality, or with ``gene_obsm``.
+    gene_annotation
+        ``gene_name, chrom, start, end, strand`` DataFrame (0-based) or a GFF3/GTF path.
+    use_rep
+        Embedding in ``obsm`` for the kNN (ATAC modality first, then a MuData's own obsm).
+    n_metacells, k_neighbors, overlap_cutoff
+        ArchR's ``knnIteration`` (500), ``k`` (100), ``overlapCutoff`` (0.8).
+    max_distance
+        Largest ``|peak centre - TSS|`` in bp (ArchR's ``maxDist``, 250,000).
+    scale_to
+        Each metacell is scaled to this total before ``log2(x + 1)`` (ArchR's ``scaleTo``).
+    seed
+        Seed of the metacell sampling.
+    metacells
+        A precomputed ``(n_metacells, k)`` membership (e.g. ``links.attrs['metacells']``), so two
+        runs share it; ``use_rep``/``n_metacells``/``k_neighbors`` are then unused.
+    gene_obsm, gene_names
+        Use a gene-score matrix ``atac.obsm[gene_obsm]`` (cells x genes, named by ``gene_names``)
+        instead of RNA.
+    mod_atac, mod_rna
+        Modality names in a MuData.
+    chunk_cells, split_every
+        Cells per aggregation task (from a bytes target when None) and the reduction fan-in.
+    client
+        A ``distributed.Client``; without one the current client, else the threaded scheduler.
+    show_progress
+        Show a progress bar while the graph runs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per tested pair: ``peak, gene, chrom, peak_start, peak_end, tss, distance,
+        correlation, t, pval, fdr, var_q_atac, var_q_rna``, sorted by chromosome, peak, gene.
+        ``attrs`` holds ``params``, ``metacells`` (the membership), ``n_cells``,
+        ``obs_names_hash``, ``timings`` and ``p2g_dask_version``.
+
+    Examples
+    --------
+    >>> import p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=400, n_peaks=2000, n_genes=200, n_linked_genes=20, seed=2)
+    >>> links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
+    ...                             n_metacells=60, k_neighbors=20)
+    >>> list(links.columns[:3]), bool(links["correlation"].abs().max() <= 1)
+    (['peak', 'gene', 'chrom'], True)
+    """
+    params = {
+        "use_rep": use_rep, "n_metacells": int(n_metacells), "k_neighbors": int(k_neighbors),
+        "max_distance": int(max_distance), "overlap_cutoff": float(overlap_cutoff),
+        "scale_to": float(scale_to), "seed": int(seed), "gene_obsm": gene_obsm,
+        "precomputed_metacells": metacells is not None,
+    }
+    if max_distance is None or max_distance <= 0:
+        raise ValueError(f"max_distance={max_distance} must be a positive number of bp (ArchR: 250000).")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    atac_mod, rna_mod, extra_obsm = resolve_input(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna)
+    if gene_obsm is not None:
+        rna_mod = _gene_modality(atac_mod, extra_obsm, gene_obsm, gene_names)
+    elif rna_mod is None:
+        raise ValueError("rna is required: pass rna=<AnnData of the same cells>, a store, or gene_obsm= with gene_names=.")
+    n_cells = atac_mod.n_obs
+
+    peaks = peak_table(atac_mod.var)
+    genes = harmonize_chromosomes(gene_table(gene_annotation), peaks["chrom"])
+    genes, rna_columns = _annotated_genes(rna_mod, genes)
+    if genes.empty:
+        raise ValueError(
+            f"none of the {rna_mod.n_vars} rna genes (e.g. {rna_mod.var.index[:3].tolist()}) is in "
+            "gene_annotation; check that both use gene names (not Ensembl ids) of the same genome."
+        )
+    genes["tss"] = gene_tss(genes["start"].to_numpy(), genes["end"].to_numpy(), genes["strand"].to_numpy())
+    centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
+
+    with timed("metacells", timings):
+        if metacells is None:
+            embedding = get_obsm(atac_mod, use_rep, extra_obsm)
+            neighbours = compute_metacells(
+                embedding, n_metacells=n_metacells, k_neighbors=k_neighbors, overlap_cutoff=overlap_cutoff, seed=seed
+            )
+        else:
+            neighbours = np.asarray(metacells, dtype=np.int64)
+            if neighbours.ndim != 2 or neighbours.size == 0:
+                raise ValueError(f"metacells must be a (n_metacells, k) array of cell indices; got shape {neighbours.shape}.")
+            if neighbours.max() >= n_cells or neighbours.min() < 0:
+                raise ValueError(f"metacells index cells outside 0..{n_cells - 1}: they were made for other cells.")
+    n_kept = neighbours.shape[0]
+    if n_kept < 3:
+        raise ValueError(f"only {n_kept} metacells; correlations need at least 3. Lower k_neighbors or raise n_metacells.")
+    logger.info(
+        "peak_to_gene: %d peaks, %d annotated genes, %d cells, %d metacells of %d cells",
+        len(peaks), len(genes), n_cells, n_kept, neighbours.shape[1],
+    )
+
+    client = _resolve_client(client)
+    atac_sums, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    rna_sums, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    token = dask.base.tokenize(atac_sums.key, rna_sums.key, params)
+    atac_q = delayed(_feature_quantiles, pure=True)(atac_sums, atac_totals, None, scale_to,
+                                                    dask_key_name=f"p2g-feature-variance-atac-{token}")
+    rna_q = delayed(_feature_quantiles, pure=True)(rna_sums, rna_totals, rna_columns, scale_to,
+                                                   dask_key_name=f"p2g-feature-variance-rna-{token}")
+    peak_chrom = peaks["chrom"].to_numpy(dtype=object)
+    gene_chrom = genes["chrom"].to_numpy(dtype=object)
+    tables = []
+    for chrom in pd.unique(peak_chrom):
+        p_idx = np.flatnonzero(peak_chrom == chrom)
+        g_idx = np.flatnonzero(gene_chrom == chrom)
+        if g_idx.size == 0:
+            continue
+        chrom_token = dask.base.tokenize(token, chrom)
+        atac_cols = delayed(take_columns, pure=True)(atac_sums, p_idx, dask_key_name=f"p2g-columns-atac-{chrom_token}")
+        rna_cols = delayed(take_columns, pure=True)(rna_sums, rna_columns[g_idx], dask_key_name=f"p2g-columns-rna-{chrom_token}")
+        tables.append(
+            delayed(correlate_chromosome, pure=True)(
+                atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
+                genes["tss"].to_numpy()[g_idx], int(max_distance), scale_to,
+                dask_key_name=f"p2g-correlate-{chrom_token}",
+            )
+        )
+    if not tables:
+        raise ValueError(
+            f"no chromosome has both peaks (e.g. {list(pd.unique(peak_chrom))[:3]}) and annotated genes "
+            f"(e.g. {list(pd.unique(gene_chrom))[:3]}); check the genome build and chromosome names."
+        )
+    result = delayed(_assemble, pure=True)(tables, atac_q, rna_q, peaks, genes,
+                                           dask_key_name=f"p2g-links-{token}")
+    with timed("aggregate + correlate", timings):
+        links = _compute(result, client, show_progress)
+    if links.empty:
+        raise ValueError(
+            f"no candidate peak-gene pairs within max_distance={max_distance} bp; check that peaks and "
+            "genes come from the same genome build, or raise max_distance."
+        )
+    n_sig = int((links["fdr"] < 0.05).sum())
+    logger.info("peak_to_gene: %d candidate pairs, %d with FDR < 0.05", len(links), n_sig)
+    timings["total"] = round(time.perf_counter() - started, 4)
+    links.attrs.update(
+        {
+            "params": params,
+            "metacells": MetacellMembership(neighbours),
+            "n_cells": int(n_cells),
+            "obs_names_hash": dask.base.tokenize(list(map(str, atac_mod.obs.index))),
+            "timings": timings,
+            "p2g_dask_version": p2g_dask.__version__,
+        }
+    )
+    return links
+
+
+def _compute(result, client, show_progress: bool):
+    if client is not None:
+        future = client.compute(result)
+        if show_progress:
+            from distributed import progress
+
+            progress(future)
+        return future.result()
+    if show_progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return result.compute()
+    return result.compute()

@@ -1,0 +1,332 @@
+"""Per-group coverage BigWigs (and fragment BED files) from 10x fragment files, as Dask tasks.
+
+Graph: one ``p2g-fragcache-*`` task per fragment file (parse once into a parquet cache by
+chromosome), then one ``p2g-coverage-*`` task per (group, chromosome) that reads one
+chromosome of the cache, keeps the group's cells and piles up their fragments into runs, and one
+``p2g-bigwig-*`` task per group that normalises the runs and writes the BigWig (``p2g-bed-*``
+for the optional BED files). Group and chromosome names go into the token, never the prefix, so
+the dashboard shows one progress bar per step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+from dask.base import tokenize
+
+from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
+from p2g_dask._logging import logger, timed
+from p2g_dask.io._fragment_cache import FragmentCache, build_fragment_cache, read_cache_file
+from p2g_dask.tl._bigwig import write_bigwig
+from p2g_dask.tl._coverage import coverage_runs
+from p2g_dask.tl._pseudobulk_support import (
+    chrom_sizes_dict,
+    match_barcodes,
+    obs_of,
+    run_tasks,
+    sample_table,
+    write_group_bed,
+)
+
+STRATEGIES = ("cutsite", "fragment")
+EXECUTORS = ("dask", "thread", "process", "synchronous")
+
+
+def pseudobulk_with_fragments(
+    input_data: Any,
+    *,
+    chromsizes: Any,
+    cluster_key: str,
+    path_to_fragments: Mapping[str, str | os.PathLike] | str | os.PathLike,
+    bigwig_path: str | os.PathLike,
+    bed_path: str | os.PathLike | None = None,
+    bigwig_strategy: str = "cutsite",
+    normalize_bigwig: bool = True,
+    cache_fragments: str | os.PathLike | None = None,
+    executor: str = "dask",
+    n_jobs: int = 1,
+    balance_clusters: bool = False,
+    sample_id_col: str | None = None,
+    show_progress: bool = True,
+    shift: tuple[int, int] = (0, 0),
+    bin_size: int = 1,
+    seed: int = 0,
+    overwrite: bool = False,
+    client: Any = None,
+    mod_atac: str = "atac",
+) -> dict[str, str]:
+    """Write one coverage BigWig per cell group from 10x fragment files.
+
+    Parameters
+    ----------
+    input_data
+        The cells: an AnnData (its ``obs``), a MuData (``mod[mod_atac].obs``), a p2g store path
+        or object (its ATAC ``obs``), or an ``obs`` DataFrame. ``obs_names`` are the barcodes,
+        optionally with the sample name as prefix or suffix (``s1_AAAC-1``, ``AAAC-1___s1``).
+    chromsizes
+        Chromosome lengths: a dict, a two-column file (``chrom  length``), a DataFrame
+        (``Chromosome/Start/End`` or ``chrom/size``) or a PyRanges. Fragments on other
+        chromosomes, or that run past a chromosome's end, are skipped and counted in the log.
+    cluster_key
+        ``obs`` column with the groups. Cells with a missing group are left out.
+    path_to_fragments
+        ``{sample: fragment file}`` (gzip, bgzip or plain 10x ``chrom, start, end, barcode,
+        count``, ``#`` header lines allowed), or one file. Every line counts as one fragment
+        (the count column, PCR duplicates, is not used), as in ArchR and SnapATAC2.
+    bigwig_path
+        Folder for ``<group>.bw`` (group names made file-safe).
+    bed_path
+        Optional folder for ``<group>.bed.gz`` (bgzip): the group's fragments as in the files
+        (unshifted), barcodes as in ``obs_names``, on chromosomes of ``chromsizes``.
+    bigwig_strategy
+        ``'cutsite'``: each fragment ``[start, end)`` (0-based, half-open) gives two 1-bp Tn5
+        insertions, at ``start`` and at ``end - 1``. ``'fragment'``: every base of the fragment is
+        covered.
+    normalize_bigwig
+        True: CPM, coverage x 1e6 / the group's total insertions (``'cutsite'``) or fragments
+        (``'fragment'``), counted after the chromosome filter. False: raw counts.
+    cache_fragments
+        Folder for the parquet cache of each fragment file (``<folder>/<sample>/``), reused while
+        the file's path, size and mtime are unchanged, rebuilt otherwise. None: a temporary
+        cache inside ``bigwig_path``, deleted at the end.
+    executor
+        ``'dask'``: the current ``distributed`` client (or ``client``), else a
+        ``LocalCluster(n_workers=n_jobs, threads_per_worker=1)`` closed at the end;
+        ``'thread'`` / ``'process'``: dask's local schedulers with ``n_jobs`` workers;
+        ``'synchronous'``: one thread, for debugging. Workers must see the files and folders.
+    n_jobs
+        Workers for the local cluster or scheduler.
+    balance_clusters
+        Down-sample every group to the cell count of the smallest group (seeded by ``seed``).
+    sample_id_col
+        ``obs`` column naming each cell's key in ``path_to_fragments``; needed with several files.
+    show_progress
+        Show a progress bar per step (``distributed.progress`` or dask's ``ProgressBar``).
+    shift
+        ``(left, right)`` added to every fragment's start and end before the pileup. The default
+        ``(0, 0)`` is right for Cell Ranger ATAC/ARC fragment files, which are already
+        Tn5-adjusted (start +4, end -5 from the alignment); use ``(4, -5)`` only for fragments
+        taken straight from alignments. Fragments left empty by the shift are skipped.
+    bin_size
+        1 = base-pair resolution; larger sums the coverage in fixed bins (fewer intervals).
+    seed
+        Seed of the down-sampling (``numpy.random.default_rng``).
+    overwrite
+        Replace existing BigWig/BED files; otherwise an existing one is an error.
+    client
+        A ``distributed.Client`` to use with ``executor='dask'``.
+    mod_atac
+        MuData modality with the ATAC cells.
+
+    Returns
+    -------
+    dict
+        ``{group: path of its BigWig}``, in group order. A group whose cells have no fragments
+        gets a valid BigWig of zeros (value 0 over every chromosome) and a ``UserWarning``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from p2g_dask.datasets import simulate_multiome, simulate_fragments
+    >>> sim = simulate_multiome(n_cells=60, n_peaks=300, n_genes=40, n_linked_genes=5, seed=0)
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> frags = simulate_fragments(sim.atac, out / "fragments.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=0)
+    >>> bws = pseudobulk_with_fragments(sim.atac, chromsizes=sim.chrom_sizes, cluster_key="lineage",
+    ...     path_to_fragments={"sim": frags}, bigwig_path=out / "bw", executor="synchronous",
+    ...     show_progress=False)
+    >>> sorted(bws) == sorted(sim.atac.obs["lineage"].unique())
+    True
+    """
+    if bigwig_strategy not in STRATEGIES:
+        raise ValueError(f"bigwig_strategy={bigwig_strategy!r} is not known; use one of {STRATEGIES}.")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is not known; use one of {EXECUTORS}.")
+    if not (isinstance(bin_size, (int, np.integer)) and bin_size >= 1):
+        raise ValueError(f"bin_size={bin_size!r} must be a positive integer (1 = base-pair resolution).")
+    if not (isinstance(n_jobs, (int, np.integer)) and n_jobs >= 1):
+        raise ValueError(f"n_jobs={n_jobs!r} must be a positive integer.")
+    try:
+        shift = (int(shift[0]), int(shift[1]))
+        assert len(tuple(shift)) == 2
+    except (TypeError, ValueError, IndexError, AssertionError):
+        raise ValueError(f"shift={shift!r} must be two integers (left, right), e.g. (0, 0) or (4, -5).") from None
+    chrom_sizes = chrom_sizes_dict(chromsizes)
+    files = _fragment_files(path_to_fragments)
+    obs = obs_of(input_data, mod_atac)
+    cells = sample_table(obs, cluster_key=cluster_key, sample_id_col=sample_id_col, samples=list(files))
+    if balance_clusters:
+        cells = _balance(cells, seed)
+    groups = list(cells["group"].cat.categories)
+    names = _file_names(groups)
+    bigwig_dir = Path(bigwig_path)
+    bw_files = {g: bigwig_dir / f"{names[g]}.bw" for g in groups}
+    bed_files = {g: Path(bed_path) / f"{names[g]}.bed.gz" for g in groups} if bed_path is not None else {}
+    for p in [*bw_files.values(), *bed_files.values()]:
+        check_overwrite(p, overwrite, argument="bed_path" if p.suffix == ".gz" else "bigwig_path")
+    bigwig_dir.mkdir(parents=True, exist_ok=True)
+    tmp_cache = None
+    if cache_fragments is None:
+        tmp_cache = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}fragcache-", dir=bigwig_dir))
+    cache_root = Path(cache_fragments) if cache_fragments is not None else tmp_cache
+    try:
+        with run_tasks(executor, n_jobs=n_jobs, client=client, show_progress=show_progress) as run:
+            with timed("pseudobulk: fragment caches"):
+                cache_tasks = [
+                    dask.delayed(build_fragment_cache, pure=False)(
+                        path, cache_root / _safe(sample),
+                        dask_key_name=f"p2g-fragcache-{tokenize(sample, str(path), str(cache_root))}",
+                    )
+                    for sample, path in files.items()
+                ]
+                caches = dict(zip(files, run(cache_tasks)))
+            lookups = {s: match_barcodes(cells, s, caches[s].barcodes()) for s in files}
+            with timed(f"pseudobulk: {len(groups)} group BigWigs ({bigwig_strategy}, bin_size={bin_size})"):
+                tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes, cells,
+                               strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
+                               normalize=normalize_bigwig, overwrite=overwrite)
+                stats = run(tasks)
+    finally:
+        if tmp_cache is not None:
+            _remove(tmp_cache)
+    _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
+    return {g: str(bw_files[g]) for g in groups}
+
+
+def _fragment_files(path_to_fragments) -> dict[str, Path]:
+    if isinstance(path_to_fragments, (str, os.PathLike)):
+        p = Path(path_to_fragments)
+        path_to_fragments = {p.name.split(".")[0] or "sample": p}
+    if not isinstance(path_to_fragments, Mapping) or not path_to_fragments:
+        raise ValueError(
+            f"path_to_fragments={path_to_fragments!r} must be a fragment file or a non-empty "
+            "{sample: fragment file} dict."
+        )
+    files = {str(k): Path(v) for k, v in path_to_fragments.items()}
+    missing = {k: str(v) for k, v in files.items() if not v.is_file()}
+    if missing:
+        raise FileNotFoundError(f"path_to_fragments: these files do not exist: {missing}; check the paths.")
+    return files
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "group"
+
+
+def _file_names(groups: list[str]) -> dict[str, str]:
+    names = {g: _safe(g) for g in groups}
+    seen: dict[str, str] = {}
+    for g, n in names.items():
+        if n.lower() in seen:
+            raise ValueError(
+                f"cluster_key: groups {seen[n.lower()]!r} and {g!r} give the same file name {n!r}; "
+                "rename one of them."
+            )
+        seen[n.lower()] = g
+    return names
+
+
+def _balance(cells: pd.DataFrame, seed: int) -> pd.DataFrame:
+    sizes = cells["group"].value_counts()
+    sizes = sizes[sizes > 0]
+    n_min = int(sizes.min())
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in cells["group"].cat.categories:
+        rows = np.flatnonzero((cells["group"] == g).to_numpy())
+        keep.append(np.sort(rng.choice(rows, size=min(n_min, rows.size), replace=False)))
+    logger.info("balance_clusters: down-sampled every group to %d cells (seed=%d)", n_min, seed)
+    return cells.iloc[np.sort(np.concatenate(keep))]
+
+
+def _coverage_task(sources, group_code, chrom, chrom_length, strategy, shift, bin_size):
+    starts, ends = [], []
+    for file, lookup in sources:
+        data = read_cache_file(file)
+        keep = lookup[data["barcode_id"]] == group_code
+        starts.append(data["start"][keep])
+        ends.append(data["end"][keep])
+    start = np.concatenate(starts) if starts else np.empty(0, np.int64)
+    end = np.concatenate(ends) if ends else np.empty(0, np.int64)
+    runs, units, skipped = coverage_runs(start, end, strategy=strategy, chrom_length=chrom_length,
+                                         shift=shift, bin_size=bin_size)
+    return {"chrom": chrom, "runs": runs, "units": units, "n_fragments": int(start.size) - skipped,
+            "n_skipped": skipped}
+
+
+def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite):
+    units = sum(c["units"] for c in coverages)
+    scale = 1e6 / units if normalize and units > 0 else 1.0
+    written = write_bigwig(path, chrom_sizes, {c["chrom"]: c["runs"] for c in coverages if len(c["runs"].start)},
+                           scale=scale, overwrite=overwrite)
+    return {"kind": "bigwig", "path": str(path), "units": units, "scale": scale,
+            "n_fragments": sum(c["n_fragments"] for c in coverages),
+            "n_skipped": sum(c["n_skipped"] for c in coverages), **written}
+
+
+def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, cells, *,
+           strategy, shift, bin_size, normalize, overwrite):
+    # The barcode -> group lookups become graph keys, so each is sent to a worker once.
+    lookup_keys = {s: dask.delayed(lk, name=f"p2g-barcodes-{tokenize(lk)}") for s, (lk, _) in lookups.items()}
+    names_keys = {s: dask.delayed(nm, name=f"p2g-barcodenames-{tokenize(nm)}") for s, (_, nm) in lookups.items()}
+    cache_ids = {s: (c.manifest["source"], c.manifest["size"], c.manifest["mtime_ns"]) for s, c in caches.items()}
+    chroms = [c for c in chrom_sizes if any(c in cache.chroms for cache in caches.values())]
+    tasks = []
+    for code, group in enumerate(groups):
+        coverages = []
+        for chrom in chroms:
+            sources = [(caches[s].chrom_file(chrom), lookup_keys[s]) for s in caches if chrom in caches[s].chroms]
+            token = tokenize(group, chrom, [cache_ids[s] for s in caches], [lookups[s][0] for s in caches],
+                             strategy, shift, bin_size, chrom_sizes[chrom])
+            coverages.append(dask.delayed(_coverage_task, pure=True)(
+                sources, code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
+                dask_key_name=f"p2g-coverage-{token}"))
+        token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite)
+        tasks.append(dask.delayed(_bigwig_task, pure=False)(
+            str(bw_files[group]), chrom_sizes, coverages, normalize, overwrite,
+            dask_key_name=f"p2g-bigwig-{token}"))
+        if group in bed_files:
+            per_chrom = [(chrom, chrom_sizes[chrom],
+                          [(caches[s].chrom_file(chrom), lookup_keys[s], names_keys[s])
+                           for s in caches if chrom in caches[s].chroms]) for chrom in chroms]
+            token = tokenize(group, str(bed_files[group]), per_chrom, [lookups[s][0] for s in caches])
+            tasks.append(dask.delayed(write_group_bed, pure=False)(
+                str(bed_files[group]), per_chrom, code, overwrite, dask_key_name=f"p2g-bed-{token}"))
+    return tasks
+
+
+def _report(stats, groups, caches, lookups, chrom_sizes, strategy) -> None:
+    bw_stats = [s for s in stats if s["kind"] == "bigwig"]
+    skipped_bounds = sum(s["n_skipped"] for s in bw_stats)
+    off = {}
+    for sample, cache in caches.items():
+        lookup = lookups[sample][0]
+        for chrom in cache.chroms:
+            if chrom not in chrom_sizes:
+                ids = read_cache_file(cache.chrom_file(chrom), ("barcode_id",))["barcode_id"]
+                n = int(np.count_nonzero(lookup[ids] >= 0))
+                if n:
+                    off[chrom] = off.get(chrom, 0) + n
+    if off:
+        logger.warning("skipped %d fragments of grouped cells on %d chromosomes not in chromsizes: %s",
+                       sum(off.values()), len(off), ", ".join(f"{c} ({n})" for c, n in list(off.items())[:10]))
+    if skipped_bounds:
+        logger.warning("skipped %d fragments that (after the shift) run past a chromosome end or are empty",
+                       skipped_bounds)
+    for group, s in zip(groups, bw_stats):
+        logger.info("%s: %d fragments, %d %s, %d intervals -> %s", group, s["n_fragments"], s["units"],
+                    "insertions" if strategy == "cutsite" else "fragments", s["n_intervals"], s["path"])
+        if s["n_fragments"] == 0:
+            warnings.warn(
+                f"group {group!r} has no fragments on the chromosomes of chromsizes (are its barcodes in "
+                f"the fragment files?); its BigWig {s['path']} holds zeros only.",
+                UserWarning, stacklevel=3,
+            )
