@@ -24,7 +24,7 @@ import dask.config
 # defaults at import, which would otherwise reset the p2g values set below.
 import dask_jobqueue  # noqa: F401
 import yaml
-from dask.utils import format_bytes, parse_bytes, parse_timedelta
+from dask.utils import format_bytes, parse_timedelta
 from distributed import Client
 
 from p2g_dask._logging import logger
@@ -57,19 +57,15 @@ def _default_host() -> str:
     return dask.config.get("p2g.cluster.host", default="127.0.0.1") or "127.0.0.1"
 
 
-def _port_free(host: str, port: int) -> bool:
+def _dashboard_address(host: str) -> str:
+    # 8787 is what users expect to tunnel to; fall back to a random port rather than fail.
+    port = int(dask.config.get("p2g.cluster.dashboard-port", default=8787))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
-            return False
-    return True
-
-
-def _dashboard_address(host: str) -> str:
-    # 8787 is what users expect to tunnel to; fall back to a random port rather than fail.
-    port = int(dask.config.get("p2g.cluster.dashboard-port", default=8787))
-    return f"{host}:{port}" if _port_free(host, port) else f"{host}:0"
+            return f"{host}:0"
+    return f"{host}:{port}"
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = True, minimum: int = 1) -> int | None:
@@ -204,7 +200,8 @@ def _read_jobqueue_config(config: str | os.PathLike | Mapping) -> dict:
                 "keys, e.g. deploy/slurm/jobqueue.yaml."
             )
         data, where = yaml.safe_load(path.read_text()) or {}, f"config={str(config)!r}"
-    section = data.get("jobqueue", {}).get("slurm") if isinstance(data.get("jobqueue"), Mapping) else None
+    jobqueue = data.get("jobqueue") if isinstance(data, Mapping) else None
+    section = jobqueue.get("slurm") if isinstance(jobqueue, Mapping) else None
     if not isinstance(section, Mapping):
         raise ValueError(
             f"{where} has no 'jobqueue: slurm:' section; write the SLURM job options under "
@@ -217,7 +214,7 @@ def _read_jobqueue_config(config: str | os.PathLike | Mapping) -> dict:
 
 def _start_local(opts: dict[str, Any]) -> Client:
     from dask.system import CPU_COUNT
-    from distributed import LocalCluster
+    from distributed import LocalCluster, Nanny, Worker
     from distributed.deploy.utils import nprocesses_nthreads
     from distributed.system import MEMORY_LIMIT
 
@@ -236,20 +233,30 @@ def _start_local(opts: dict[str, Any]) -> Client:
         memory_limit = int(MEMORY_LIMIT // n_workers)
     # dashboard_address=None given explicitly means no dashboard, as in LocalCluster.
     dashboard = opts.pop("dashboard_address") if "dashboard_address" in opts else _dashboard_address(host)
-    # LocalCluster returns with all its workers up: nothing to wait for.
-    opts.pop("timeout", None)
-    opts.pop("wait_for_workers", None)
+    for key in ("timeout", "wait_for_workers"):
+        opts.pop(key, None)  # LocalCluster returns with all its workers up
     processes = opts.pop("processes", True)
     if not processes:
         # In-process workers default to the inproc protocol, which cannot bind 127.0.0.1 and
         # whose address would make the dashboard link point at the machine's public IP.
         opts.setdefault("protocol", "tcp://")
+    _check_keywords(opts, "local", LocalCluster.__init__, Worker.__init__, Nanny.__init__)
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=memory_limit,
-                           processes=processes, host=host,
-                           dashboard_address=dashboard, **opts)
-    logger.info("LocalCluster: %d worker(s) x %d thread(s), memory_limit=%s, scheduler %s",
-                n_workers, threads, format_bytes(parse_bytes(memory_limit)), cluster.scheduler_address)
+                           processes=processes, host=host, dashboard_address=dashboard, **opts)
+    shown = format_bytes(memory_limit) if isinstance(memory_limit, int) else memory_limit
+    logger.info("LocalCluster: %d worker(s) x %d thread(s), memory_limit=%s each, scheduler %s",
+                n_workers, threads, shown, cluster.scheduler_address)
     return Client(cluster)
+
+
+def _check_keywords(opts: Mapping[str, Any], kind: str, *functions) -> None:
+    # Catch a misspelt option here, by name, rather than as a TypeError deep inside a worker.
+    accepted = set().union(*(inspect.signature(fn).parameters for fn in functions))
+    accepted -= {"self", "args", "kwargs", "worker_kwargs", "scheduler_ip", "scheduler_file", "address"}
+    unknown = sorted(set(opts) - accepted)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} (values {[opts[k] for k in unknown]}) for "
+                         f"kind={kind!r}; valid options include {sorted(accepted)}.")
 
 
 def _normalise_address(address: Any) -> str:
@@ -283,11 +290,7 @@ def _start_address(opts: dict[str, Any]) -> Client:
     elif not Path(scheduler_file).is_file():
         raise FileNotFoundError(f"scheduler_file={str(scheduler_file)!r} does not exist; pass the file "
                                 "written by `dask scheduler --scheduler-file`.")
-    accepted = set(inspect.signature(Client.__init__).parameters) - {"self", "address", "scheduler_file", "timeout"}
-    unknown = sorted(set(opts) - accepted)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for kind='address'; valid options are "
-                         f"address, scheduler_file, timeout, wait_for_workers and Client keywords {sorted(accepted)}.")
+    _check_keywords(opts, "address", Client.__init__)
     where = address or f"scheduler_file={str(scheduler_file)!r}"
     try:
         client = Client(address, scheduler_file=scheduler_file, timeout=timeout, **opts)
@@ -449,6 +452,11 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
 @contextlib.contextmanager
 def cluster_session(kind: str | None = None, **options: Any) -> Iterator[Client]:
     """Context manager around :func:`start_cluster` that closes the client and cluster on exit.
+
+    Parameters
+    ----------
+    kind, **options
+        As for :func:`start_cluster`.
 
     Examples
     --------

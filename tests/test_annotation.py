@@ -245,6 +245,15 @@ def test_read_gene_annotation__gtf_without_gene_rows(tmp_path):
     assert genes.set_index("gene_name").loc["PLCXD1", "end"] == 276394
 
 
+def test_read_gene_annotation__gff_unstranded_gene_skipped(tmp_path, caplog):
+    text = GENCODE_GFF3.replace("chr2  HAVANA  gene  38814  46588  .  -", "chr2  HAVANA  gene  38814  46588  .  .")
+    with caplog.at_level(logging.WARNING, logger="p2g_dask"):
+        genes, exons = read_gene_annotation(_write(tmp_path / "a.gff3", text))
+    assert "FAM110C" not in set(genes["gene_name"]) and "FAM110C" not in set(exons["gene_name"])
+    assert len(genes) == len(EXPECTED_GENES) - 1
+    assert any("without a +/- strand (e.g. FAM110C)" in r.getMessage() for r in caplog.records)
+
+
 def test_select_exons__mane_before_ensembl_canonical():
     exons = pd.DataFrame({
         "gene_key": ["g"] * 4, "chrom": "chr1", "start": [0, 50, 10, 60], "end": [20, 80, 30, 90],
@@ -269,6 +278,9 @@ def test_read_gene_annotation__dataframe_validation():
         read_gene_annotation("/no/such.gtf")
     renamed = good.rename(columns={"chrom": "Chromosome", "start": "Start", "end": "End", "strand": "Strand"})
     pd.testing.assert_frame_equal(read_gene_annotation(renamed)[0], good)
+    import pyranges
+
+    pd.testing.assert_frame_equal(read_gene_annotation(pyranges.PyRanges(renamed))[0], good)
 
 
 def test_read_gene_annotation__simulated_dataframes():
@@ -292,6 +304,10 @@ def test_read_gene_annotation__bed_tables(tmp_path):
         ["A", "chr1", 5, 50, "+"], ["B", "chr2", 100, 900, "-"]]
     assert exons[["gene_name", "start", "end", "strand", "transcript_id"]].values.tolist() == [
         ["A", 5, 20, "+", "T1"], ["A", 30, 50, "+", "T1"], ["B", 800, 900, "-", "T2"]]
+    # A gzip BED12 whose name does not say so: detected from its bytes, first six columns used.
+    with gzip.open(tmp_path / "genes12.txt", "wt") as fh:
+        fh.write("chr2\t100\t900\tB\t0\t-\t100\t900\t0\t1\t800,\t0,\n")
+    assert read_gene_annotation(tmp_path / "genes12.txt")[0]["end"].tolist() == [900]
 
 
 def _need_hg38():

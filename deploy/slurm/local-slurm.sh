@@ -33,7 +33,9 @@ running() {  # running PIDFILE PROGRAM
     local pidfile="$1" prog="$2" pid
     [[ -s "$pidfile" ]] || return 1
     pid="$(cat "$pidfile")"
-    [[ -r "/proc/$pid/comm" ]] && [[ "$(cat "/proc/$pid/comm")" == "$prog" ]]
+    [[ -r "/proc/$pid/comm" ]] && [[ "$(cat "/proc/$pid/comm")" == "$prog" ]] || return 1
+    # A killed daemon that nobody reaped yet is a zombie: it does not count as running.
+    [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]
 }
 
 stop_daemon() {  # stop_daemon PIDFILE PROGRAM

@@ -11,3 +11,6 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
+
+# simulate_fragments shares its module's name: bind the function eagerly (see p2g_dask.tl).
+from p2g_dask.datasets.simulate_fragments import simulate_fragments  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p2g_dask._logging import logger
+from p2g_dask._logging import logger, timed
 
 # Rows never needed for genes and exons; dropping them before pyranges parses the attribute
 # column roughly halves the parse time of a full GENCODE file.
@@ -32,6 +32,10 @@ _SKIP_FEATURES = {
 _GENE_FEATURES = {"gene", "ncRNA_gene", "pseudogene"}
 _CANONICAL_TAGS = ("MANE_Select", "Ensembl_canonical")
 EXON_MODELS = ("canonical", "merged")
+_KEEP_COLUMNS = {
+    "Chromosome", "Feature", "Start", "End", "Strand", "ID", "Parent", "Name", "gene_id", "gene_name",
+    "gene_type", "gene_biotype", "biotype", "transcript_id", "tag", "exon_number", "exon_id",
+}
 
 
 def open_text(path: str | os.PathLike):
@@ -103,6 +107,8 @@ def _parse_raw(path: Path, kind: str) -> pd.DataFrame:
         else:
             # GENCODE writes one `tag "..."` pair per tag: keep them all, comma-joined.
             df = pyranges.read_gtf(str(plain), as_df=True, duplicate_attr=True)
+    # Only these attributes are used; dropping the other ~15 early makes every later copy cheap.
+    df = df[[c for c in df.columns if c in _KEEP_COLUMNS]]
     df = df.rename(columns={"Chromosome": "chrom", "Start": "start", "End": "end", "Strand": "strand"})
     df["chrom"] = df["chrom"].astype(str)
     df["strand"] = df["strand"].astype(str)
@@ -122,10 +128,15 @@ def _genes_and_exons(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.Data
         is_tx = ~is_gene & ~is_exon & ids.notna()
         parent = df["Parent"].astype(object) if "Parent" in df.columns else missing
         # exon -Parent-> transcript -Parent-> gene; GFF3 allows several parents per exon.
-        tx_gene = pd.Series(parent[is_tx].str.split(",").str[0].to_numpy(), index=ids[is_tx].to_numpy())
+        tx_parent = parent[is_tx]
+        if tx_parent.str.contains(",", regex=False).any():
+            tx_parent = tx_parent.str.split(",").str[0]
+        tx_gene = pd.Series(tx_parent.to_numpy(), index=ids[is_tx].to_numpy())
         tx_gene = tx_gene[~tx_gene.index.duplicated()]
-        exons["transcript_id"] = parent[is_exon].str.split(",")
-        exons = exons.explode("transcript_id")
+        exons["transcript_id"] = parent[is_exon]
+        if exons["transcript_id"].str.contains(",", regex=False).any():
+            exons["transcript_id"] = exons["transcript_id"].str.split(",")
+            exons = exons.explode("transcript_id")
         gene_ids = set(gene_key[is_gene].dropna())
         direct = exons["transcript_id"].where(exons["transcript_id"].isin(gene_ids))
         exons["gene_key"] = exons["transcript_id"].map(tx_gene).fillna(direct)
@@ -173,7 +184,7 @@ def _genes_and_exons(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.Data
 def merge_exons(exons: pd.DataFrame) -> pd.DataFrame:
     """Union of each gene's exons: overlapping or touching intervals become one."""
     if exons.empty:
-        return exons.assign(transcript_id=pd.Series(dtype=object))[["gene_key", "chrom", "start", "end", "strand"]]
+        return exons[["gene_key", "chrom", "start", "end", "strand"]].copy()
     df = exons.sort_values(["gene_key", "start", "end"], kind="stable")
     key = df["gene_key"].to_numpy()
     start = df["start"].to_numpy()
@@ -192,6 +203,10 @@ def select_exons(exons: pd.DataFrame, exon_model: str) -> pd.DataFrame:
     """Apply the exon model (module docstring) to exons with ``gene_key, transcript_id, tags``."""
     if exon_model not in EXON_MODELS:
         raise ValueError(f"exon_model={exon_model!r} is not valid; use one of {list(EXON_MODELS)}.")
+    if exons.empty:  # e.g. a gene-only GFF: keep the columns so callers can merge and sort
+        empty = {c: pd.Series(dtype=np.int64 if c in ("start", "end") else object)
+                 for c in ["gene_key", "chrom", "start", "end", "strand", "transcript_id", "exon_source"]}
+        return pd.DataFrame(empty)
     chosen = pd.DataFrame(columns=["gene_key", "transcript_id", "exon_source"])
     if exon_model == "canonical" and exons["tags"].notna().any():
         tx = exons.drop_duplicates(["gene_key", "transcript_id"])[["gene_key", "transcript_id", "tags"]]
@@ -215,9 +230,10 @@ def select_exons(exons: pd.DataFrame, exon_model: str) -> pd.DataFrame:
 @functools.lru_cache(maxsize=2)
 def _parse_cached(path: str, mtime_ns: int, size: int, kind: str, exon_model: str):
     # peak_to_gene and plot_peak2gene both take the path: parse a full GENCODE file once.
-    raw = _parse_raw(Path(path), kind)
-    genes, exons = _genes_and_exons(raw, kind)
-    return genes, select_exons(exons, exon_model)
+    with timed(f"reading {kind.upper()} {Path(path).name}"):
+        raw = _parse_raw(Path(path), kind)
+        genes, exons = _genes_and_exons(raw, kind)
+        return genes, select_exons(exons, exon_model)
 
 
 def parse_gff(path: Path, kind: str, exon_model: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -92,16 +92,19 @@ def _read_table(path: Path, *, argument: str, what: str) -> pd.DataFrame:
         first = fh.readline().rstrip("\n").split("\t")
     has_header = first[0].startswith("#") or (len(first) > 1 and not first[1].strip().isdigit())
     if has_header:
-        df = pd.read_csv(path, sep="\t", header=0, compression="infer" if path.suffix == ".gz" else None)
+        with open_text(path) as fh:
+            df = pd.read_csv(fh, sep="\t", header=0)
         return df.rename(columns={df.columns[0]: str(df.columns[0]).lstrip("#")})
     n_cols = len(first)
-    layout = _EXON_BED7 if what == "exons" and n_cols == 7 else _BED6[:n_cols] if n_cols <= 6 else None
-    if layout is None or (what == "genes" and n_cols < 6):
+    # BED12 and other wider BEDs start with the BED6 columns.
+    layout = _EXON_BED7 if what == "exons" and n_cols == 7 else _BED6[: min(n_cols, 6)]
+    if n_cols < (6 if what == "genes" else 4):
         raise ValueError(
             f"{argument}={str(path)!r} has no header and {n_cols} columns; give it a header line "
             f"naming {GENE_COLUMNS} or use BED6 (chrom, start, end, gene_name, score, strand)."
         )
-    return pd.read_csv(path, sep="\t", header=None, names=layout, usecols=range(len(layout)))
+    with open_text(path) as fh:
+        return pd.read_csv(fh, sep="\t", header=None, names=layout, usecols=range(len(layout)))
 
 
 def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
@@ -109,8 +112,10 @@ def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
         return obj
     if hasattr(obj, "df") and hasattr(obj, "chromosomes"):  # a pyranges.PyRanges
         return obj.df
-    if hasattr(obj, "annotation") and hasattr(obj, "chrom_sizes"):  # a p2g_dask.genome.Genome
-        return Path(obj.annotation)
+    from p2g_dask.genome import Genome
+
+    if isinstance(obj, Genome):
+        return Path(obj.annotation)  # downloads GENCODE once
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj).expanduser()
         if not path.is_file():
@@ -218,6 +223,12 @@ def read_gene_annotation(
         genes = _standardise(source, argument="path_or_df", what="genes")
     elif (kind := sniff_format(source)) in ("gff3", "gtf"):
         genes, exon_table = parse_gff(source, kind, exon_model)
+        unstranded = ~genes["strand"].isin(["+", "-"])
+        if unstranded.any():
+            # Files in the wild carry a few '.'-strand genes; without a strand there is no TSS.
+            logger.warning("read_gene_annotation: skipped %d gene(s) without a +/- strand (e.g. %s)",
+                           int(unstranded.sum()), genes.loc[unstranded, "gene_name"].iloc[0])
+            genes = genes[~unstranded]
         genes = _standardise(genes, argument=f"path_or_df={str(source)!r}", what="genes")
     else:
         raw = _read_table(source, argument="path_or_df", what="genes")
@@ -280,8 +291,8 @@ def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame
     """
     from p2g_dask import genome
 
-    if hasattr(sizes, "chrom_sizes") and not isinstance(sizes, (str, os.PathLike, pd.DataFrame)):
-        return dict(sizes.chrom_sizes)
+    if isinstance(sizes, genome.Genome):
+        return sizes.chrom_sizes
     if isinstance(sizes, (str, os.PathLike)):
         path = Path(sizes).expanduser()
         if not path.is_file() and str(sizes) in genome.GENOMES:

@@ -87,11 +87,11 @@ def write_links(
         with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
             writer(links, tmp, **options)
         return path
-    table = pa.Table.from_pandas(links, preserve_index=False)
+    plain = links.copy(deep=False)
+    plain.attrs = {}
+    table = pa.Table.from_pandas(plain, preserve_index=False)
     metadata = dict(table.schema.metadata or {})
     metadata[_META_KEY] = json.dumps(_to_json(dict(links.attrs))).encode()
-    # pandas' own metadata would also carry attrs (as plain JSON); ours restores types.
-    metadata.pop(b"pandas", None)
     table = table.replace_schema_metadata(metadata)
     with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
         pq.write_table(table, tmp)

@@ -35,10 +35,10 @@ def parse_peak_names(names: Sequence[str]) -> pd.DataFrame:
     {'chrom': ['chr1', 'chrX'], 'start': [100, 5], 'end': [200, 10]}
     """
     names = pd.Index(np.asarray(names, dtype=object).astype(str))
-    parts = names.str.extract(_PEAK_NAME)
-    bad = parts["chrom"].isna()
+    matches = [_PEAK_NAME.match(name) for name in names]
+    bad = np.array([m is None for m in matches], dtype=bool)
     if bad.any():
-        example = names[np.flatnonzero(bad.to_numpy())[0]]
+        example = names[np.flatnonzero(bad)[0]]
         raise ValueError(
             f"{int(bad.sum())} of {len(names)} peak names cannot be parsed, e.g. {example!r}; "
             "name peaks 'chr1:100-200', 'chr1-100-200' or 'chr1_100_200', or give var columns "
@@ -46,9 +46,9 @@ def parse_peak_names(names: Sequence[str]) -> pd.DataFrame:
         )
     table = pd.DataFrame(
         {
-            "chrom": parts["chrom"].to_numpy(dtype=object),
-            "start": parts["start"].astype(np.int64).to_numpy(),
-            "end": parts["end"].astype(np.int64).to_numpy(),
+            "chrom": np.array([m.group("chrom") for m in matches], dtype=object),
+            "start": np.array([m.group("start") for m in matches], dtype=np.int64),
+            "end": np.array([m.group("end") for m in matches], dtype=np.int64),
         },
         index=names,
     )

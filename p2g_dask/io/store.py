@@ -101,6 +101,16 @@ def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chun
     ad.io.write_elem(group, "obs", obs)
     var = source.var.copy()
     var.index = var.index.astype(str)
+    if source.name == "atac" and not {"chrom", "start", "end"} <= set(var.columns):
+        # Parse peak names once here so readers of the store need not.
+        from p2g_dask.io.peaks import peak_table
+
+        try:
+            coords = peak_table(var.index)
+            for column in ("chrom", "start", "end"):
+                var[column] = coords[column].to_numpy()
+        except ValueError:
+            pass  # unparseable names are reported where peaks are needed
     ad.io.write_elem(group, "var", var)
     ad.io.write_elem(group, "obsm", {k: _take_rows(v, rows) for k, v in source.obsm.items()})
     for empty in ("layers", "varm", "obsp", "varp"):
@@ -207,13 +217,17 @@ def _report_overlap(n_atac: int, n_rna: int, n_common: int) -> None:
         )
 
 
-def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
+def read_csr_raw(path: str, modality: str, start: int, stop: int, n_vars: int) -> tuple:
+    """Rows ``start:stop`` of a store matrix as ``(data, indices, indptr, n_vars)`` arrays."""
     group = zarr.open_group(path, mode="r")[f"{modality}/X"]
     indptr = group["indptr"][start : stop + 1]
     lo, hi = int(indptr[0]), int(indptr[-1])
-    data = group["data"][lo:hi]
-    indices = group["indices"][lo:hi]
-    return sp.csr_matrix((data, indices, indptr - lo), shape=(stop - start, n_vars))
+    return group["data"][lo:hi], group["indices"][lo:hi], indptr - lo, n_vars
+
+
+def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
+    data, indices, indptr, _ = read_csr_raw(path, modality, start, stop, n_vars)
+    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_vars))
 
 
 class StoreModality:

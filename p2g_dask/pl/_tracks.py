@@ -240,7 +240,11 @@ def draw_gene_models(
 
 
 def _take_block(block, cols: np.ndarray, want_totals: bool):
-    block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
+    # Convert only what is not CSR yet: copying an in-memory matrix would cost more than the slice.
+    if sp.issparse(block):
+        block = block if block.format == "csr" else block.tocsr()
+    else:
+        block = np.asarray(block)
     sub = sp.csr_matrix(block[:, cols])
     totals = np.asarray(block.sum(axis=1)).ravel().astype(float) if want_totals else None
     return sub, totals

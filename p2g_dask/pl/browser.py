@@ -82,7 +82,7 @@ def passing_links(links: pd.DataFrame, *, fdr_thresh: float, min_abs_r: float) -
 
 def close_names(name: str, names: pd.Series | np.ndarray, n: int = 5) -> list[str]:
     """Up to ``n`` names close to ``name`` (case-insensitive), for 'did you mean' errors."""
-    names = pd.unique(np.asarray(names, dtype=str))
+    names = [str(nm) for nm in pd.unique(np.asarray(names, dtype=str))]
     lower = {}
     for nm in names:
         lower.setdefault(nm.lower(), nm)
@@ -115,7 +115,7 @@ def _region(gene_row: pd.Series, sel: pd.DataFrame, pad_bp: int) -> tuple[int, i
     return max(0, min(lo) - pad_bp), max(hi) + pad_bp
 
 
-def _region_peaks(modality: Any, sel: pd.DataFrame, region_links: pd.DataFrame, chrom: str,
+def _region_peaks(modality: Any, region_links: pd.DataFrame, chrom: str,
                   lo: int, hi: int) -> tuple[pd.DataFrame, np.ndarray]:
     """Peaks overlapping the region and their column numbers (-1 without a matrix)."""
     if modality is not None:
@@ -168,7 +168,7 @@ def plot_peak2gene(
     figsize: tuple[float, float] | None = None,
     ax: Any = None,
     show: bool = False,
-):
+) -> tuple[Any, dict[str, Any]]:
     """Browser track of one gene's peak-to-gene links, in the style of ArchR's ``plotBrowserTrack``.
 
     Rows, top to bottom, on one genomic x axis spanning the gene and its passing links
@@ -264,7 +264,7 @@ def plot_peak2gene(
         from p2g_dask._inputs import resolve_input
 
         modality = resolve_input(atac, None, mod_atac=mod_atac)[0]
-    peaks, cols = _region_peaks(modality, sel, gene_links, chrom, lo, hi)
+    peaks, cols = _region_peaks(modality, gene_links, chrom, lo, hi)
     near = genes[(genes["chrom"] == chrom) & (genes["end"] > lo) & (genes["start"] < hi)].sort_values("start")
     region_exons = None if exons is None else exons[(exons["chrom"] == chrom)
                                                     & exons["gene_name"].isin(near["gene_name"])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -20,7 +22,7 @@ def plot_link_summary(
     log_counts: bool | None = None,
     figsize: tuple[float, float] = (12.0, 3.4),
     show: bool = False,
-):
+) -> tuple[Any, list[Any]]:
     """Summarise a links table in three panels, in one call.
 
     1. Histogram of the correlation of all tested pairs and of the significant ones
@@ -81,6 +83,9 @@ def plot_link_summary(
         log_counts = finite.sum() > 50 * max(1, sig.sum())
     if log_counts:
         ax.set_yscale("log")
+    # Headroom above the tallest bar keeps the legend off the bars.
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top * 12 if log_counts else top * 1.35)
     ax.set_xlabel("correlation (r)")
     ax.set_ylabel("pairs")
     title = "Correlation" + (f"  ({n_nan:,} NaN not shown)" if n_nan else "")

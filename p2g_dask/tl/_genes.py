@@ -15,12 +15,13 @@ GENE_COLUMNS = ("gene_name", "chrom", "start", "end", "strand")
 
 def gene_table(gene_annotation: Any) -> pd.DataFrame:
     """A validated ``gene_name, chrom, start, end, strand`` table from a DataFrame or a path."""
-    if isinstance(gene_annotation, (str, os.PathLike)):
+    if isinstance(gene_annotation, tuple) and len(gene_annotation) == 2:
+        gene_annotation = gene_annotation[0]  # the (genes, exons) pair of read_gene_annotation
+    elif isinstance(gene_annotation, (str, os.PathLike)) or hasattr(gene_annotation, "annotation"):
+        # A GFF3/GTF/TSV path or a genome object such as p2g.genome.hg38.
         from p2g_dask.io.annotation import read_gene_annotation
 
         gene_annotation = read_gene_annotation(gene_annotation)[0]
-    elif isinstance(gene_annotation, tuple) and len(gene_annotation) == 2:
-        gene_annotation = gene_annotation[0]  # the (genes, exons) pair of read_gene_annotation
     if not isinstance(gene_annotation, pd.DataFrame):
         raise TypeError(
             "gene_annotation must be a DataFrame with columns gene_name, chrom, start, end, strand, "

@@ -9,31 +9,29 @@ from scipy import stats
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate_csr(cell_indptr, cell_metacells, x_indptr, x_indices, x_data, out):  # pragma: no cover - jit
-    n_rows = x_indptr.size - 1
-    for row in range(n_rows):
-        first, last = cell_indptr[row], cell_indptr[row + 1]
-        if first == last:
-            continue
-        start, stop = x_indptr[row], x_indptr[row + 1]
-        for t in range(first, last):
-            metacell = cell_metacells[t]
-            for p in range(start, stop):
-                out[metacell, x_indices[p]] += x_data[p]
+def _accumulate_csr(member_indptr, member_cells, x_indptr, x_indices, x_data, out):  # pragma: no cover - jit
+    # Metacell-major: one output row stays in cache while its member cells' rows are added.
+    for metacell in range(member_indptr.size - 1):
+        row_out = out[metacell]
+        for t in range(member_indptr[metacell], member_indptr[metacell + 1]):
+            cell = member_cells[t]
+            for p in range(x_indptr[cell], x_indptr[cell + 1]):
+                row_out[x_indices[p]] += x_data[p]
 
 
 def metacell_sum_block(
-    block, cell_indptr: np.ndarray, cell_metacells: np.ndarray, n_metacells: int, dtype=np.float32
+    block, member_indptr: np.ndarray, member_cells: np.ndarray, n_metacells: int, dtype=np.float32
 ) -> np.ndarray:
     """Sum a block of cell rows into metacells without densifying the block.
 
     Parameters
     ----------
     block
-        Cells x features (scipy CSR, or dense) for the block's rows.
-    cell_indptr, cell_metacells
-        For the block's row ``r``, ``cell_metacells[cell_indptr[r]:cell_indptr[r+1]]`` are the
-        metacells it belongs to (the CSR form of the transposed membership, sliced to the block).
+        Cells x features for the block's rows: scipy CSR, dense, or a raw CSR tuple
+        ``(data, indices, indptr, n_features)`` (skips scipy's O(nnz) format check).
+    member_indptr, member_cells
+        The membership restricted to the block, as CSR (metacells x block cells): the block-local
+        rows of metacell ``j`` are ``member_cells[member_indptr[j]:member_indptr[j+1]]``.
     n_metacells
         Rows of the output.
 
@@ -42,16 +40,20 @@ def metacell_sum_block(
     numpy.ndarray
         ``(n_metacells, n_features)`` partial sums.
     """
-    out = np.zeros((n_metacells, block.shape[1]), dtype=dtype)
-    if cell_metacells.size == 0:
+    if isinstance(block, tuple):  # raw (data, indices, indptr, n_features) from the store reader
+        data, indices, indptr, n_features = block
+    else:
+        if not sp.issparse(block):
+            block = sp.csr_matrix(np.asarray(block))
+        elif block.format != "csr":
+            block = sp.csr_matrix(block)
+        data, indices, indptr, n_features = block.data, block.indices, block.indptr, block.shape[1]
+    out = np.zeros((n_metacells, n_features), dtype=dtype)
+    if member_cells.size == 0:
         return out
-    if not sp.issparse(block):
-        block = sp.csr_matrix(np.asarray(block))
-    elif block.format != "csr":
-        block = sp.csr_matrix(block)
     _accumulate_csr(
-        cell_indptr.astype(np.int64), cell_metacells.astype(np.int64),
-        block.indptr.astype(np.int64), block.indices.astype(np.int64), block.data, out,
+        np.asarray(member_indptr, dtype=np.int64), np.asarray(member_cells, dtype=np.int64),
+        np.asarray(indptr, dtype=np.int64), indices, data, out,
     )
     return out
 
@@ -95,16 +97,25 @@ def standardize_columns(values: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, centred / np.where(norms > 0, norms, 1.0), np.nan)
 
 
+@numba.njit(cache=True, nogil=True)
+def _pair_dots(atac_t, rna_t, peak_index, gene_index, out):  # pragma: no cover - jit
+    for i in range(peak_index.size):
+        a = atac_t[peak_index[i]]
+        r = rna_t[gene_index[i]]
+        total = 0.0
+        for j in range(a.size):
+            total += a[j] * r[j]
+        out[i] = total
+
+
 def pair_correlation(
-    atac_std: np.ndarray, rna_std: np.ndarray, peak_index: np.ndarray, gene_index: np.ndarray, block: int = 65536
+    atac_std: np.ndarray, rna_std: np.ndarray, peak_index: np.ndarray, gene_index: np.ndarray
 ) -> np.ndarray:
     """Pearson r of each (peak, gene) pair from column-standardised matrices (metacells x features)."""
-    out = np.empty(peak_index.size, dtype=np.float64)
-    for start in range(0, peak_index.size, block):
-        stop = min(start + block, peak_index.size)
-        out[start:stop] = np.einsum(
-            "ij,ij->j", atac_std[:, peak_index[start:stop]], rna_std[:, gene_index[start:stop]]
-        )
+    out = np.empty(np.asarray(peak_index).size, dtype=np.float64)
+    # Feature-major copies keep each feature's metacell values contiguous for the dot products.
+    _pair_dots(np.ascontiguousarray(atac_std.T), np.ascontiguousarray(rna_std.T),
+               np.asarray(peak_index, dtype=np.int64), np.asarray(gene_index, dtype=np.int64), out)
     return np.clip(out, -1.0, 1.0)
 
 

@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 
 def column_positions(features: np.ndarray, n_vars: int) -> np.ndarray:
@@ -24,41 +26,83 @@ def column_positions(features: np.ndarray, n_vars: int) -> np.ndarray:
     return col_pos
 
 
-def _values(block: sp.csr_matrix, binarize: bool) -> np.ndarray:
-    # ArchR binarizes with x[x > 0] <- 1; counts are never negative (checked at the entry point).
-    if binarize:
-        return (block.data > 0).astype(np.float64)
-    return block.data.astype(np.float64, copy=False)
+def default_threads() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, min(8, os.cpu_count() or 1))
 
 
-def feature_sums(block: sp.csr_matrix, *, binarize: bool) -> np.ndarray:
-    """Column sums of one block as a ``(1, n_vars)`` float64 row (binarized or raw counts)."""
-    sums = np.bincount(block.indices, weights=_values(block, binarize), minlength=block.shape[1])
-    return sums[None, :]
-
-
-def row_totals(block: sp.csr_matrix, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
-    """Per-cell sum over the selected features (all features when ``col_pos`` is None)."""
-    values = _values(block, binarize)
-    if col_pos is not None:
-        values = values * (col_pos[block.indices] >= 0)
-    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-    return np.bincount(rows, weights=values, minlength=block.shape[0])
+def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
+    """Run ``kernel(*args, start, stop)`` over row ranges of about equal nonzeros, on threads."""
+    n_rows = indptr.size - 1
+    if n_threads <= 1 or indptr[-1] < 1_000_000:
+        kernel(*args, 0, n_rows)
+        return
+    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * n_threads + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], cuts, [n_rows]]))
+    # A fresh pool per call: callers may themselves run on Dask's threads.
+    with ThreadPoolExecutor(n_threads) as pool:
+        for future in [pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+            future.result()
 
 
 @numba.njit(cache=True, nogil=True)
-def _tfidf_counts(indptr, indices, data, col_pos, binarize, counts, totals):  # pragma: no cover
-    for i in range(indptr.size - 1):
+def _feature_sums_kernel(indices, data, binarize, out):  # pragma: no cover
+    for p in range(indices.size):
+        if data[p] != 0:
+            out[indices[p]] += 1.0 if binarize else data[p]
+
+
+def feature_sums(block: sp.csr_matrix, *, binarize: bool) -> np.ndarray:
+    """Column sums of one block as a ``(1, n_vars)`` float64 row (binarized or raw counts).
+
+    Binarizing follows ArchR (``x[x > 0] <- 1``); counts are checked non-negative at the entry.
+    """
+    out = np.zeros(block.shape[1], dtype=np.float64)
+    if block.nnz:
+        _feature_sums_kernel(block.indices, block.data, bool(binarize), out)
+    return out[None, :]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_totals_kernel(indptr, indices, data, col_pos, binarize, wanted, counts, totals, start,
+                       stop):  # pragma: no cover
+    use_pos = col_pos.size > 0
+    for i in range(start, stop):
+        if not wanted[i]:
+            continue
         for p in range(indptr[i], indptr[i + 1]):
-            if col_pos[indices[p]] >= 0 and data[p] != 0:
+            if data[p] != 0 and (not use_pos or col_pos[indices[p]] >= 0):
                 counts[i] += 1
                 totals[i] += 1.0 if binarize else data[p]
 
 
+def _wanted(block, wanted):
+    return np.ones(block.shape[0], dtype=np.bool_) if wanted is None else np.asarray(wanted, dtype=np.bool_)
+
+
+def _row_counts_totals(block, col_pos, binarize, n_threads=1, wanted=None):
+    counts = np.zeros(block.shape[0], dtype=np.int64)
+    totals = np.zeros(block.shape[0], dtype=np.float64)
+    if block.nnz:
+        col_pos = np.zeros(0, dtype=np.int64) if col_pos is None else col_pos
+        _on_row_ranges(_row_totals_kernel, block.indptr, n_threads, block.indptr, block.indices, block.data,
+                       col_pos, bool(binarize), _wanted(block, wanted), counts, totals)
+    return counts, totals
+
+
+def row_totals(block: sp.csr_matrix, col_pos: np.ndarray | None, *, binarize: bool, n_threads: int = 1) -> np.ndarray:
+    """Per-cell sum over the selected features (all features when ``col_pos`` is None)."""
+    return _row_counts_totals(block, col_pos, binarize, n_threads)[1]
+
+
 @numba.njit(cache=True, nogil=True)
-def _tfidf_fill(indptr, indices, data, col_pos, idf, scale_to, binarize, totals, out_indptr, out_indices,
-                out_data):  # pragma: no cover
-    for i in range(indptr.size - 1):
+def _tfidf_kernel(indptr, indices, data, col_pos, idf, scale_to, binarize, totals, out_indptr, out_indices,
+                  out_data, start, stop):  # pragma: no cover
+    for i in range(start, stop):
+        if totals[i] == 0.0:
+            continue
         q = out_indptr[i]
         for p in range(indptr[i], indptr[i + 1]):
             j = col_pos[indices[p]]
@@ -69,41 +113,41 @@ def _tfidf_fill(indptr, indices, data, col_pos, idf, scale_to, binarize, totals,
                 q += 1
 
 
-def _csr_arrays(block: sp.csr_matrix):
-    return block.indptr.astype(np.int64, copy=False), block.indices.astype(np.int64, copy=False), block.data
-
-
 def tfidf_block(
-    block: sp.csr_matrix, col_pos: np.ndarray, idf: np.ndarray, *, scale_to: float, binarize: bool
+    block: sp.csr_matrix, col_pos: np.ndarray, idf: np.ndarray, *, scale_to: float, binarize: bool,
+    wanted: np.ndarray | None = None, n_threads: int = 1,
 ) -> sp.csr_matrix:
     """ArchR's log(TF-IDF) of one block, restricted to the selected features.
 
     ``TF = x / (cell total over the selected features)``, value ``log(TF * idf * scale_to + 1)``
-    (natural log). A cell without any selected feature gets an empty row.
+    (natural log). A cell without any selected feature, or where the boolean ``wanted`` is False,
+    gets an empty row. ``col_pos`` must increase over the selected columns (sorted features) for
+    the output indices to be sorted.
     """
-    indptr, indices, data = _csr_arrays(block)
     n_rows = block.shape[0]
-    counts = np.zeros(n_rows, dtype=np.int64)
-    totals = np.zeros(n_rows, dtype=np.float64)
-    _tfidf_counts(indptr, indices, data, col_pos, bool(binarize), counts, totals)
+    counts, totals = _row_counts_totals(block, col_pos, binarize, n_threads, wanted)
     out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(counts, out=out_indptr[1:])
-    out_indices = np.empty(out_indptr[-1], dtype=np.int64)
-    out_data = np.empty(out_indptr[-1], dtype=np.float64)
-    _tfidf_fill(indptr, indices, data, col_pos, np.asarray(idf, dtype=np.float64), float(scale_to), bool(binarize),
-                totals, out_indptr, out_indices, out_data)
     index_dtype = np.int32 if max(out_indptr[-1], idf.size) < 2**31 else np.int64
-    result = sp.csr_matrix((out_data, out_indices.astype(index_dtype), out_indptr.astype(index_dtype)),
-                           shape=(n_rows, idf.size))
+    out_indices = np.empty(out_indptr[-1], dtype=index_dtype)
+    out_data = np.empty(out_indptr[-1], dtype=np.float64)
+    if block.nnz:
+        _on_row_ranges(_tfidf_kernel, block.indptr, n_threads, block.indptr, block.indices, block.data, col_pos,
+                       np.asarray(idf, dtype=np.float64), float(scale_to), bool(binarize), totals, out_indptr,
+                       out_indices, out_data)
+    result = sp.csr_matrix((out_data, out_indices, out_indptr.astype(index_dtype)), shape=(n_rows, idf.size))
     if not block.has_sorted_indices:
         result.sort_indices()
     return result
 
 
 @numba.njit(cache=True, nogil=True)
-def _project_kernel(indptr, indices, data, col_pos, idf, loadings, scale_to, binarize, out):  # pragma: no cover
+def _project_kernel(indptr, indices, data, col_pos, idf, loadings, scale_to, binarize, wanted, out, start,
+                    stop):  # pragma: no cover
     k = loadings.shape[1]
-    for i in range(indptr.size - 1):
+    for i in range(start, stop):
+        if not wanted[i]:
+            continue
         total = 0.0
         for p in range(indptr[i], indptr[i + 1]):
             if col_pos[indices[p]] >= 0 and data[p] != 0:
@@ -127,28 +171,39 @@ def project_block(
     *,
     scale_to: float,
     binarize: bool,
+    wanted: np.ndarray | None = None,
+    n_threads: int = 1,
 ) -> np.ndarray:
     """LSI coordinates of one block: ``tfidf_block(block) @ loadings`` without forming the TF-IDF.
 
     This is ArchR's ``.projectLSI`` (``t(TF-IDF) %*% u %*% diag(1/d)`` times ``diag(d)``). A cell
-    without any selected feature gets zero coordinates.
+    without any selected feature gets zero coordinates, and so does a row where the boolean
+    ``wanted`` is False (the row is skipped).
     """
     out = np.zeros((block.shape[0], loadings.shape[1]), dtype=np.float64)
     if block.nnz:
-        _project_kernel(
-            *_csr_arrays(block), col_pos, np.asarray(idf, dtype=np.float64),
-            np.ascontiguousarray(loadings, dtype=np.float64), float(scale_to), bool(binarize), out,
-        )
+        _on_row_ranges(_project_kernel, block.indptr, n_threads, block.indptr, block.indices, block.data, col_pos,
+                       np.asarray(idf, dtype=np.float64), np.ascontiguousarray(loadings, dtype=np.float64),
+                       float(scale_to), bool(binarize), _wanted(block, wanted), out)
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _group_sums_kernel(indptr, indices, data, labels, out):  # pragma: no cover
+    for i in range(indptr.size - 1):
+        g = labels[i]
+        if g < 0:
+            continue
+        for p in range(indptr[i], indptr[i + 1]):
+            out[g, indices[p]] += data[p]
+
+
 def group_sums(block: sp.csr_matrix, labels: np.ndarray, n_groups: int) -> np.ndarray:
-    """Raw count sums per group of cells, ``(n_groups, n_vars)``; label -1 means no group."""
-    member = labels >= 0
-    indicator = sp.csr_matrix(
-        (np.ones(int(member.sum())), (labels[member], np.flatnonzero(member))), shape=(n_groups, block.shape[0])
-    )
-    return np.asarray((indicator @ block.astype(np.float64)).todense())
+    """Raw count sums per group of cells, ``(n_groups, n_vars)`` float64; label -1 means no group."""
+    out = np.zeros((n_groups, block.shape[1]), dtype=np.float64)
+    if block.nnz:
+        _group_sums_kernel(block.indptr, block.indices, block.data, np.asarray(labels, dtype=np.int64), out)
+    return out
 
 
 def take_rows(block: sp.csr_matrix, local_rows: np.ndarray) -> sp.csr_matrix:
@@ -156,16 +211,21 @@ def take_rows(block: sp.csr_matrix, local_rows: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix(block[local_rows])
 
 
-def fix_signs(loadings: np.ndarray) -> np.ndarray:
-    """Flip each component so its largest-magnitude loading is positive (deterministic signs)."""
+def component_signs(loadings: np.ndarray) -> np.ndarray:
+    """+1/-1 per component making its largest-magnitude loading positive (deterministic signs)."""
     biggest = np.argmax(np.abs(loadings), axis=0)
     signs = np.sign(loadings[biggest, np.arange(loadings.shape[1])])
     signs[signs == 0] = 1.0
-    return loadings * signs
+    return signs
+
+
+def fix_signs(loadings: np.ndarray) -> np.ndarray:
+    """``loadings`` with :func:`component_signs` applied."""
+    return loadings * component_signs(loadings)
 
 
 @numba.njit(cache=True, nogil=True)
-def _spmm_rows(indptr, indices, data, dense, out, start, stop):  # pragma: no cover
+def _spmm_kernel(indptr, indices, data, dense, out, start, stop):  # pragma: no cover
     k = dense.shape[1]
     for i in range(start, stop):
         for p in range(indptr[i], indptr[i + 1]):
@@ -175,56 +235,50 @@ def _spmm_rows(indptr, indices, data, dense, out, start, stop):  # pragma: no co
                 out[i, c] += v * dense[j, c]
 
 
-def _threads() -> int:
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, min(8, os.cpu_count() or 1))
-
-
-def spmm(matrix: sp.csr_matrix, dense: np.ndarray, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
-    """``matrix @ dense`` for CSR ``matrix``, split over row ranges on ``pool``'s threads."""
-    dense = np.ascontiguousarray(dense, dtype=np.float64)
-    out = np.zeros((matrix.shape[0], dense.shape[1]), dtype=np.float64)
-    indptr, indices, data = _csr_arrays(matrix)
-    data = data.astype(np.float64, copy=False)
-    if pool is None:
-        _spmm_rows(indptr, indices, data, dense, out, 0, matrix.shape[0])
-        return out
-    # Equal nonzeros per piece keeps the threads evenly busy.
-    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * pool._max_workers + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
-    futures = [pool.submit(_spmm_rows, indptr, indices, data, dense, out, int(a), int(b))
-               for a, b in zip(bounds[:-1], bounds[1:])]
-    for future in futures:
-        future.result()
+def spmm(matrix: sp.csr_matrix, dense: np.ndarray, n_threads: int = 1) -> np.ndarray:
+    """``matrix @ dense`` for a CSR ``matrix``, in the matrix's dtype, over row ranges on threads."""
+    dense = np.ascontiguousarray(dense, dtype=matrix.dtype)
+    out = np.zeros((matrix.shape[0], dense.shape[1]), dtype=matrix.dtype)
+    _on_row_ranges(_spmm_kernel, matrix.indptr, n_threads, matrix.indptr, matrix.indices, matrix.data, dense, out)
     return out
 
 
 def sparse_svd(
-    tfidf: sp.csr_matrix, n_components: int, *, seed: int, n_iter: int = 5, n_oversamples: int = 20
-) -> tuple[np.ndarray, np.ndarray]:
+    tfidf: sp.csr_matrix, n_components: int, *, seed: int, n_iter: int = 7, n_oversamples: int = 20,
+    return_fitted: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Truncated SVD of a cells x features TF-IDF; returns ``(loadings, singular_values)``.
 
-    Randomized SVD (Halko et al. 2011, QR-normalised power iterations) whose range finder works
+    Randomized SVD (Halko et al. 2011, LU-normalised power iterations) whose range finder works
     on the *feature* side: with ``Q`` an orthonormal feature basis, ``B = tfidf @ Q = W S Z^T``
-    and ``loadings = Q Z``, so the fitted coordinates ``W S`` equal ``tfidf @ loadings`` exactly
-    (projecting a fitted cell gives its fitted coordinates back, as ArchR's irlba model does).
-    Sparse products run on a thread pool; ``seed`` fixes the result.
+    and ``loadings = Q Z``, so the fitted coordinates ``W S`` equal ``tfidf @ loadings`` (in
+    float64): projecting a fitted cell gives its fitted coordinates back, as with ArchR's irlba
+    model. The power iterations run in float32 (half the memory traffic); ``seed`` fixes the
+    result. ``return_fitted`` adds the fitted coordinates ``W S``.
     """
     n_cells, n_features = tfidf.shape
     width = min(n_components + n_oversamples, n_cells, n_features)
-    transposed = sp.csr_matrix(tfidf.T)
+    single = sp.csr_matrix(tfidf, dtype=np.float32)
+    transposed = sp.csr_matrix(single.T)
     rng = np.random.default_rng(seed)
-    with ThreadPoolExecutor(_threads()) as pool:
-        basis, _ = np.linalg.qr(spmm(transposed, rng.standard_normal((n_cells, width)), pool))
+    threads = default_threads()
+    # Multi-threaded BLAS on these thin matrices is slower than one thread on a busy machine
+    # (a 20,000 x 50 QR: 0.1 s on 1 thread, ~1 s on 2); the sparse products use the threads.
+    with threadpool_limits(1, user_api="blas"):
+        basis = spmm(transposed, rng.standard_normal((n_cells, width)), threads)
         for _ in range(n_iter):
-            cells, _ = np.linalg.qr(spmm(tfidf, basis, pool))
-            basis, _ = np.linalg.qr(spmm(transposed, cells, pool))
-        small = spmm(tfidf, basis, pool)
-    _, s, zt = np.linalg.svd(small, full_matrices=False)
+            basis = scipy.linalg.lu(basis, permute_l=True)[0]
+            cells = scipy.linalg.lu(spmm(single, basis, threads), permute_l=True)[0]
+            basis = spmm(transposed, cells, threads)
+        basis = scipy.linalg.qr(basis.astype(np.float64), mode="economic")[0]
+        small = spmm(sp.csr_matrix(tfidf, dtype=np.float64), basis, threads)
+        w, s, zt = np.linalg.svd(small, full_matrices=False)
     loadings = basis @ zt[:n_components].T
-    return fix_signs(loadings), s[:n_components]
+    signs = component_signs(loadings)
+    loadings = loadings * signs
+    if return_fitted:
+        return loadings, s[:n_components], w[:, :n_components] * s[:n_components] * signs
+    return loadings, s[:n_components]
 
 
 def row_zscores(coords: np.ndarray) -> np.ndarray:
@@ -253,7 +307,8 @@ def top_accessible(totals: np.ndarray, n: int, *, filter_quantile: float, total_
     """
     order = np.argsort(-totals, kind="stable")
     order = order[totals[order] > 0]
-    n_top = int(np.floor((1.0 - filter_quantile) * min(total_features, order.size)))
+    # Rounding first keeps e.g. (1 - 0.9) * 10 = 0.99999... from flooring to 0.
+    n_top = int(np.floor(round((1.0 - filter_quantile) * min(total_features, order.size), 9)))
     return np.sort(order[n_top : n_top + n])
 
 

@@ -26,15 +26,23 @@ DENSE_PIECE_BYTES = 64 * 2**20
 
 @dataclass
 class LSIModel:
-    """A fitted LSI: the features (column indices), their IDF, loadings and singular values."""
+    """A fitted LSI: the features (column indices), their IDF, loadings and singular values.
+
+    ``fit`` marks the sampled cells the SVD was fit on and ``fitted`` holds their coordinates.
+    """
 
     features: np.ndarray
     idf: np.ndarray
     loadings: np.ndarray
     singular_values: np.ndarray
-    n_cells_fit: int
+    fit: np.ndarray
+    fitted: np.ndarray
     scale_to: float
     binarize: bool
+
+    @property
+    def n_cells_fit(self) -> int:
+        return int(self.fit.sum())
 
     def col_pos(self, n_vars: int) -> np.ndarray:
         return K.column_positions(self.features, n_vars)
@@ -54,27 +62,30 @@ class MemoryRows:
         return self._feature_sums[binarize]
 
     def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
-        return K.row_totals(self.X, col_pos, binarize=binarize)
+        return K.row_totals(self.X, col_pos, binarize=binarize, n_threads=K.default_threads())
 
     def take(self, rows: np.ndarray, *, max_bytes: float) -> MemoryRows:
         if rows.size == self.n_obs:
             return self
         return MemoryRows(K.take_rows(self.X, rows))
 
-    def project(self, model: LSIModel) -> np.ndarray:
+    def project(self, model: LSIModel, wanted: np.ndarray | None = None) -> np.ndarray:
         return K.project_block(
             self.X, model.col_pos(self.n_vars), model.idf, model.loadings,
-            scale_to=model.scale_to, binarize=model.binarize,
+            scale_to=model.scale_to, binarize=model.binarize, wanted=wanted, n_threads=K.default_threads(),
         )
 
     def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
         return K.group_sums(self.X, labels, n_groups)
 
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
-            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        X = self.X if fit.all() else K.take_rows(self.X, np.flatnonzero(fit))
-        tfidf = K.tfidf_block(X, col_pos, idf, scale_to=scale_to, binarize=binarize)
-        return K.sparse_svd(tfidf, n_components, seed=seed)
+            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(loadings, singular values, fitted coordinates)`` of the cells where ``fit``."""
+        # Cells not fit become empty rows (no copy of the matrix); they add nothing to the SVD.
+        tfidf = K.tfidf_block(self.X, col_pos, idf, scale_to=scale_to, binarize=binarize, wanted=fit,
+                              n_threads=K.default_threads())
+        loadings, d, fitted = K.sparse_svd(tfidf, n_components, seed=seed, return_fitted=True)
+        return loadings, d, fitted[fit]
 
 
 def _sum_tree(parts: list, prefix: str, token: str) -> Any:
@@ -164,12 +175,14 @@ class DaskRows:
             return MemoryRows(sp.vstack(self._compute(*picked), format="csr"))
         return DaskRows(picked, sizes, self.n_vars, token, self.client)
 
-    def project(self, model: LSIModel) -> np.ndarray:
+    def project(self, model: LSIModel, wanted: np.ndarray | None = None) -> np.ndarray:
         arrays = dask.delayed((model.col_pos(self.n_vars), model.idf, model.loadings), traverse=False)
+        token = tokenize(self.token, model.features, model.loadings, wanted)
         parts = [
             dask.delayed(_project_packed, pure=True)(
                 block, arrays, model.scale_to, model.binarize,
-                dask_key_name=f"p2g-lsi-project-{tokenize(self.token, model.features, model.loadings, i)}",
+                None if wanted is None else wanted[self.bounds[i] : self.bounds[i + 1]],
+                dask_key_name=f"p2g-lsi-project-{tokenize(token, i)}",
             )
             for i, block in enumerate(self.blocks)
         ]
@@ -187,7 +200,7 @@ class DaskRows:
         return self._compute(_sum_tree(parts, "p2g-lsi-groupsum-total", token))[0]
 
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
-            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+            scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``dask.array.linalg.svd_compressed`` on dense float32 TF-IDF pieces of the fit cells."""
         n_features = idf.size
         piece_rows = max(1, int(DENSE_PIECE_BYTES // (4 * n_features)))
@@ -205,11 +218,14 @@ class DaskRows:
                 )
                 pieces.append(da.from_delayed(task, shape=(sel.size, n_features), dtype=np.float32))
         matrix = da.concatenate(pieces, axis=0)
-        _, s, v = da.linalg.svd_compressed(matrix, n_components, n_power_iter=2, n_oversamples=20, seed=seed)
-        s, v = self._compute(s, v)
-        return K.fix_signs(np.asarray(v, dtype=np.float64).T), np.asarray(s, dtype=np.float64)
+        u, s, v = da.linalg.svd_compressed(matrix, n_components, n_power_iter=4, n_oversamples=20, seed=seed)
+        u, s, v = self._compute(u, s, v)
+        loadings = np.asarray(v, dtype=np.float64).T
+        signs = K.component_signs(loadings)
+        s = np.asarray(s, dtype=np.float64)
+        return loadings * signs, s, np.asarray(u, dtype=np.float64) * s * signs
 
 
-def _project_packed(block, arrays, scale_to, binarize):
+def _project_packed(block, arrays, scale_to, binarize, wanted):
     col_pos, idf, loadings = arrays
-    return K.project_block(block, col_pos, idf, loadings, scale_to=scale_to, binarize=binarize)
+    return K.project_block(block, col_pos, idf, loadings, scale_to=scale_to, binarize=binarize, wanted=wanted)

@@ -7,6 +7,7 @@ cells into the metacells they belong to, and partials are summed ``split_every``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dask
@@ -15,14 +16,16 @@ import scipy.sparse as sp
 from dask.delayed import Delayed, delayed
 
 from p2g_dask._inputs import Modality
-from p2g_dask.io.store import chunk_cells_for
+from p2g_dask.io.store import chunk_cells_for, read_csr_raw
 from p2g_dask.tl._kernels import metacell_sum_block, normalize_log2
 from p2g_dask.tl.metacells import metacell_membership
 
 
 def _sum_partials(*partials: np.ndarray) -> np.ndarray:
-    total = partials[0].copy()
-    for part in partials[1:]:
+    if len(partials) == 1:
+        return partials[0]
+    total = partials[0] + partials[1]
+    for part in partials[2:]:
         total += part
     return total
 
@@ -31,20 +34,37 @@ def _row_totals(sums: np.ndarray) -> np.ndarray:
     return sums.sum(axis=1, dtype=np.float64)
 
 
-def cell_to_metacells(neighbours: np.ndarray, n_cells: int) -> sp.csr_matrix:
-    """Cells x metacells CSR: row ``c`` lists the metacells that cell ``c`` belongs to."""
-    return sp.csr_matrix(metacell_membership(neighbours, n_cells).T)
+def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The membership restricted to cells ``start:stop`` as CSR arrays with block-local cell indices."""
+    block = sp.csr_matrix(membership[:, start:stop])
+    block.sort_indices()
+    return block.indptr.astype(np.int64), block.indices.astype(np.int64)
+
+
+def _row_slice(X, start: int, stop: int):
+    """Rows ``start:stop``; for CSR a raw ``(data, indices, indptr, n)`` view (no copy, no check)."""
+    if sp.issparse(X) and X.format == "csr":
+        lo, hi = X.indptr[start], X.indptr[stop]
+        return (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo, X.shape[1])
+    return X[start:stop]
 
 
 def _input_chunks(modality: Modality, chunk_cells: int | None, client: Any) -> tuple[list, list[tuple[int, int]]]:
     if modality.store is not None:
-        bounds = modality.store.row_chunks(chunk_cells)
-        return modality.store.lazy_X(chunk_cells).to_delayed().ravel().tolist(), bounds
+        store = modality.store
+        bounds = store.row_chunks(chunk_cells)
+        token = dask.base.tokenize(store.path, store.name, bounds, os.path.getmtime(store.path))
+        # Each task reads its own rows on the worker: nothing but a path crosses the network.
+        return [
+            delayed(read_csr_raw, pure=True)(store.path, store.name, s, e, store.n_vars,
+                                             dask_key_name=f"p2g-read-{store.name}-{token}-{i}")
+            for i, (s, e) in enumerate(bounds)
+        ], bounds
     n_obs = modality.n_obs
     if chunk_cells is None:
         chunk_cells = chunk_cells_for(modality.nnz / max(1, n_obs))
     bounds = [(s, min(s + chunk_cells, n_obs)) for s in range(0, n_obs, chunk_cells)]
-    slices = [modality.X[s:e] for s, e in bounds]
+    slices = [_row_slice(modality.X, s, e) for s, e in bounds]
     token = dask.base.tokenize(id(modality.X), modality.X.shape, modality.nnz, bounds)
     if client is not None:
         # Scatter once rather than embedding matrices in the graph the scheduler must hold.
@@ -100,17 +120,17 @@ def metacell_sums(
     """
     n_cells = modality.n_obs
     n_metacells = int(np.asarray(neighbours).shape[0])
-    by_cell = cell_to_metacells(neighbours, n_cells)
+    membership = sp.csc_matrix(metacell_membership(neighbours, n_cells))
     chunks, bounds = _input_chunks(modality, chunk_cells, client)
     token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype),
                                [c.key for c in chunks])
     prefix = f"p2g-metacell-sum-{modality.name}"
     level = []
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
-        rows = by_cell[start:stop]
+        member_indptr, member_cells = block_membership(membership, start, stop)
         level.append(
             delayed(metacell_sum_block, pure=True)(
-                chunk, rows.indptr.copy(), rows.indices.copy(), n_metacells, dtype,
+                chunk, member_indptr, member_cells, n_metacells, dtype,
                 dask_key_name=f"{prefix}-{token}-{i}",
             )
         )
@@ -152,7 +172,9 @@ def metacell_matrix(X, neighbours: np.ndarray, *, scale_to: float = 1e4) -> np.n
     array([[11.288, 12.873]])
     """
     neighbours = np.asarray(neighbours)
-    by_cell = cell_to_metacells(neighbours, X.shape[0])
-    sums = metacell_sum_block(X if sp.issparse(X) else np.asarray(X), by_cell.indptr, by_cell.indices,
+    member_indptr, member_cells = block_membership(
+        sp.csc_matrix(metacell_membership(neighbours, X.shape[0])), 0, X.shape[0]
+    )
+    sums = metacell_sum_block(X if sp.issparse(X) else np.asarray(X), member_indptr, member_cells,
                               neighbours.shape[0], np.float64)
     return normalize_log2(sums, sums.sum(axis=1), scale_to)

@@ -53,8 +53,8 @@ def tfidf(X: Any, *, idf: np.ndarray | None = None, scale_to: float = 1e4, binar
     >>> import numpy as np, scipy.sparse as sp
     >>> X = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 1]]))
     >>> np.round(tfidf(X).toarray(), 3)
-    array([[8.517, 0.   , 7.824],
-           [0.   , 9.21 , 7.824]])
+    array([[9.21 , 0.   , 8.517],
+           [0.   , 9.21 , 8.517]])
     """
     if scale_to <= 0:
         raise ValueError(f"scale_to={scale_to} must be positive, e.g. 1e4 (ArchR's scaleTo).")
@@ -147,8 +147,19 @@ def _fit(sample, features, fsums, *, n_components, scale_to, binarize, outlier_q
         )
     # As in ArchR, IDF = (cells fit) / (feature total over all sampled cells, outliers included).
     idf = n_fit / fsums[features]
-    loadings, d = sample.svd(fit, col_pos, idf, n_components, scale_to=scale_to, binarize=binarize, seed=seed)
-    return LSIModel(features, idf, loadings, d, n_fit, scale_to, binarize)
+    loadings, d, fitted = sample.svd(fit, col_pos, idf, n_components, scale_to=scale_to, binarize=binarize, seed=seed)
+    return LSIModel(features, idf, loadings, d, fit, fitted, scale_to, binarize)
+
+
+def _sample_coordinates(sample, model: LSIModel) -> np.ndarray:
+    """Coordinates of all sampled cells: the SVD's own for the fit cells, projected for the rest.
+
+    Both are the same numbers (the loadings reproduce the fitted coordinates); taking the fitted
+    ones saves projecting the sample again.
+    """
+    coords = sample.project(model, wanted=~model.fit) if not model.fit.all() else np.empty(model.fitted.shape)
+    coords[model.fit] = model.fitted
+    return coords
 
 
 def _kept_components(coords, log_depth, *, scale_dims, cor_cutoff):
@@ -294,7 +305,7 @@ def iterative_lsi(
                 logger.info("iterative_lsi %d/%d: %d features, %d of %d sampled cells fit", it, iterations,
                             model.features.size, model.n_cells_fit, rows.size)
                 break
-            coords = sample.project(model)
+            coords = _sample_coordinates(sample, model)
             scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=scale_dims, cor_cutoff=cor_cutoff)
             labels = leiden_clusters(scaled[:, kept], n_neighbors=n_neighbors, resolution=resolution, seed=seed)
             n_clusters = int(labels.max()) + 1
@@ -310,7 +321,9 @@ def iterative_lsi(
                 "%d variable features kept", it, iterations, model.features.size, model.n_cells_fit,
                 rows.size, n_clusters, features.size,
             )
-        coords = source.project(model)
+        # ArchR projects every cell with the last model; when the sample is all cells, the fit
+        # cells' coordinates are already known.
+        coords = _sample_coordinates(sample, model) if rows.size == source.n_obs else source.project(model)
         scaled, corr, kept = _kept_components(coords, log_depth, scale_dims=scale_dims, cor_cutoff=cor_cutoff)
         embedding = scaled[:, kept]
         if kept.size < n_components:

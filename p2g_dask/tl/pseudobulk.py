@@ -1,8 +1,9 @@
 """Per-group coverage BigWigs (and fragment BED files) from 10x fragment files, as Dask tasks.
 
 Graph: one ``p2g-fragcache-*`` task per fragment file (parse once into a parquet cache by
-chromosome), then one ``p2g-coverage-*`` task per (group, chromosome) that reads one
-chromosome of the cache, keeps the group's cells and piles up their fragments into runs, and one
+chromosome), one ``p2g-split-*`` task per chromosome that reads it from every cache once and
+splits its fragments by group, then one ``p2g-coverage-*`` task per (group, chromosome) that
+piles up that group's fragments into runs, and one
 ``p2g-bigwig-*`` task per group that normalises the runs and writes the BigWig (``p2g-bed-*``
 for the optional BED files). Group and chromosome names go into the token, never the prefix, so
 the dashboard shows one progress bar per step.
@@ -194,10 +195,11 @@ def pseudobulk_with_fragments(
                                strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
                                normalize=normalize_bigwig, overwrite=overwrite)
                 stats = run(tasks)
+        # Reads the cache (off-chromosome counts), so before a temporary cache is removed.
+        _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
     finally:
         if tmp_cache is not None:
             _remove(tmp_cache)
-    _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
     return {g: str(bw_files[g]) for g in groups}
 
 
@@ -247,15 +249,25 @@ def _balance(cells: pd.DataFrame, seed: int) -> pd.DataFrame:
     return cells.iloc[np.sort(np.concatenate(keep))]
 
 
-def _coverage_task(sources, group_code, chrom, chrom_length, strategy, shift, bin_size):
-    starts, ends = [], []
+def _split_task(sources, n_groups):
+    """Read one chromosome of every cache once; return each group's (start, end) arrays."""
+    starts, ends, codes = [], [], []
     for file, lookup in sources:
         data = read_cache_file(file)
-        keep = lookup[data["barcode_id"]] == group_code
+        code = lookup[data["barcode_id"]]
+        keep = code >= 0
         starts.append(data["start"][keep])
         ends.append(data["end"][keep])
-    start = np.concatenate(starts) if starts else np.empty(0, np.int64)
-    end = np.concatenate(ends) if ends else np.empty(0, np.int64)
+        codes.append(code[keep])
+    start, end, code = (np.concatenate(x) for x in (starts, ends, codes))
+    # A stable sort by group keeps file order (sorted by start) within each group.
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(n_groups + 1))
+    return [(start[order[lo:hi]], end[order[lo:hi]]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _coverage_task(split, group_code, chrom, chrom_length, strategy, shift, bin_size):
+    start, end = split[group_code]
     runs, units, skipped = coverage_runs(start, end, strategy=strategy, chrom_length=chrom_length,
                                          shift=shift, bin_size=bin_size)
     return {"chrom": chrom, "runs": runs, "units": units, "n_fragments": int(start.size) - skipped,
@@ -279,15 +291,19 @@ def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookup
     names_keys = {s: dask.delayed(nm, name=f"p2g-barcodenames-{tokenize(nm)}") for s, (_, nm) in lookups.items()}
     cache_ids = {s: (c.manifest["source"], c.manifest["size"], c.manifest["mtime_ns"]) for s, c in caches.items()}
     chroms = [c for c in chrom_sizes if any(c in cache.chroms for cache in caches.values())]
+    # One read of each chromosome serves all groups: p2g-split tasks feed the coverage tasks.
+    splits = {}
+    for chrom in chroms:
+        sources = [(caches[s].chrom_file(chrom), lookup_keys[s]) for s in caches if chrom in caches[s].chroms]
+        token = tokenize(chrom, [cache_ids[s] for s in caches], [lookups[s][0] for s in caches], len(groups))
+        splits[chrom] = dask.delayed(_split_task, pure=True)(sources, len(groups), dask_key_name=f"p2g-split-{token}")
     tasks = []
     for code, group in enumerate(groups):
         coverages = []
         for chrom in chroms:
-            sources = [(caches[s].chrom_file(chrom), lookup_keys[s]) for s in caches if chrom in caches[s].chroms]
-            token = tokenize(group, chrom, [cache_ids[s] for s in caches], [lookups[s][0] for s in caches],
-                             strategy, shift, bin_size, chrom_sizes[chrom])
+            token = tokenize(group, chrom, splits[chrom].key, strategy, shift, bin_size, chrom_sizes[chrom])
             coverages.append(dask.delayed(_coverage_task, pure=True)(
-                sources, code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
+                splits[chrom], code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
                 dask_key_name=f"p2g-coverage-{token}"))
         token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite)
         tasks.append(dask.delayed(_bigwig_task, pure=False)(

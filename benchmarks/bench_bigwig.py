@@ -1,0 +1,219 @@
+"""Benchmark: per-group coverage BigWigs from a large simulated fragment file.
+
+Generates (numpy, seeded) a sorted, bgzip-compressed 10x fragment file of ``--n-fragments``
+fragments for ``--cells`` cells in ``--groups`` groups on a human-sized genome (half of the
+fragments in 100,000 peaks, half in the background, nucleosome-free and mono-nucleosome
+lengths), then measures:
+
+1. parse: building the parquet cache alone (stream, parse, split by chromosome, write);
+2. first run: ``pseudobulk_with_fragments`` with an empty cache folder (parse + coverage + write);
+3. cached re-run: the same call again, the cache reused;
+4. baseline (unless ``--no-baseline``): ``pandas.read_csv`` of the whole file plus a dense
+   ``np.add.at`` pileup per group and chromosome (no BigWig writing: it does less work).
+
+Peak RSS is sampled with psutil over the process tree (the benchmark and its Dask workers).
+
+Run::
+
+    python benchmarks/bench_bigwig.py                      # 30 M fragments, 2 workers
+    python benchmarks/bench_bigwig.py --n-fragments 3e6 --no-baseline   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+
+# hg38 chr1-22, X (lengths in bp): the benchmark genome.
+HUMAN = dict(zip([f"chr{i}" for i in range(1, 23)] + ["chrX"], [
+    248956422, 242193529, 198295559, 190214555, 181538259, 170805979, 159345973, 145138636, 138394717,
+    133797422, 135086622, 133275309, 114364328, 107043718, 101991189, 90338345, 83257441, 80373285,
+    58617616, 64444167, 46709983, 50818468, 156040895]))
+# The simulator's genome (simulate_multiome's default: 5 chromosomes, 60 Mb down to 20 Mb).
+SIMULATED = {f"chr{i + 1}": int(n) for i, n in enumerate(np.linspace(60_000_000, 20_000_000, 5))}
+
+
+class PeakRSS:
+    """Sample the summed RSS of this process and its children every ``interval`` seconds.
+
+    Also adds up CPU seconds over the tree (children's last sampled value), because on a shared
+    machine wall time says little on its own.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.peak, self.cpu, self._stop = interval, 0, 0.0, threading.Event()
+        self._children: dict[int, float] = {}
+
+    @staticmethod
+    def _own_cpu(p) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def _sample(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                    if p.pid != me.pid:
+                        self._children[p.pid] = self._own_cpu(p)
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._cpu0 = self._own_cpu(psutil.Process())
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.cpu = self._own_cpu(psutil.Process()) - self._cpu0 + sum(self._children.values())
+
+
+def make_fragments(path: Path, *, n_fragments: int, n_cells: int, n_groups: int, genome: dict[str, int],
+                   seed: int = 0):
+    """Write the simulated fragment file; return (obs DataFrame, chrom sizes)."""
+    from p2g_dask.io.fragments import BgzfWriter, write_fragment_table
+
+    rng = np.random.default_rng(seed)
+    chroms = list(genome)
+    sizes = np.array([genome[c] for c in chroms], dtype=np.int64)
+    barcodes = np.array(["".join(b) + "-1" for b in rng.choice(list("ACGT"), (n_cells, 16))], dtype=object)
+    group_of_cell = rng.choice(n_groups, n_cells, p=np.linspace(2, 1, n_groups) / np.linspace(2, 1, n_groups).sum())
+    obs = pd.DataFrame({"group": pd.Categorical([f"G{g}" for g in group_of_cell])}, index=barcodes)
+    n_peaks = int(100_000 * sizes.sum() / sum(HUMAN.values()))  # same peak density as hg38
+    peak_chrom = rng.choice(len(chroms), n_peaks, p=sizes / sizes.sum())
+    peak_centre = (rng.random(n_peaks) * (sizes[peak_chrom] - 2000) + 1000).astype(np.int64)
+    peak_weight = rng.lognormal(0, 1, n_peaks)
+    in_peak = rng.random(n_fragments) < 0.5
+    n_in = int(in_peak.sum())
+    frag_chrom = np.empty(n_fragments, np.int16)
+    centre = np.empty(n_fragments, np.int64)
+    p = rng.choice(n_peaks, n_in, p=peak_weight / peak_weight.sum())
+    frag_chrom[in_peak] = peak_chrom[p]
+    centre[in_peak] = peak_centre[p] + rng.integers(-250, 250, n_in)
+    bg_chrom = rng.choice(len(chroms), n_fragments - n_in, p=sizes / sizes.sum())
+    frag_chrom[~in_peak] = bg_chrom
+    centre[~in_peak] = (rng.random(bg_chrom.size) * (sizes[bg_chrom] - 2000) + 1000).astype(np.int64)
+    nucleosomal = rng.random(n_fragments) < 0.4
+    length = np.where(nucleosomal, rng.integers(180, 260, n_fragments), rng.integers(30, 150, n_fragments))
+    start = centre - length // 2
+    cell = rng.integers(0, n_cells, n_fragments).astype(np.int32)
+    del centre, in_peak, nucleosomal
+    with BgzfWriter(path, level=1, threads=2) as fh:
+        fh.write(b"# id=bench_bigwig\n# reference_path=simulated\n")
+        for code in range(len(chroms)):
+            sel = np.flatnonzero(frag_chrom == code)
+            order = sel[np.argsort(start[sel], kind="stable")]
+            n = order.size
+            table = pa.table({
+                "chrom": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([chroms[code]])),
+                "start": start[order], "end": start[order] + length[order],
+                "barcode": pa.DictionaryArray.from_arrays(pa.array(cell[order]), pa.array(barcodes)),
+                "count": np.ones(n, np.int32),
+            })
+            write_fragment_table(table, fh)
+    return obs, dict(genome)
+
+
+def baseline(path: Path, obs: pd.DataFrame, chrom_sizes: dict[str, int]) -> int:
+    """Naive: read the whole file with pandas, then a dense np.add.at pileup per group and chromosome."""
+    df = pd.read_csv(path, sep="\t", comment="#", header=None, names=["chrom", "start", "end", "barcode", "count"])
+    df["group"] = obs["group"].reindex(df["barcode"]).to_numpy()
+    nonzero = 0
+    for (group, chrom), part in df.groupby(["group", "chrom"], observed=True):
+        dense = np.zeros(chrom_sizes[chrom], np.int32)
+        np.add.at(dense, part["start"].to_numpy(), 1)
+        np.add.at(dense, part["end"].to_numpy() - 1, 1)
+        nonzero += int(np.count_nonzero(dense))
+    return nonzero
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-fragments", type=float, default=30e6)
+    ap.add_argument("--cells", type=int, default=10_000)
+    ap.add_argument("--groups", type=int, default=7)
+    ap.add_argument("--executor", default="dask", choices=["dask", "thread", "process", "synchronous"])
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--bin-size", type=int, default=1)
+    ap.add_argument("--strategy", default="cutsite", choices=["cutsite", "fragment"])
+    ap.add_argument("--genome", default="human", choices=["human", "simulated"],
+                    help="hg38 chr1-22,X (3.1 Gb) or the simulator's 5 chromosomes (200 Mb)")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--workdir", default=None, help="folder for the temporary files (default: a new one in /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary files")
+    args = ap.parse_args(argv)
+
+    from p2g_dask._logging import enable_console_logging
+    from p2g_dask.io._fragment_cache import build_fragment_cache
+    from p2g_dask.tl.pseudobulk import pseudobulk_with_fragments
+
+    enable_console_logging(logging.INFO)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="p2g-bench-bigwig-", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        t0 = time.perf_counter()
+        frag = work / "fragments.tsv.gz"
+        obs, chrom_sizes = make_fragments(frag, n_fragments=int(args.n_fragments), n_cells=args.cells,
+                                          n_groups=args.groups,
+                                          genome=HUMAN if args.genome == "human" else SIMULATED)
+        rows.append(("generate fragment file", time.perf_counter() - t0, None, None,
+                     f"{int(args.n_fragments):,} fragments, {frag.stat().st_size / 1e6:.0f} MB bgzip"))
+
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            cache = build_fragment_cache(frag, work / "parse_only_cache")
+        rows.append(("parse -> parquet cache", time.perf_counter() - t0, rss.peak, rss.cpu,
+                     f"{cache.n_fragments:,} fragments, {cache.n_fragments / (time.perf_counter() - t0) / 1e6:.1f} M/s"))
+        shutil.rmtree(work / "parse_only_cache")
+
+        kw = dict(chromsizes=chrom_sizes, cluster_key="group", path_to_fragments={"bench": frag},
+                  bigwig_strategy=args.strategy, normalize_bigwig=True, cache_fragments=work / "cache",
+                  executor=args.executor, n_jobs=args.n_jobs, show_progress=False, bin_size=args.bin_size)
+        for label in ("first run (empty cache)", "cached re-run"):
+            with PeakRSS() as rss:
+                t0 = time.perf_counter()
+                out = pseudobulk_with_fragments(obs, bigwig_path=work / "bw", overwrite=True, **kw)
+            size = sum(Path(p).stat().st_size for p in out.values()) / 1e6
+            rows.append((label, time.perf_counter() - t0, rss.peak, rss.cpu,
+                         f"{len(out)} BigWigs, {size:.0f} MB ({args.executor}, n_jobs={args.n_jobs})"))
+
+        if not args.no_baseline:
+            with PeakRSS() as rss:
+                t0 = time.perf_counter()
+                nonzero = baseline(frag, obs, chrom_sizes)
+            rows.append(("baseline: pandas read_csv + np.add.at", time.perf_counter() - t0, rss.peak, rss.cpu,
+                         f"no BigWig writing; {nonzero:,} nonzero bases"))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nbench_bigwig: {args.cells:,} cells, {args.groups} groups, {args.genome} genome, {args.strategy}, "
+          f"bin_size={args.bin_size}, {psutil.cpu_count()} cores")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}")
+    print(f"{'step':40s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS':>10s}  notes")
+    for step, sec, peak, cpu, note in rows:
+        mem = f"{peak / 2**30:.2f} GiB" if peak else "-"
+        cpu_text = f"{cpu:8.1f}" if cpu is not None else f"{'-':>8s}"
+        print(f"{step:40s} {sec:8.1f} {cpu_text} {mem:>10s}  {note}")
+
+
+if __name__ == "__main__":
+    main()

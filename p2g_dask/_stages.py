@@ -1,0 +1,159 @@
+"""The stages of ``p2g run``, each timed into the run record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from p2g_dask._atomic import atomic_path
+from p2g_dask._logging import logger
+
+
+def _save_figure(fig, path: Path, overwrite: bool) -> str:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, overwrite=overwrite, argument="plot") as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05) -> dict[str, float]:
+    """Recall of planted links at ``fdr`` and the share of significant links that are planted."""
+    significant = links.loc[links["fdr"] < fdr, ["peak", "gene"]]
+    found = set(zip(significant["peak"], significant["gene"]))
+    planted = set(zip(truth["peak"], truth["gene"]))
+    hits = len(found & planted)
+    return {
+        "planted": len(planted), "significant": len(found), "recovered": hits,
+        "recall": hits / max(1, len(planted)), "precision": hits / max(1, len(found)),
+    }
+
+
+class _Run:
+    def __init__(self, config: dict, client: Any, record: dict, progress: bool):
+        self.config, self.client, self.record, self.progress = config, client, record, progress
+        self.inputs = config["inputs"]
+        self.out = Path(config["output"])
+        self.overwrite = bool(config.get("overwrite", False))
+        self.store_path: str | None = None
+        self.links: pd.DataFrame | None = None
+        self.genes = self.exons = None
+        self.bigwigs: dict[str, str] | None = None
+
+    # -- stages -------------------------------------------------------------------------------
+    def ingest(self) -> None:
+        from p2g_dask.io import ingest
+        from p2g_dask.io.store import is_store
+
+        given = self.inputs.get("store")
+        if given and is_store(given):
+            self.store_path = str(given)
+            logger.info("using the existing store %s", given)
+            return
+        self.store_path = str(given or self.out / "store.zarr")
+        options = dict(self.config.get("ingest") or {})
+        ingest(self.inputs["atac"], self.inputs.get("rna"), self.store_path, overwrite=self.overwrite,
+               mod_atac=self.inputs.get("mod_atac", "atac"), mod_rna=self.inputs.get("mod_rna", "rna"), **options)
+        self.record["outputs"]["store"] = self.store_path
+
+    def iterative_lsi(self) -> None:
+        from p2g_dask.io import open_store
+        from p2g_dask.tl import iterative_lsi
+
+        params = dict(self.config.get("iterative_lsi") or {})
+        key = params.get("key_added", "X_iterative_lsi")
+        if key in open_store(self.store_path).atac.obsm and not self.overwrite:
+            logger.info("obsm[%r] is in the store already; reusing it (overwrite: true recomputes it)", key)
+            return
+        iterative_lsi(self.store_path, client=self.client, overwrite=True, **params)
+
+    def peak_to_gene(self) -> None:
+        from p2g_dask.io import read_gene_annotation, write_links
+        from p2g_dask.tl import peak_to_gene
+
+        params = dict(self.config.get("peak_to_gene") or {})
+        lsi = self.config.get("iterative_lsi")
+        if lsi is not False:
+            params.setdefault("use_rep", (lsi or {}).get("key_added", "X_iterative_lsi"))
+        self.genes, self.exons = read_gene_annotation(
+            self.inputs["gene_annotation"], **({"exons": self.inputs["exon_annotation"]}
+                                               if self.inputs.get("exon_annotation") else {})
+        )
+        self.links = peak_to_gene(self.store_path, gene_annotation=self.genes, client=self.client,
+                                  show_progress=self.progress, **params)
+        path = write_links(self.links, self.out / "links.parquet", overwrite=self.overwrite)
+        self.record["outputs"]["links"] = str(path)
+        summary = {"pairs": len(self.links), "significant_fdr_0.05": int((self.links["fdr"] < 0.05).sum())}
+        self.record["parameters"] = {"peak_to_gene": self.links.attrs["params"]}
+        self.record["timings"].update({f"peak_to_gene.{k}": v for k, v in self.links.attrs["timings"].items()})
+        if self.inputs.get("truth"):
+            truth = pd.read_csv(self.inputs["truth"], sep="\t")
+            summary["planted_links"] = planted_recall(self.links, truth)
+        self.record["summary"].update(summary)
+
+    def filter_links(self) -> None:
+        from p2g_dask.io import write_links
+        from p2g_dask.tl import filter_links
+
+        kept = filter_links(self.links, **dict(self.config.get("filter_links") or {}))
+        path = write_links(kept, self.out / "links_filtered.parquet", overwrite=self.overwrite)
+        self.record["outputs"]["links_filtered"] = str(path)
+        self.record["summary"]["filtered_links"] = len(kept)
+
+    def pseudobulk(self) -> None:
+        from p2g_dask.tl import pseudobulk_with_fragments
+
+        params = dict(self.config.get("pseudobulk") or {})
+        params.setdefault("cache_fragments", str(self.out / "fragment_cache"))
+        self.bigwigs = pseudobulk_with_fragments(
+            self.store_path, chromsizes=self.inputs["chrom_sizes"], path_to_fragments=self.inputs["fragments"],
+            bigwig_path=str(self.out / "bigwig"), client=self.client, show_progress=self.progress,
+            overwrite=self.overwrite, **params,
+        )
+        self.record["outputs"]["bigwigs"] = self.bigwigs
+
+    def plots(self) -> None:
+        from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap, plot_set
+
+        options = dict(self.config.get("plots") or {})
+        genes = options.pop("genes", []) or []
+        group_by = options.pop("group_by", None)
+        want_summary = options.pop("summary", True)
+        want_heatmap = options.pop("heatmap", True)
+        plot_set()
+        written = []
+        if want_summary:
+            fig, _ = plot_link_summary(self.links)
+            written.append(_save_figure(fig, self.out / "link_summary.png", self.overwrite))
+        for gene in genes:
+            coverage = {"bigwig_files": self.bigwigs} if self.bigwigs else {"group_by": group_by}
+            fig, _ = plot_peak2gene(self.store_path, gene=gene, links=self.links, gene_annotation=self.genes,
+                                    exon_annotation=self.exons if len(self.exons) else None, **coverage, **options)
+            written.append(_save_figure(fig, self.out / f"browser_{gene}.png", self.overwrite))
+        if want_heatmap and group_by:
+            fig, _ = plot_peak2gene_heatmap(self.links, self.store_path, group_by=group_by)
+            written.append(_save_figure(fig, self.out / "peak2gene_heatmap.png", self.overwrite))
+        self.record["outputs"]["plots"] = written
+
+
+def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) -> None:
+    """Run the stages the config asks for, in order, timing each."""
+    from tqdm.auto import tqdm
+
+    run = _Run(config, client, record, progress)
+    stages = ["ingest"]
+    if config.get("iterative_lsi", {}) is not False:
+        stages.append("iterative_lsi")
+    stages.append("peak_to_gene")
+    stages += [name for name in ("filter_links", "pseudobulk", "plots") if config.get(name)]
+    with tqdm(total=len(stages), desc="p2g run", unit="stage", disable=not progress, leave=True) as bar:
+        for name in stages:
+            bar.set_description(f"p2g run: {name}")
+            started = time.perf_counter()
+            getattr(run, name)()
+            record["timings"][name] = round(time.perf_counter() - started, 3)
+            bar.update(1)

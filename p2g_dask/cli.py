@@ -1,0 +1,211 @@
+"""The ``p2g`` command line: demo, ingest, run (config file), bigwig, plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from p2g_dask._logging import enable_console_logging, logger
+
+
+def _demo_inputs(folder: Path, n_cells: int, seed: int, overwrite: bool) -> dict:
+    """Simulate the demo data and write it as files, as a user's inputs would be."""
+    from p2g_dask.datasets import simulate_fragments, simulate_multiome
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sim = simulate_multiome(n_cells=n_cells, seed=seed)
+    paths = {name: folder / name for name in ("atac.h5ad", "rna.h5ad", "genes.tsv", "exons.tsv", "truth.tsv",
+                                              "chrom.sizes", "fragments.tsv.gz")}
+    for path in paths.values():
+        if path.exists() and overwrite:
+            path.unlink()
+    sim.atac.write_h5ad(paths["atac.h5ad"])
+    sim.rna.write_h5ad(paths["rna.h5ad"])
+    sim.genes.to_csv(paths["genes.tsv"], sep="\t", index=False)
+    sim.exons.to_csv(paths["exons.tsv"], sep="\t", index=False)
+    sim.truth.to_csv(paths["truth.tsv"], sep="\t", index=False)
+    paths["chrom.sizes"].write_text("".join(f"{c}\t{n}\n" for c, n in sim.chrom_sizes.items()))
+    simulate_fragments(sim.atac, paths["fragments.tsv.gz"], chrom_sizes=sim.chrom_sizes, seed=seed)
+    # The browser track shows the planted gene with the most links.
+    demo_gene = sim.truth["gene"].value_counts().index[0]
+    return {"paths": {k: str(v) for k, v in paths.items()}, "gene": demo_gene}
+
+
+def demo_config(out: Path, inputs: dict, workers: int) -> dict:
+    """The run config of ``p2g demo`` (also a worked example of the config format)."""
+    paths = inputs["paths"]
+    return {
+        "inputs": {
+            "atac": paths["atac.h5ad"], "rna": paths["rna.h5ad"], "gene_annotation": paths["genes.tsv"],
+            "exon_annotation": paths["exons.tsv"], "fragments": {"demo": paths["fragments.tsv.gz"]},
+            "chrom_sizes": paths["chrom.sizes"], "truth": paths["truth.tsv"],
+        },
+        "output": str(out),
+        "overwrite": True,
+        "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1},
+        "iterative_lsi": {"n_components": 30, "var_features": 10_000, "sample_cells_pre": 10_000, "seed": 1},
+        "peak_to_gene": {"n_metacells": 500, "k_neighbors": 100, "max_distance": 250_000, "seed": 1},
+        "filter_links": {"cor_cutoff": 0.45, "fdr_cutoff": 1e-4},
+        "pseudobulk": {"cluster_key": "cell_type", "executor": "dask"},
+        "plots": {"genes": [inputs["gene"]], "group_by": "cell_type"},
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from p2g_dask.pipeline import run_pipeline
+
+    out = Path(args.out)
+    started = time.perf_counter()
+    print(f"p2g demo: simulating {args.cells} paired ATAC + RNA cells with planted peak-gene links ...")
+    inputs = _demo_inputs(out / "inputs", args.cells, args.seed, overwrite=True)
+    record = run_pipeline(demo_config(out, inputs, args.workers), progress=not args.quiet)
+    planted = record["summary"]["planted_links"]
+    print(f"Dask dashboard (while it ran): {record.get('dashboard')}")
+    print(f"links: {out / 'links.parquet'} ({record['summary']['pairs']:,} pairs tested, "
+          f"{record['summary']['significant_fdr_0.05']:,} at FDR < 0.05, "
+          f"{record['summary'].get('filtered_links', 0):,} pass ArchR's filter)")
+    print(f"planted links recovered at FDR < 0.05: {planted['recovered']}/{planted['planted']} "
+          f"(recall {planted['recall']:.2f}); share of significant links that are planted "
+          f"(precision) {planted['precision']:.3f}")
+    for kind in ("bigwigs", "plots"):
+        value = record["outputs"].get(kind)
+        if value:
+            shown = list(value.values()) if isinstance(value, dict) else value
+            print(f"{kind}: {', '.join(map(str, shown))}")
+    print(f"run record: {out / 'run.json'}; total {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from p2g_dask.io import ingest
+
+    store = ingest(args.atac, args.rna, args.store, chunk_cells=args.chunk_cells, overwrite=args.overwrite,
+                   mod_atac=args.mod_atac, mod_rna=args.mod_rna)
+    print(store)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from p2g_dask.pipeline import load_config, run_pipeline
+
+    config = load_config(args.config)
+    if args.overwrite:
+        config["overwrite"] = True
+    record = run_pipeline(config, progress=not args.quiet)
+    print(json.dumps({"status": record["status"], "timings": record["timings"], "summary": record["summary"],
+                      "dashboard": record.get("dashboard"), "outputs": record["outputs"]}, indent=2, default=str))
+    return 0
+
+
+def cmd_bigwig(args: argparse.Namespace) -> int:
+    from p2g_dask.tl import pseudobulk_with_fragments
+
+    fragments = dict(item.split("=", 1) if "=" in item else (Path(item).name.split(".")[0], item)
+                     for item in args.fragments)
+    written = pseudobulk_with_fragments(
+        args.input, chromsizes=args.chrom_sizes, cluster_key=args.cluster_key, path_to_fragments=fragments,
+        bigwig_path=args.out, bigwig_strategy=args.strategy, normalize_bigwig=not args.raw,
+        cache_fragments=args.cache, n_jobs=args.jobs, bin_size=args.bin_size, overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    for group, path in written.items():
+        print(f"{group}\t{path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from p2g_dask._atomic import atomic_path
+    from p2g_dask.io import read_gene_annotation, read_links
+    from p2g_dask.pl import plot_peak2gene, plot_set
+
+    plot_set()
+    links = read_links(args.links)
+    genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
+    bigwigs = dict(item.split("=", 1) for item in args.bigwig) if args.bigwig else None
+    fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
+                            exon_annotation=exons if len(exons) else None, group_by=args.group_by,
+                            bigwig_files=bigwigs, fdr_thresh=args.fdr, min_abs_r=args.min_abs_r)
+    with atomic_path(args.out, overwrite=args.overwrite, argument="--out") as tmp:
+        fig.savefig(tmp, format=Path(args.out).suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    print(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2g", description="Peak-to-gene links for single-cell multiome data, on Dask.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on simulated data (offline)")
+    demo.add_argument("--out", default="p2g_demo_out", help="output folder (default: %(default)s)")
+    demo.add_argument("--cells", type=int, default=3000, help="cells to simulate (default: %(default)s)")
+    demo.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    ing = sub.add_parser("ingest", help="write ATAC + RNA into one chunked Zarr store")
+    ing.add_argument("atac", help=".h5ad, .h5mu or 10x filtered_feature_bc_matrix.h5")
+    ing.add_argument("rna", nargs="?", default=None, help=".h5ad (omit for .h5mu / 10x h5)")
+    ing.add_argument("store", help="output store folder (e.g. pbmc.zarr)")
+    ing.add_argument("--chunk-cells", type=int, default=None)
+    ing.add_argument("--mod-atac", default="atac")
+    ing.add_argument("--mod-rna", default="rna")
+    ing.add_argument("--overwrite", action="store_true")
+    ing.set_defaults(func=cmd_ingest)
+
+    run = sub.add_parser("run", help="run the pipeline from a YAML config (see deploy/example-config.yaml)")
+    run.add_argument("config")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.set_defaults(func=cmd_run)
+
+    bw = sub.add_parser("bigwig", help="per-group coverage BigWigs from fragment files")
+    bw.add_argument("input", help="store, .h5ad or .h5mu with the groups in obs")
+    bw.add_argument("--fragments", nargs="+", required=True, help="FILE or SAMPLE=FILE (several allowed)")
+    bw.add_argument("--chrom-sizes", required=True)
+    bw.add_argument("--cluster-key", required=True)
+    bw.add_argument("--out", required=True, help="BigWig folder")
+    bw.add_argument("--strategy", choices=["cutsite", "fragment"], default="cutsite")
+    bw.add_argument("--raw", action="store_true", help="raw counts instead of CPM")
+    bw.add_argument("--bin-size", type=int, default=1)
+    bw.add_argument("--cache", default=None, help="parquet fragment cache folder")
+    bw.add_argument("--jobs", type=int, default=2)
+    bw.add_argument("--overwrite", action="store_true")
+    bw.set_defaults(func=cmd_bigwig)
+
+    plot = sub.add_parser("plot", help="browser track of one gene's links (PNG/PDF/SVG)")
+    plot.add_argument("input", help="store, .h5ad or .h5mu (peak matrix for --group-by)")
+    plot.add_argument("--links", required=True, help="links.parquet")
+    plot.add_argument("--gene", required=True)
+    plot.add_argument("--genes", required=True, help="gene annotation (GFF3/GTF/TSV)")
+    plot.add_argument("--exons", default=None)
+    plot.add_argument("--group-by", default=None)
+    plot.add_argument("--bigwig", nargs="*", help="GROUP=FILE.bw ...")
+    plot.add_argument("--fdr", type=float, default=0.01)
+    plot.add_argument("--min-abs-r", type=float, default=0.3)
+    plot.add_argument("--out", required=True)
+    plot.add_argument("--overwrite", action="store_true")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``p2g`` console script."""
+    args = build_parser().parse_args(argv)
+    enable_console_logging(30 if args.quiet else 20)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as err:
+        logger.debug("error", exc_info=True)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"p2g {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"p2g {args.command}: interrupted; no partial output was left under a final name.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``p2g run CONFIG.yaml``: the whole pipeline from one config, with timings in ``run.json``.
+
+Config sections (all but ``inputs`` and ``output`` optional)::
+
+    inputs:        atac, rna, store, gene_annotation, exon_annotation, fragments, chrom_sizes,
+                   mod_atac, mod_rna, truth
+    output:        folder for store.zarr (when ingesting), links.parquet, bigwig/, plots, run.json
+    overwrite:     replace existing outputs (default false)
+    cluster:       start_cluster options: kind (local | slurm | address) and that kind's options
+    ingest:        ingest options (chunk_cells)
+    iterative_lsi: iterative_lsi parameters, or false to skip (then peak_to_gene.use_rep must exist)
+    peak_to_gene:  peak_to_gene parameters
+    filter_links:  filter_links cutoffs (writes links_filtered.parquet)
+    pseudobulk:    pseudobulk_with_fragments parameters (needs inputs.fragments, inputs.chrom_sizes)
+    plots:         genes (list), group_by, and plot_peak2gene options
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import p2g_dask
+from p2g_dask._atomic import atomic_path
+from p2g_dask._logging import logger
+
+SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
+            "filter_links", "pseudobulk", "plots")
+INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
+              "mod_atac", "mod_rna", "truth")
+_SET_BY_PIPELINE = {"atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
+                    "path_to_fragments", "chromsizes", "bigwig_path", "show", "ax", "gene", "overwrite",
+                    "show_progress", "mod_atac", "mod_rna"}
+_PLOT_KEYS = ("genes", "group_by", "summary", "heatmap")
+VERSIONED = ("p2g_dask", "dask", "distributed", "dask-jobqueue", "zarr", "anndata", "mudata", "numpy", "scipy",
+             "pandas", "scikit-learn", "pybigtools", "pyarrow", "numba", "matplotlib")
+
+
+def _check_keys(section: str, given: Mapping, allowed) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"config section {section!r} has unknown key(s) {unknown}; allowed: {sorted(allowed)}."
+        )
+
+
+def _function_keys(function: Callable) -> set[str]:
+    return set(inspect.signature(function).parameters) - _SET_BY_PIPELINE
+
+
+def load_config(config: str | os.PathLike | Mapping) -> dict:
+    """Read and validate a run config (YAML path or mapping); errors name the bad key."""
+    if not isinstance(config, Mapping):
+        path = Path(config)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+        base = path.resolve().parent
+    else:
+        base = Path.cwd()
+    if not isinstance(config, Mapping):
+        raise ValueError("the config must be a YAML mapping of sections (inputs:, output:, ...).")
+    config = dict(config)
+    _check_keys("top level", config, SECTIONS)
+    for required in ("inputs", "output"):
+        if required not in config:
+            raise ValueError(f"config needs a {required!r} section.")
+    inputs = dict(config["inputs"] or {})
+    _check_keys("inputs", inputs, INPUT_KEYS)
+    if not inputs.get("atac") and not inputs.get("store"):
+        raise ValueError("config inputs needs 'atac' (h5ad / h5mu / 10x h5) or 'store' (a p2g store).")
+    # Relative paths are relative to the config file; paths are never shell-interpolated.
+    for key in ("atac", "rna", "store", "gene_annotation", "exon_annotation", "chrom_sizes", "truth"):
+        value = inputs.get(key)
+        if isinstance(value, str) and not os.path.isabs(value) and (base / value).exists():
+            inputs[key] = str(base / value)
+    if isinstance(inputs.get("fragments"), Mapping):
+        inputs["fragments"] = {k: str(base / v) if not os.path.isabs(v) else v for k, v in inputs["fragments"].items()}
+    config["inputs"] = inputs
+    output = Path(config["output"])
+    config["output"] = str(output if output.is_absolute() else base / output)
+    from p2g_dask.tl import filter_links, iterative_lsi, peak_to_gene, pseudobulk_with_fragments
+
+    checks = {"iterative_lsi": iterative_lsi, "peak_to_gene": peak_to_gene, "filter_links": filter_links,
+              "pseudobulk": pseudobulk_with_fragments}
+    for section, function in checks.items():
+        value = config.get(section)
+        if isinstance(value, Mapping):
+            _check_keys(section, value, _function_keys(function))
+    if isinstance(config.get("ingest"), Mapping):
+        _check_keys("ingest", config["ingest"], {"chunk_cells"})
+    if isinstance(config.get("plots"), Mapping):
+        from p2g_dask.pl import plot_peak2gene
+
+        _check_keys("plots", config["plots"], set(_PLOT_KEYS) | _function_keys(plot_peak2gene))
+    if config.get("pseudobulk") and not (inputs.get("fragments") and inputs.get("chrom_sizes")):
+        raise ValueError("config section 'pseudobulk' needs inputs.fragments and inputs.chrom_sizes.")
+    return config
+
+
+def versions() -> dict[str, str]:
+    """Versions of p2g_dask, Python and the libraries that shape results."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _write_json(path: Path, payload: dict, overwrite: bool = True) -> None:
+    with atomic_path(path, overwrite=overwrite, argument="run.json") as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, progress: bool = False) -> dict:
+    """Run the configured stages and write their outputs plus ``run.json``.
+
+    Parameters
+    ----------
+    config
+        A YAML path or a mapping with the sections in this module's docstring.
+    client
+        A ``distributed.Client`` to use; otherwise one is started from the ``cluster`` section
+        (LocalCluster by default) and closed at the end.
+    progress
+        Show a progress bar per stage and for the Dask graphs.
+
+    Returns
+    -------
+    dict
+        The content of ``run.json``: parameters, versions, timings per stage, dashboard link,
+        output paths and a summary.
+
+    Examples
+    --------
+    >>> # doctest: +SKIP
+    >>> run_pipeline("deploy/example-config.yaml")["timings"]
+    """
+    from p2g_dask import _stages
+
+    config = load_config(config)
+    out = Path(config["output"])
+    overwrite = bool(config.get("overwrite", False))
+    out.mkdir(parents=True, exist_ok=True)
+    run_json = out / "run.json"
+    if run_json.exists() and not overwrite:
+        raise FileExistsError(f"output={str(out)!r} already holds a run (run.json); pass overwrite: true (CLI: --overwrite).")
+    record: dict[str, Any] = {
+        "p2g_dask_version": p2g_dask.__version__, "config": config, "versions": versions(),
+        "timings": {}, "outputs": {}, "summary": {}, "status": "running",
+    }
+    started = time.perf_counter()
+    own_client = client is None
+    if own_client:
+        from p2g_dask.cluster import start_cluster
+
+        cluster_options = dict(config.get("cluster") or {})
+        client = start_cluster(cluster_options.pop("kind", None), **cluster_options)
+    from p2g_dask.cluster import dashboard_link
+
+    record["dashboard"] = dashboard_link(client)
+    try:
+        _stages.run_all(config, client, record, progress=progress)
+        record["status"] = "finished"
+    except BaseException as err:
+        record["status"] = f"failed: {type(err).__name__}: {err}"
+        raise
+    finally:
+        record["timings"]["total"] = round(time.perf_counter() - started, 3)
+        if own_client:
+            from p2g_dask.cluster import close_cluster
+
+            close_cluster(client)
+        # A failed run's record is kept apart so that run.json always means a finished run.
+        target = run_json if record["status"] == "finished" else out / "run.failed.json"
+        _write_json(target, record)
+    logger.info("run finished in %.1f s; outputs in %s", record["timings"]["total"], out)
+    return record

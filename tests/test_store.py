@@ -1,0 +1,126 @@
+"""The Zarr multiome store: round trips from every input form, streaming, validation."""
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import zarr
+
+import p2g_dask as p2g
+from p2g_dask.io import ingest, open_store
+
+
+def _assert_same(store, atac, rna):
+    np.testing.assert_array_equal(store.atac.X.compute().toarray(), atac.X.toarray())
+    np.testing.assert_array_equal(store.rna.to_memory().toarray(), rna.X.toarray())
+    assert list(store.atac.obs.index) == list(atac.obs_names)
+    assert list(store.rna.var.index) == list(rna.var_names)
+    pd.testing.assert_frame_equal(pd.DataFrame(store.atac.var), pd.DataFrame(atac.var), check_dtype=False)
+    np.testing.assert_allclose(store.atac.obsm["X_latent"], atac.obsm["X_latent"])
+
+
+@pytest.mark.parametrize("chunk_cells", [600, 128, 77])
+def test_ingest__anndata_round_trip(small_sim, tmp_path, chunk_cells):
+    store = ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr", chunk_cells=chunk_cells)
+    _assert_same(store, small_sim.atac, small_sim.rna)
+    assert store.atac.X.chunks[0][0] == min(chunk_cells, 600)
+    # Each modality is a plain AnnData Zarr group as well.
+    import anndata as ad
+
+    back = ad.read_zarr(tmp_path / "s.zarr" / "rna")
+    assert (back.X != small_sim.rna.X).nnz == 0
+
+
+def test_ingest__backed_h5ad_keeps_barcode_intersection(small_sim, tmp_path):
+    atac_path, rna_path = tmp_path / "atac.h5ad", tmp_path / "rna.h5ad"
+    small_sim.atac.write_h5ad(atac_path)
+    rna = small_sim.rna[::-1][:500].copy()  # reversed order, 100 cells missing
+    rna.write_h5ad(rna_path)
+    store = ingest(atac_path, rna_path, tmp_path / "s.zarr", chunk_cells=100)
+    common = small_sim.atac.obs_names.intersection(rna.obs_names, sort=False)
+    assert list(store.obs_names) == list(common)
+    _assert_same(store, small_sim.atac[common], small_sim.rna[common])
+
+
+def _write_10x_h5(path, atac, rna):
+    """A minimal Cell Ranger ARC filtered_feature_bc_matrix.h5 (features x barcodes, CSC)."""
+    combined = sp.hstack([rna.X, atac.X]).tocsr()  # cells x features == CSC of features x cells
+    n_rna = rna.n_vars
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["barcodes"] = np.asarray(atac.obs_names, dtype="S")
+        m["data"], m["indices"], m["indptr"] = combined.data, combined.indices, combined.indptr
+        m["shape"] = np.array([combined.shape[1], combined.shape[0]])
+        feats = m.create_group("features")
+        feats["id"] = np.asarray([f"ENSG{i:05d}" for i in range(n_rna)] + list(atac.var_names), dtype="S")
+        feats["name"] = np.asarray(list(rna.var_names) + list(atac.var_names), dtype="S")
+        feats["feature_type"] = np.asarray(["Gene Expression"] * n_rna + ["Peaks"] * atac.n_vars, dtype="S")
+
+
+def test_ingest__10x_h5_split_by_feature_types(small_sim, tmp_path):
+    _write_10x_h5(tmp_path / "filtered_feature_bc_matrix.h5", small_sim.atac, small_sim.rna)
+    store = ingest(tmp_path / "filtered_feature_bc_matrix.h5", None, tmp_path / "s.zarr", chunk_cells=64)
+    np.testing.assert_array_equal(store.atac.to_memory().toarray(), small_sim.atac.X.toarray())
+    np.testing.assert_array_equal(store.rna.to_memory().toarray(), small_sim.rna.X.toarray())
+    assert list(store.rna.var.index) == list(small_sim.rna.var_names)
+    # peak coordinates come from the names
+    assert p2g.io.peak_table(store.atac.var)["start"].tolist() == small_sim.atac.var["start"].tolist()
+
+
+def test_ingest__refuses_overwrite_and_leaves_no_partial_store(small_sim, tmp_path):
+    ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr")
+    bad = small_sim.rna.copy()
+    bad.X = bad.X.astype(np.float32)
+    bad.X.data[-1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        ingest(small_sim.atac, bad, tmp_path / "bad.zarr", chunk_cells=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a, r: r.X.__setattr__("data", -r.X.data), "negative values"),
+        (lambda a, r: r.obs.__setattr__("index", pd.Index([f"x{i}" for i in range(r.n_obs)])), "share no barcodes"),
+    ],
+)
+def test_ingest__bad_counts_and_barcodes_name_the_problem(small_sim, tmp_path, mutate, message):
+    atac, rna = small_sim.atac.copy(), small_sim.rna.copy()
+    rna.X = rna.X.astype(np.float32)
+    mutate(atac, rna)
+    with pytest.raises(ValueError, match=message):
+        ingest(atac, rna, tmp_path / "s.zarr")
+
+
+def test_open_store__rejects_incompatible_format_version(small_sim, tmp_path):
+    ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr")
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    root.attrs["p2g_format_version"] = 99
+    with pytest.raises(ValueError, match="store format 99"):
+        open_store(tmp_path / "s.zarr")
+
+
+def test_store__write_obsm_and_float_counts(small_sim, tmp_path):
+    rna = small_sim.rna.copy()
+    rna.X = rna.X.astype(np.float64) * 0.5  # real data can hold float counts
+    store = ingest(small_sim.atac, rna, tmp_path / "s.zarr")
+    assert store.rna.dtype == np.float32
+    np.testing.assert_allclose(store.rna.to_memory().toarray(), rna.X.toarray())
+    store.atac.write_obsm("X_test", np.arange(1200.0).reshape(600, 2))
+    np.testing.assert_array_equal(open_store(store.path).atac.obsm["X_test"][:, 1], np.arange(1, 1200, 2))
+    with pytest.raises(ValueError, match="rows"):
+        store.atac.write_obsm("X_bad", np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("names", [["chr1:100-200"], ["chr1-100-200"], ["chr1_100_200"]])
+def test_parse_peak_names__three_separators(names):
+    table = p2g.io.parse_peak_names(names)
+    assert table.iloc[0].tolist() == ["chr1", 100, 200]
+
+
+def test_parse_peak_names__unparseable_shows_one():
+    with pytest.raises(ValueError, match="'peak_42'"):
+        p2g.io.parse_peak_names(["chr1:1-2", "peak_42"])
