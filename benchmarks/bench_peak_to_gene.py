@@ -120,55 +120,99 @@ def naive(atac, rna, genes, neighbours, max_distance, max_pairs, rng):
     return per_pair * len(pairs), len(pairs)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=9631)
-    parser.add_argument("--naive-pairs", type=int, default=20_000,
-                        help="pairs timed in the naive baseline (its total is extrapolated to all pairs)")
-    args = parser.parse_args()
-
+def run_path(kind: str, folder: Path, naive_pairs: int) -> None:
+    """Run one path in this (fresh) process and print 'RESULT kind seconds peak_rss'."""
+    import anndata as ad
     import dask
     from distributed import Client, LocalCluster
 
     import p2g_dask as p2g
 
-    t0 = time.perf_counter()
-    atac, rna, genes = make_data(args.cells)
-    print(f"data: {atac.n_obs} cells x {atac.n_vars} peaks ({atac.X.nnz / atac.n_obs / atac.n_vars:.1%}) x "
-          f"{rna.n_vars} genes ({rna.X.nnz / rna.n_obs / rna.n_vars:.1%}), {len(genes)} annotated "
-          f"(made in {time.perf_counter() - t0:.1f} s)")
+    genes = pd.read_csv(folder / "genes.tsv", sep="\t")
     params = dict(gene_annotation=genes, use_rep="X_lsi", n_metacells=500, k_neighbors=100, max_distance=250_000)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        store = p2g.io.ingest(atac, rna, Path(tmp) / "bench.zarr")
-        print(f"ingest: {time.perf_counter() - t0:.1f} s (not counted)")
+    if kind == "store":
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB", dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
-            p2g.tl.peak_to_gene(store.path, client=client, **params)  # warm-up: numba compile on workers
+            p2g.tl.peak_to_gene(str(folder / "bench.zarr"), client=client, **params)  # warm-up: numba on workers
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
-                links = p2g.tl.peak_to_gene(store.path, client=client, **params)
-                rows.append(("store, 2-worker LocalCluster", time.perf_counter() - t0, rss.peak))
-        with dask.config.set(scheduler="threads", num_workers=2):
+                links = p2g.tl.peak_to_gene(str(folder / "bench.zarr"), client=client, **params)
+                seconds = time.perf_counter() - t0
+        p2g.io.write_links(links, folder / "links_store.parquet", overwrite=True)
+    else:
+        atac = ad.read_h5ad(folder / "atac.h5ad")
+        rna = ad.read_h5ad(folder / "rna.h5ad")
+        if kind == "memory":
+            with dask.config.set(scheduler="threads", num_workers=2):
+                p2g.tl.peak_to_gene(atac[:2000].copy(), rna=rna[:2000].copy(), **{**params, "n_metacells": 50})
+                with PeakRSS() as rss:
+                    t0 = time.perf_counter()
+                    links = p2g.tl.peak_to_gene(atac, rna=rna, **params)
+                    seconds = time.perf_counter() - t0
+            p2g.io.write_links(links, folder / "links_memory.parquet", overwrite=True)
+        else:
+            neighbours = np.asarray(p2g.io.read_links(folder / "links_store.parquet").attrs["metacells"])
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
-                in_memory = p2g.tl.peak_to_gene(atac, rna=rna, **params)
-                rows.append(("in-memory AnnData, threads", time.perf_counter() - t0, rss.peak))
-    pd.testing.assert_frame_equal(links, in_memory)
-    neighbours = np.asarray(links.attrs["metacells"])
-    with PeakRSS() as rss:
+                correlate_total, n_pairs = naive(atac, rna, genes, neighbours, 250_000, naive_pairs,
+                                                 np.random.default_rng(0))
+                elapsed = time.perf_counter() - t0
+            seconds = elapsed - correlate_total * naive_pairs / n_pairs + correlate_total
+    print(f"RESULT {kind} {seconds} {rss.peak}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=9631)
+    parser.add_argument("--naive-pairs", type=int, default=20_000,
+                        help="pairs timed in the naive baseline (its total is extrapolated to all pairs)")
+    parser.add_argument("--run", choices=["store", "memory", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        return run_path(args.run, Path(args.dir), args.naive_pairs)
+
+    import subprocess
+    import sys
+
+    import p2g_dask as p2g
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
         t0 = time.perf_counter()
-        correlate_total, n_pairs = naive(atac, rna, genes, neighbours, 250_000, args.naive_pairs,
-                                         np.random.default_rng(0))
-        naive_time = time.perf_counter() - t0
-    aggregate_time = naive_time - correlate_total * args.naive_pairs / n_pairs
-    rows.append(("naive: dense aggregation + per-pair np.corrcoef", aggregate_time + correlate_total, rss.peak))
-    print(f"candidate pairs: {len(links):,} (naive baseline timed on {args.naive_pairs:,} pairs, extrapolated)")
+        atac, rna, genes = make_data(args.cells)
+        print(f"data: {atac.n_obs} cells x {atac.n_vars} peaks ({atac.X.nnz / atac.n_obs / atac.n_vars:.1%}) x "
+              f"{rna.n_vars} genes ({rna.X.nnz / rna.n_obs / rna.n_vars:.1%}), {len(genes)} annotated "
+              f"(made in {time.perf_counter() - t0:.1f} s)")
+        atac.write_h5ad(folder / "atac.h5ad")
+        rna.write_h5ad(folder / "rna.h5ad")
+        genes.to_csv(folder / "genes.tsv", sep="\t", index=False)
+        t0 = time.perf_counter()
+        p2g.io.ingest(atac, rna, folder / "bench.zarr")
+        print(f"ingest: {time.perf_counter() - t0:.1f} s (not counted)")
+        del atac, rna
+        rows = {}
+        for kind in ("store", "memory", "naive"):
+            # Each path runs in a fresh process so that its peak RSS is its own.
+            out = subprocess.run([sys.executable, __file__, "--run", kind, "--dir", tmp,
+                                  "--naive-pairs", str(args.naive_pairs)], capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+            if not line:
+                print(out.stdout[-2000:], out.stderr[-4000:])
+                raise SystemExit(f"the {kind} path failed")
+            _, _, seconds, peak = line[0].split()
+            rows[kind] = (float(seconds), int(peak))
+        links = p2g.io.read_links(folder / "links_store.parquet")
+        pd.testing.assert_frame_equal(links, p2g.io.read_links(folder / "links_memory.parquet"))
+    names = {"store": "store, 2-worker LocalCluster (client + workers)",
+             "memory": "in-memory AnnData, 2 threads",
+             "naive": "naive: dense aggregation + per-pair np.corrcoef"}
+    print(f"candidate pairs: {len(links):,}; store and in-memory links identical; naive baseline timed on "
+          f"{args.naive_pairs:,} pairs and extrapolated")
     print(f"{'path':<50} {'wall s':>8} {'peak RSS GiB':>13} {'speed-up vs naive':>18}")
-    base = rows[-1][1]
-    for name, seconds, peak in rows:
-        print(f"{name:<50} {seconds:8.2f} {peak / 2**30:13.2f} {base / seconds:17.1f}x")
+    base = rows["naive"][0]
+    for kind, (seconds, peak) in rows.items():
+        print(f"{names[kind]:<50} {seconds:8.2f} {peak / 2**30:13.2f} {base / seconds:17.1f}x")
 
 
 if __name__ == "__main__":

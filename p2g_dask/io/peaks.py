@@ -67,6 +67,18 @@ def _check_intervals(table: pd.DataFrame) -> None:
         )
 
 
+def _integer_column(var: pd.DataFrame, column: str) -> np.ndarray:
+    values = pd.to_numeric(var[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"peak coordinates: var[{column!r}] has {int(bad.sum())} missing or non-integer values, e.g. "
+            f"{_shown(var[column].iloc[i])} for peak {var.index[i]!r}; fill them (0-based integers) or drop those peaks."
+        )
+    return values.astype(np.int64)
+
+
 def peak_table(var: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
     """Peak coordinates from a var table (``chrom/start/end`` columns) or from its names.
 
@@ -96,11 +108,15 @@ def peak_table(var: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
         table = pd.DataFrame(
             {
                 "chrom": var[found["chrom"]].astype(str).to_numpy(dtype=object),
-                "start": var[found["start"]].astype(np.int64).to_numpy(),
-                "end": var[found["end"]].astype(np.int64).to_numpy(),
+                "start": _integer_column(var, found["start"]),
+                "end": _integer_column(var, found["end"]),
             },
             index=var.index.astype(str),
         )
         _check_intervals(table)
         return table
     return parse_peak_names(var.index)
+
+
+def _shown(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)

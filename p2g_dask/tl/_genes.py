@@ -47,8 +47,24 @@ def gene_table(gene_annotation: Any) -> pd.DataFrame:
     genes["strand"] = strand
     genes["gene_name"] = genes["gene_name"].astype(str)
     genes["chrom"] = genes["chrom"].astype(str)
-    genes["start"] = genes["start"].astype(np.int64)
-    genes["end"] = genes["end"].astype(np.int64)
+    for column in ("start", "end"):
+        values = pd.to_numeric(genes[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"gene_annotation[{column!r}] has {int(bad.sum())} missing or non-integer values, e.g. "
+                f"{_shown(genes[column].iloc[i])} for gene {genes['gene_name'].iloc[i]!r}; fill them or drop those genes."
+            )
+        genes[column] = values.astype(np.int64)
+    inverted = (genes["end"] <= genes["start"]) | (genes["start"] < 0)
+    if inverted.any():
+        row = genes.loc[inverted].iloc[0]
+        raise ValueError(
+            f"gene_annotation has {int(inverted.sum())} genes with end <= start or a negative start, e.g. "
+            f"{row['gene_name']!r} ({row['chrom']}:{row['start']}-{row['end']}); genes must be 0-based "
+            "half-open intervals with start < end: fix or drop them."
+        )
     duplicated = genes["gene_name"].duplicated(keep="first")
     if duplicated.any():
         logger.warning(
@@ -77,3 +93,7 @@ def harmonize_chromosomes(genes: pd.DataFrame, peak_chroms: pd.Series) -> pd.Dat
             genes["chrom"] = renamed.to_numpy()
             return genes
     return genes
+
+
+def _shown(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)

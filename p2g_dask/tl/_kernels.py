@@ -20,7 +20,8 @@ def _accumulate_csr(member_indptr, member_cells, x_indptr, x_indices, x_data, ou
 
 
 def metacell_sum_block(
-    block, member_indptr: np.ndarray, member_cells: np.ndarray, n_metacells: int, dtype=np.float32
+    block, member_indptr: np.ndarray, member_cells: np.ndarray, n_metacells: int, dtype=np.float32,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum a block of cell rows into metacells without densifying the block.
 
@@ -34,11 +35,15 @@ def metacell_sum_block(
         rows of metacell ``j`` are ``member_cells[member_indptr[j]:member_indptr[j+1]]``.
     n_metacells
         Rows of the output.
+    dtype
+        Accumulator dtype when ``out`` is None.
+    out
+        An accumulator to add into (in place) instead of a new zero array.
 
     Returns
     -------
     numpy.ndarray
-        ``(n_metacells, n_features)`` partial sums.
+        ``(n_metacells, n_features)`` partial sums (``out`` itself when given).
     """
     if isinstance(block, tuple):  # raw (data, indices, indptr, n_features) from the store reader
         data, indices, indptr, n_features = block
@@ -48,7 +53,8 @@ def metacell_sum_block(
         elif block.format != "csr":
             block = sp.csr_matrix(block)
         data, indices, indptr, n_features = block.data, block.indices, block.indptr, block.shape[1]
-    out = np.zeros((n_metacells, n_features), dtype=dtype)
+    if out is None:
+        out = np.zeros((n_metacells, n_features), dtype=dtype)
     if member_cells.size == 0:
         return out
     _accumulate_csr(

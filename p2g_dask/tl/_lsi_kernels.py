@@ -48,21 +48,29 @@ def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _feature_sums_kernel(indices, data, binarize, out):  # pragma: no cover
-    for p in range(indices.size):
-        if data[p] != 0:
-            out[indices[p]] += 1.0 if binarize else data[p]
+def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out):  # pragma: no cover
+    for i in range(indptr.size - 1):
+        if not wanted[i]:
+            continue
+        for p in range(indptr[i], indptr[i + 1]):
+            if data[p] != 0:
+                out[indices[p]] += 1.0 if binarize else data[p]
 
 
-def feature_sums(block: sp.csr_matrix, *, binarize: bool) -> np.ndarray:
+def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
     """Column sums of one block as a ``(1, n_vars)`` float64 row (binarized or raw counts).
 
-    Binarizing follows ArchR (``x[x > 0] <- 1``); counts are checked non-negative at the entry.
+    Only rows where the boolean ``wanted`` is True count. Binarizing follows ArchR
+    (``x[x > 0] <- 1``); counts are checked non-negative at the entry points.
     """
     out = np.zeros(block.shape[1], dtype=np.float64)
     if block.nnz:
-        _feature_sums_kernel(block.indices, block.data, bool(binarize), out)
+        _feature_sums_kernel(block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted), out)
     return out[None, :]
+
+
+def _wanted(block, wanted):
+    return np.ones(block.shape[0], dtype=np.bool_) if wanted is None else np.asarray(wanted, dtype=np.bool_)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -76,10 +84,6 @@ def _row_totals_kernel(indptr, indices, data, col_pos, binarize, wanted, counts,
             if data[p] != 0 and (not use_pos or col_pos[indices[p]] >= 0):
                 counts[i] += 1
                 totals[i] += 1.0 if binarize else data[p]
-
-
-def _wanted(block, wanted):
-    return np.ones(block.shape[0], dtype=np.bool_) if wanted is None else np.asarray(wanted, dtype=np.bool_)
 
 
 def _row_counts_totals(block, col_pos, binarize, n_threads=1, wanted=None):

@@ -56,7 +56,9 @@ class MemoryRows:
         self.n_obs, self.n_vars = X.shape
         self._feature_sums: dict[bool, np.ndarray] = {}
 
-    def feature_sums(self, *, binarize: bool) -> np.ndarray:
+    def feature_sums(self, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+        if wanted is not None:
+            return K.feature_sums(self.X, binarize=binarize, wanted=wanted)[0]
         if binarize not in self._feature_sums:
             self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize)[0]
         return self._feature_sums[binarize]
@@ -134,24 +136,35 @@ class DaskRows:
             return dask.compute(*tasks, scheduler=self.client)
         return dask.compute(*tasks)
 
-    def _per_block(self, func, prefix: str, *args, **kwargs) -> list:
-        token = tokenize(self.token, prefix, args, kwargs)
-        return [
-            dask.delayed(func, pure=True)(block, *args, dask_key_name=f"p2g-lsi-{prefix}-{tokenize(token, i)}", **kwargs)
-            for i, block in enumerate(self.blocks)
-        ]
+    def _map(self, func, prefix: str, *args, per_row: dict | None = None, **kwargs) -> tuple[list, str]:
+        """One task ``func(block, *args, **kwargs)`` per block, keys ``p2g-lsi-<prefix>-<token>``.
 
-    def feature_sums(self, *, binarize: bool) -> np.ndarray:
-        if binarize not in self._feature_sums:
-            parts = self._per_block(K.feature_sums, "colsum", binarize=binarize)
-            total = _sum_tree(parts, "p2g-lsi-colsum-total", tokenize(self.token, binarize))
-            self._feature_sums[binarize] = self._compute(total)[0][0]
-        return self._feature_sums[binarize]
+        ``per_row`` maps keyword names to cell-aligned arrays, passed sliced to each block.
+        """
+        per_row = per_row or {}
+        token = tokenize(self.token, prefix, args, kwargs, per_row)
+        tasks = []
+        for i, block in enumerate(self.blocks):
+            sliced = {name: None if value is None else value[self.bounds[i] : self.bounds[i + 1]]
+                      for name, value in per_row.items()}
+            tasks.append(dask.delayed(func, pure=True)(
+                block, *args, dask_key_name=f"p2g-lsi-{prefix}-{tokenize(token, i)}", **kwargs, **sliced
+            ))
+        return tasks, token
+
+    def feature_sums(self, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+        if wanted is None and binarize in self._feature_sums:
+            return self._feature_sums[binarize]
+        parts, token = self._map(K.feature_sums, "colsum", binarize=binarize, per_row={"wanted": wanted})
+        total = self._compute(_sum_tree(parts, "p2g-lsi-colsum-total", token))[0][0]
+        if wanted is None:
+            self._feature_sums[binarize] = total
+        return total
 
     def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
         col_pos_d = None if col_pos is None else dask.delayed(col_pos, traverse=False)
-        parts = self._per_block(K.row_totals, "rowsum", col_pos_d, binarize=binarize)
-        return np.concatenate(self._compute(*parts)) if parts else np.zeros(0)
+        parts, _ = self._map(K.row_totals, "rowsum", col_pos_d, binarize=binarize)
+        return np.concatenate(self._compute(*parts))
 
     def _local_rows(self, rows: np.ndarray) -> list[np.ndarray]:
         which = np.searchsorted(self.bounds, rows, side="right") - 1
@@ -176,27 +189,14 @@ class DaskRows:
         return DaskRows(picked, sizes, self.n_vars, token, self.client)
 
     def project(self, model: LSIModel, wanted: np.ndarray | None = None) -> np.ndarray:
-        arrays = dask.delayed((model.col_pos(self.n_vars), model.idf, model.loadings), traverse=False)
-        token = tokenize(self.token, model.features, model.loadings, wanted)
-        parts = [
-            dask.delayed(_project_packed, pure=True)(
-                block, arrays, model.scale_to, model.binarize,
-                None if wanted is None else wanted[self.bounds[i] : self.bounds[i + 1]],
-                dask_key_name=f"p2g-lsi-project-{tokenize(token, i)}",
-            )
-            for i, block in enumerate(self.blocks)
-        ]
+        # The model's arrays become one task each, shipped once to a worker, not once per block.
+        arrays = [dask.delayed(a, traverse=False) for a in (model.col_pos(self.n_vars), model.idf, model.loadings)]
+        parts, _ = self._map(K.project_block, "project", *arrays, scale_to=model.scale_to, binarize=model.binarize,
+                             per_row={"wanted": wanted})
         return np.vstack(self._compute(*parts))
 
     def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
-        token = tokenize(self.token, labels, n_groups)
-        parts = [
-            dask.delayed(K.group_sums, pure=True)(
-                block, labels[self.bounds[i] : self.bounds[i + 1]], n_groups,
-                dask_key_name=f"p2g-lsi-groupsum-{tokenize(token, i)}",
-            )
-            for i, block in enumerate(self.blocks)
-        ]
+        parts, token = self._map(_group_sums, "groupsum", n_groups, per_row={"labels": labels})
         return self._compute(_sum_tree(parts, "p2g-lsi-groupsum-total", token))[0]
 
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
@@ -226,6 +226,5 @@ class DaskRows:
         return loadings * signs, s, np.asarray(u, dtype=np.float64) * s * signs
 
 
-def _project_packed(block, arrays, scale_to, binarize, wanted):
-    col_pos, idf, loadings = arrays
-    return K.project_block(block, col_pos, idf, loadings, scale_to=scale_to, binarize=binarize, wanted=wanted)
+def _group_sums(block, n_groups, *, labels):
+    return K.group_sums(block, labels, n_groups)

@@ -27,25 +27,32 @@ _SEPARATORS = ("___", "__", "#", ":", "|", "_", "-", ".", "+")
 def chrom_sizes_dict(chromsizes: Any) -> dict[str, int]:
     """Normalise chromosome sizes (dict, two-column file, DataFrame, Series or PyRanges) to a dict.
 
+    Uses :func:`p2g_dask.io.read_chrom_sizes` (which also knows genome names such as
+    ``"hg38"``) when it is there, and a local reader otherwise.
+
     Examples
     --------
     >>> chrom_sizes_dict(pd.DataFrame({"Chromosome": ["chr1"], "Start": [0], "End": [1000]}))
     {'chr1': 1000}
     """
+    try:
+        from p2g_dask.io.annotation import read_chrom_sizes
+    except ImportError:
+        return _chrom_sizes_dict(chromsizes)
+    try:
+        return read_chrom_sizes(chromsizes)
+    except ValueError as err:
+        raise ValueError(f"chromsizes: {err}") from None
+
+
+def _chrom_sizes_dict(chromsizes: Any) -> dict[str, int]:
     arg = chromsizes
     if isinstance(chromsizes, (str, os.PathLike)):
         path = Path(chromsizes)
         if not path.is_file():
             raise FileNotFoundError(f"chromsizes={str(path)!r} does not exist; pass a two-column file or a dict.")
-        try:
-            from p2g_dask.io.annotation import read_chrom_sizes
-        except ImportError:
-            read_chrom_sizes = None
-        if read_chrom_sizes is not None:
-            chromsizes = read_chrom_sizes(path)
-        else:
-            chromsizes = pd.read_csv(path, sep=r"\s+", header=None, comment="#", usecols=[0, 1],
-                                     names=["chrom", "size"], dtype={"chrom": str})
+        chromsizes = pd.read_csv(path, sep=r"\s+", header=None, comment="#", usecols=[0, 1],
+                                 names=["chrom", "size"], dtype={"chrom": str})
     if hasattr(chromsizes, "df") and hasattr(chromsizes, "Chromosome"):  # a PyRanges
         chromsizes = chromsizes.df
     if isinstance(chromsizes, pd.Series):

@@ -30,6 +30,20 @@ def _sum_partials(*partials: np.ndarray) -> np.ndarray:
     return total
 
 
+def _add_block(accumulator, block, member_indptr, member_cells, n_metacells, dtype):
+    # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
+    return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator)
+
+
+def _default_lanes(client: Any) -> int:
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a client without workers yet
+            return 2
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def _row_totals(sums: np.ndarray) -> np.ndarray:
     return sums.sum(axis=1, dtype=np.float64)
 
@@ -81,6 +95,7 @@ def metacell_sums(
     *,
     chunk_cells: int | None = None,
     split_every: int = 4,
+    lanes: int | None = None,
     dtype=np.float32,
     client: Any = None,
 ) -> tuple[Delayed, Delayed]:
@@ -95,7 +110,10 @@ def metacell_sums(
     chunk_cells
         Cells per task; from ~96 MiB of CSR per chunk when None.
     split_every
-        Fan-in of the tree reduction (bounds the partials held at once).
+        Fan-in of the tree reduction of the lanes' accumulators.
+    lanes
+        Accumulators that chunks are folded into (default: the cluster's worker threads, or
+        the local cores up to 4); memory is ``lanes x metacells x features``.
     dtype
         Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
     client
@@ -125,15 +143,18 @@ def metacell_sums(
     token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype),
                                [c.key for c in chunks])
     prefix = f"p2g-metacell-sum-{modality.name}"
-    level = []
+    # Chunks are folded into a few accumulators ("lanes"), each a chain of tasks that adds one
+    # chunk in place: memory is lanes x (metacells x features), whatever the number of cells.
+    n_lanes = max(1, min(len(chunks), int(lanes) if lanes else _default_lanes(client)))
+    accumulators: list = [None] * n_lanes
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
         member_indptr, member_cells = block_membership(membership, start, stop)
-        level.append(
-            delayed(metacell_sum_block, pure=True)(
-                chunk, member_indptr, member_cells, n_metacells, dtype,
-                dask_key_name=f"{prefix}-{token}-{i}",
-            )
+        lane = i % n_lanes
+        accumulators[lane] = delayed(_add_block, pure=True)(
+            accumulators[lane], chunk, member_indptr, member_cells, n_metacells, dtype,
+            dask_key_name=f"{prefix}-{token}-{i}",
         )
+    level = accumulators
     depth = 0
     split_every = max(2, int(split_every))
     while len(level) > 1:

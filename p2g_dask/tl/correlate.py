@@ -55,7 +55,29 @@ def correlate_pairs(
 
 def take_columns(sums: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """The columns of one chromosome (a small copy that is cheap to move between workers)."""
+    columns = np.asarray(columns)
+    if columns.size and columns[-1] - columns[0] + 1 == columns.size and (np.diff(columns) == 1).all():
+        # Peaks sorted by chromosome: a contiguous block copies far faster than a gather.
+        return np.ascontiguousarray(sums[:, columns[0] : columns[-1] + 1])
     return np.ascontiguousarray(sums[:, columns])
+
+
+def standardized_with_variance(
+    sums: np.ndarray, totals: np.ndarray, scale_to: float = 1e4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise metacell sums, then return unit-norm centred columns and each column's variance.
+
+    The variance is the sample variance (``ddof=1``, R's ``rowVars``) of the normalised values;
+    a constant column gives NaN in the standardised matrix and variance 0.
+    """
+    values = normalize_log2(sums, totals, scale_to)
+    values -= values.mean(axis=0, keepdims=True)
+    sum_squares = np.einsum("ij,ij->j", values, values)
+    norms = np.sqrt(sum_squares)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values /= np.where(norms > 0, norms, np.nan)
+    variance = sum_squares / max(1, values.shape[0] - 1)
+    return values, variance
 
 
 def correlate_chromosome(
@@ -69,17 +91,24 @@ def correlate_chromosome(
     tss: np.ndarray,
     max_distance: int,
     scale_to: float = 1e4,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Candidate pairs and their statistics on one chromosome.
 
     ``atac_sums``/``rna_sums`` hold only this chromosome's columns, in the order of
-    ``peak_index``/``gene_index`` (global positions, carried into the output).
+    ``peak_index``/``gene_index`` (global positions, carried into the output). Returns the pair
+    table and the variances of the chromosome's peaks and genes (for the variance quantiles).
     """
+    atac_std, atac_var = standardized_with_variance(atac_sums, atac_totals, scale_to)
+    rna_std, rna_var = standardized_with_variance(rna_sums, rna_totals, scale_to)
     local_peak, local_gene = pairs_within(peak_centre, tss, max_distance)
-    atac = normalize_log2(atac_sums, atac_totals, scale_to)
-    rna = normalize_log2(rna_sums, rna_totals, scale_to)
-    stats = correlate_pairs(atac, rna, local_peak, local_gene)
-    stats.insert(0, "peak_index", np.asarray(peak_index, dtype=np.int64)[local_peak])
-    stats.insert(1, "gene_index", np.asarray(gene_index, dtype=np.int64)[local_gene])
-    stats.insert(2, "distance", np.asarray(peak_centre)[local_peak] - np.asarray(tss)[local_gene])
-    return stats
+    correlation = pair_correlation(atac_std, rna_std, local_peak, local_gene)
+    t, pval = t_and_pvalue(correlation, atac_sums.shape[0])
+    stats = pd.DataFrame(
+        {
+            "peak_index": np.asarray(peak_index, dtype=np.int64)[local_peak],
+            "gene_index": np.asarray(gene_index, dtype=np.int64)[local_gene],
+            "distance": np.asarray(peak_centre)[local_peak] - np.asarray(tss)[local_gene],
+            "correlation": correlation, "t": t, "pval": pval,
+        }
+    )
+    return stats, atac_var, rna_var

@@ -126,27 +126,28 @@ def _validate(n_components, iterations, var_features, resolution, n_neighbors, s
         checks.append((
             len(outlier_quantiles) == 2 and lo is not None and 0 <= lo < hi <= 1,
             f"outlier_quantiles={outlier_quantiles} must be (low, high) with 0 <= low < high <= 1, "
-            "e.g. (0.1, 0.9), or None to fit on every sampled cell.",
+            "e.g. (0.02, 0.98), or None to fit on every sampled cell.",
         ))
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
 
 
-def _fit(sample, features, fsums, *, n_components, scale_to, binarize, outlier_quantiles, seed):
-    """One ArchR ``.computeLSI`` on the sampled cells over ``features``."""
-    features = features[fsums[features] > 0]  # ArchR drops features without counts in the sample
-    col_pos = K.column_positions(features, sample.n_vars)
-    totals = sample.row_totals(col_pos, binarize=binarize)
+def _fit(sample, features, *, n_components, scale_to, binarize, outlier_quantiles, seed):
+    """One ArchR ``.computeLSI`` on the sampled cells over ``features`` (sorted column indices)."""
+    totals = sample.row_totals(K.column_positions(features, sample.n_vars), binarize=binarize)
     fit = K.fit_cells(totals, outlier_quantiles)
+    # As ArchR: IDF over the fit cells, features without counts in them dropped.
+    fsums = sample.feature_sums(binarize=binarize, wanted=fit)[features]
+    features = features[fsums > 0]
     n_fit = int(fit.sum())
     if n_fit <= n_components or features.size <= n_components:
         raise ValueError(
             f"only {n_fit} sampled cells and {features.size} features are left to fit "
             f"n_components={n_components}; lower n_components or pass outlier_quantiles=None."
         )
-    # As in ArchR, IDF = (cells fit) / (feature total over all sampled cells, outliers included).
-    idf = n_fit / fsums[features]
+    idf = n_fit / fsums[fsums > 0]
+    col_pos = K.column_positions(features, sample.n_vars)
     loadings, d, fitted = sample.svd(fit, col_pos, idf, n_components, scale_to=scale_to, binarize=binarize, seed=seed)
     return LSIModel(features, idf, loadings, d, fit, fitted, scale_to, binarize)
 
@@ -174,6 +175,52 @@ def _kept_components(coords, log_depth, *, scale_dims, cor_cutoff):
     return scaled, corr, kept
 
 
+def _iterate(source, log_depth, *, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
+             sample_cells_final, seed, scale_dims, cor_cutoff, filter_quantile, total_features,
+             max_sample_bytes, fit_kw):
+    """ArchR's iteration loop; returns the last model, every cell's coordinates and a history."""
+    totals = source.feature_sums(binarize=False)
+    candidates = K.candidate_features(totals, total_features)
+    features = K.top_accessible(totals, var_features, filter_quantile=filter_quantile, total_features=total_features)
+    rng = np.random.default_rng(seed)
+    history = {"n_features": [], "n_cells_sampled": [], "n_cells_fit": [], "n_clusters": []}
+    for it in range(1, iterations + 1):
+        last = it == iterations
+        # A new sample every iteration, as ArchR; the last one takes all cells unless limited.
+        n_sample = (sample_cells_final or source.n_obs) if last else sample_cells_pre
+        rows = K.sample_cells(rng, log_depth, n_sample, fit_kw["outlier_quantiles"])
+        sample = source.take(rows, max_bytes=max_sample_bytes)
+        model = _fit(sample, features, **fit_kw)
+        for key, value in (("n_features", model.features.size), ("n_cells_sampled", rows.size),
+                           ("n_cells_fit", model.n_cells_fit)):
+            history[key].append(int(value))
+        if last:
+            history["n_clusters"].append(0)
+            logger.info("iterative_lsi %d/%d: %d features, %d of %d sampled cells fit", it, iterations,
+                        model.features.size, model.n_cells_fit, rows.size)
+            break
+        coords = _sample_coordinates(sample, model)
+        scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=scale_dims, cor_cutoff=cor_cutoff)
+        labels = leiden_clusters(scaled[:, kept], n_neighbors=n_neighbors, resolution=resolution, seed=seed)
+        n_clusters = int(labels.max()) + 1
+        history["n_clusters"].append(n_clusters)
+        if n_clusters > 1:
+            features = K.variable_features(sample.group_sums(labels, n_clusters), candidates, var_features,
+                                           scale_to=fit_kw["scale_to"])
+        else:  # as ArchR: carry on with the same features
+            logger.warning("iterative_lsi %d/%d: one cluster only, keeping the features; raise resolution "
+                           "or lower n_neighbors for more clusters", it, iterations)
+        logger.info(
+            "iterative_lsi %d/%d: %d features, %d of %d sampled cells fit, %d clusters found, "
+            "%d variable features kept", it, iterations, model.features.size, model.n_cells_fit,
+            rows.size, n_clusters, features.size,
+        )
+    # Every cell gets coordinates from the last model; those the SVD was fit on are known already.
+    if rows.size == source.n_obs:
+        return model, _sample_coordinates(sample, model), history
+    return model, source.project(model), history
+
+
 def iterative_lsi(
     atac: Any,
     *,
@@ -183,13 +230,14 @@ def iterative_lsi(
     resolution: float = 0.5,
     n_neighbors: int = 30,
     sample_cells_pre: int = 10_000,
+    sample_cells_final: int | None = None,
     depth_col: str = "n_fragment",
     seed: int = 1,
     scale_to: float = 1e4,
     binarize: bool = True,
     scale_dims: bool = True,
     cor_cutoff: float = 0.75,
-    outlier_quantiles: tuple[float, float] | None = (0.1, 0.9),
+    outlier_quantiles: tuple[float, float] | None = (0.02, 0.98),
     filter_quantile: float = 0.995,
     total_features: int = 500_000,
     key_added: str = "X_iterative_lsi",
@@ -223,7 +271,11 @@ def iterative_lsi(
     resolution, n_neighbors
         Leiden resolution and neighbours of the clustering graph between iterations.
     sample_cells_pre
-        At most this many cells (drawn within the 5-95 % depth quantiles) fit each model.
+        Cells sampled to fit each iteration before the last (a new sample each time, drawn
+        within the half-width ``outlier_quantiles`` of log depth), as ArchR's ``sampleCellsPre``.
+    sample_cells_final
+        Cells sampled to fit the last iteration; None fits it on all cells (ArchR's default).
+        The cells outside a sample are projected with the fitted model.
     depth_col
         ``obs`` column with each cell's fragment count; its row sums are used when absent.
     seed
@@ -269,6 +321,8 @@ def iterative_lsi(
     """
     _validate(n_components, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
               cor_cutoff, outlier_quantiles, filter_quantile, total_features, scale_to)
+    if sample_cells_final is not None and sample_cells_final <= n_components:
+        raise ValueError(f"sample_cells_final={sample_cells_final} must exceed n_components, or be None (all cells).")
     modality, _, _ = resolve_input(atac, None, mod_atac=mod_atac)
     if modality.store is not None:
         if not overwrite and key_added in modality.store.obsm:
@@ -285,56 +339,30 @@ def iterative_lsi(
         max_sample_bytes = psutil.virtual_memory().available / 4
     timings: dict = {}
     with timed("iterative_lsi", timings):
-        totals = source.feature_sums(binarize=False)
         log_depth = np.log10(_depth(modality.obs, depth_col, source) + 1.0)
-        rng = np.random.default_rng(seed)
-        rows = K.sample_cells(rng, log_depth, sample_cells_pre, outlier_quantiles)
-        sample = source.take(rows, max_bytes=max_sample_bytes)
-        fsums = sample.feature_sums(binarize=binarize)
-        candidates = K.candidate_features(totals, total_features)
-        features = K.top_accessible(totals, var_features, filter_quantile=filter_quantile, total_features=total_features)
-        history = {"n_features": [], "n_cells_fit": [], "n_clusters": []}
-        fit_kw = dict(n_components=n_components, scale_to=scale_to, binarize=binarize,
-                      outlier_quantiles=outlier_quantiles, seed=seed)
-        for it in range(1, iterations + 1):
-            model = _fit(sample, features, fsums, **fit_kw)
-            history["n_features"].append(int(model.features.size))
-            history["n_cells_fit"].append(model.n_cells_fit)
-            if it == iterations:
-                history["n_clusters"].append(0)
-                logger.info("iterative_lsi %d/%d: %d features, %d of %d sampled cells fit", it, iterations,
-                            model.features.size, model.n_cells_fit, rows.size)
-                break
-            coords = _sample_coordinates(sample, model)
-            scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=scale_dims, cor_cutoff=cor_cutoff)
-            labels = leiden_clusters(scaled[:, kept], n_neighbors=n_neighbors, resolution=resolution, seed=seed)
-            n_clusters = int(labels.max()) + 1
-            history["n_clusters"].append(n_clusters)
-            if n_clusters < 2:
-                logger.warning("iterative_lsi %d/%d: one cluster only; keeping this iteration (lower the "
-                               "resolution or n_neighbors for more)", it, iterations)
-                break
-            features = K.variable_features(sample.group_sums(labels, n_clusters), candidates, var_features,
-                                           scale_to=scale_to)
-            logger.info(
-                "iterative_lsi %d/%d: %d features, %d of %d sampled cells fit, %d clusters found, "
-                "%d variable features kept", it, iterations, model.features.size, model.n_cells_fit,
-                rows.size, n_clusters, features.size,
-            )
-        # ArchR projects every cell with the last model; when the sample is all cells, the fit
-        # cells' coordinates are already known.
-        coords = _sample_coordinates(sample, model) if rows.size == source.n_obs else source.project(model)
+        model, coords, history = _iterate(
+            source, log_depth, iterations=iterations, var_features=var_features, resolution=resolution,
+            n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre, sample_cells_final=sample_cells_final,
+            seed=seed, scale_dims=scale_dims, cor_cutoff=cor_cutoff, filter_quantile=filter_quantile,
+            total_features=total_features, max_sample_bytes=max_sample_bytes,
+            fit_kw=dict(n_components=n_components, scale_to=scale_to, binarize=binarize,
+                        outlier_quantiles=outlier_quantiles, seed=seed),
+        )
         scaled, corr, kept = _kept_components(coords, log_depth, scale_dims=scale_dims, cor_cutoff=cor_cutoff)
         embedding = scaled[:, kept]
         if kept.size < n_components:
-            logger.info("iterative_lsi: dropped %d component(s) with |r| > %s to log10(depth + 1): %s",
-                        n_components - kept.size, cor_cutoff, (np.setdiff1d(np.arange(n_components), kept) + 1).tolist())
+            dropped = np.setdiff1d(np.arange(n_components), kept) + 1
+            logger.info("iterative_lsi: dropped component(s) %s with |r| > %s to log10(depth + 1)",
+                        dropped.tolist(), cor_cutoff)
     params = dict(n_components=n_components, iterations=iterations, var_features=var_features,
                   resolution=resolution, n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre,
                   depth_col=depth_col, seed=seed, scale_to=scale_to, binarize=binarize, scale_dims=scale_dims,
                   cor_cutoff=cor_cutoff, filter_quantile=filter_quantile, total_features=total_features,
                   key_added=key_added)
-    if outlier_quantiles is not None:  # anndata cannot store None
+    # anndata cannot store None: such parameters are left out.
+    if sample_cells_final is not None:
+        params["sample_cells_final"] = sample_cells_final
+    if outlier_quantiles is not None:
         params["outlier_quantiles"] = np.asarray(outlier_quantiles, dtype=float)
     info = {
         "params": params,
@@ -344,10 +372,7 @@ def iterative_lsi(
         "idf": model.idf,
         "loadings": model.loadings,
         "singular_values": model.singular_values,
-        "n_cells_sampled": int(rows.size),
-        "iteration_n_features": np.asarray(history["n_features"]),
-        "iteration_n_cells_fit": np.asarray(history["n_cells_fit"]),
-        "iteration_n_clusters": np.asarray(history["n_clusters"]),
+        **{f"iteration_{key}": np.asarray(value) for key, value in history.items()},
         "seconds": timings["iterative_lsi"],
     }
     if modality.store is not None:

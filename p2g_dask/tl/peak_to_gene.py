@@ -25,7 +25,7 @@ from p2g_dask._inputs import Modality, get_obsm, resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
-from p2g_dask.tl._kernels import benjamini_hochberg, column_variance, variance_quantiles
+from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
 from p2g_dask.tl.aggregate import metacell_sums
 from p2g_dask.tl.correlate import correlate_chromosome, take_columns
 from p2g_dask.tl.metacells import MetacellMembership
@@ -38,15 +38,16 @@ LINK_COLUMNS = [
 ]
 
 
-def _feature_quantiles(sums: np.ndarray, totals: np.ndarray, columns: np.ndarray | None, scale_to: float) -> np.ndarray:
-    variances = column_variance(sums if columns is None else sums[:, columns], totals, scale_to)
-    return variance_quantiles(variances)
-
-
-def _assemble(tables, atac_q, rna_q, peaks, genes):
-    stats = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=["peak_index", "gene_index", "distance", "correlation", "t", "pval"]
-    )
+def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
+    """Concatenate the chromosome tables, BH over all pairs, variance quantiles over all features."""
+    peak_var = np.zeros(len(peaks))
+    gene_var = np.zeros(len(genes))
+    tables = []
+    for (table, atac_var, rna_var), p_idx, g_idx in zip(results, chrom_peaks, chrom_genes):
+        tables.append(table)
+        peak_var[p_idx] = atac_var
+        gene_var[g_idx] = rna_var
+    stats = pd.concat(tables, ignore_index=True)
     p_idx = stats["peak_index"].to_numpy(dtype=np.int64)
     g_idx = stats["gene_index"].to_numpy(dtype=np.int64)
     links = pd.DataFrame(
@@ -64,8 +65,8 @@ def _assemble(tables, atac_q, rna_q, peaks, genes):
         }
     )
     links["fdr"] = benjamini_hochberg(links["pval"].to_numpy())
-    links["var_q_atac"] = atac_q[p_idx]
-    links["var_q_rna"] = rna_q[g_idx]
+    links["var_q_atac"] = variance_quantiles(peak_var)[p_idx]
+    links["var_q_rna"] = variance_quantiles(gene_var)[g_idx]
     return links[LINK_COLUMNS]
 
 
@@ -236,34 +237,32 @@ def peak_to_gene(
     atac_sums, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     rna_sums, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     token = dask.base.tokenize(atac_sums.key, rna_sums.key, params)
-    atac_q = delayed(_feature_quantiles, pure=True)(atac_sums, atac_totals, None, scale_to,
-                                                    dask_key_name=f"p2g-feature-variance-atac-{token}")
-    rna_q = delayed(_feature_quantiles, pure=True)(rna_sums, rna_totals, rna_columns, scale_to,
-                                                   dask_key_name=f"p2g-feature-variance-rna-{token}")
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
-    tables = []
-    for chrom in pd.unique(peak_chrom):
-        p_idx = np.flatnonzero(peak_chrom == chrom)
-        g_idx = np.flatnonzero(gene_chrom == chrom)
-        if g_idx.size == 0:
-            continue
-        chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = delayed(take_columns, pure=True)(atac_sums, p_idx, dask_key_name=f"p2g-columns-atac-{chrom_token}")
-        rna_cols = delayed(take_columns, pure=True)(rna_sums, rna_columns[g_idx], dask_key_name=f"p2g-columns-rna-{chrom_token}")
-        tables.append(
-            delayed(correlate_chromosome, pure=True)(
-                atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
-                genes["tss"].to_numpy()[g_idx], int(max_distance), scale_to,
-                dask_key_name=f"p2g-correlate-{chrom_token}",
-            )
-        )
-    if not tables:
+    if not set(peak_chrom) & set(gene_chrom):
         raise ValueError(
             f"no chromosome has both peaks (e.g. {list(pd.unique(peak_chrom))[:3]}) and annotated genes "
             f"(e.g. {list(pd.unique(gene_chrom))[:3]}); check the genome build and chromosome names."
         )
-    result = delayed(_assemble, pure=True)(tables, atac_q, rna_q, peaks, genes,
+    results, chrom_peaks, chrom_genes = [], [], []
+    tss_all = genes["tss"].to_numpy()
+    # Every chromosome with peaks or genes gets a task: its features' variances feed the quantiles.
+    for chrom in pd.unique(np.concatenate([peak_chrom, gene_chrom])):
+        p_idx = np.flatnonzero(peak_chrom == chrom)
+        g_idx = np.flatnonzero(gene_chrom == chrom)
+        chrom_token = dask.base.tokenize(token, chrom)
+        atac_cols = delayed(take_columns, pure=True)(atac_sums, p_idx, dask_key_name=f"p2g-columns-atac-{chrom_token}")
+        rna_cols = delayed(take_columns, pure=True)(rna_sums, rna_columns[g_idx], dask_key_name=f"p2g-columns-rna-{chrom_token}")
+        results.append(
+            delayed(correlate_chromosome, pure=True, nout=3)(
+                atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
+                tss_all[g_idx], int(max_distance), scale_to,
+                dask_key_name=f"p2g-correlate-{chrom_token}",
+            )
+        )
+        chrom_peaks.append(p_idx)
+        chrom_genes.append(g_idx)
+    result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,
                                            dask_key_name=f"p2g-links-{token}")
     with timed("aggregate + correlate", timings):
         links = _compute(result, client, show_progress)
