@@ -195,7 +195,9 @@ def peak_to_gene(
         raise ValueError(f"max_distance={max_distance} must be a positive number of bp (ArchR: 250000).")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    atac_mod, rna_mod, extra_obsm = resolve_input(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna)
+    atac_mod, rna_mod, extra_obsm = resolve_input(
+        atac, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=gene_obsm is None
+    )
     if gene_obsm is not None:
         rna_mod = _gene_modality(atac_mod, extra_obsm, gene_obsm, gene_names)
     elif rna_mod is None:
