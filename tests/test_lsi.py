@@ -215,10 +215,22 @@ def test_iterative_lsi__one_iteration_equals_numpy_lsi(sim_small):
 
 
 def test_iterative_lsi__projection_of_sampled_cells_equals_fit(sim_small):
+    # The last iteration fits all 500 cells but the depth outliers; the embedding of the fit cells
+    # is the SVD's own, that of the outliers is projected: both must equal a numpy projection.
     atac = sim_small.atac.copy()
-    emb = p2g.tl.iterative_lsi(atac, sample_cells_pre=300, **SMALL)
+    emb = p2g.tl.iterative_lsi(atac, outlier_quantiles=(0.1, 0.9), **SMALL)
     info = atac.uns["iterative_lsi"]
-    assert info["n_cells_sampled"] == 300 and info["iteration_n_cells_fit"][-1] < 300
+    assert info["iteration_n_cells_sampled"][-1] == 500 and 350 < info["iteration_n_cells_fit"][-1] < 500
+    projected = np_zscore_rows(np_project(atac, info))[:, info["components_kept"]]
+    np.testing.assert_allclose(emb, projected, rtol=1e-7, atol=1e-7)
+
+
+def test_iterative_lsi__cells_outside_the_sample_are_projected(sim_small):
+    atac = sim_small.atac.copy()
+    emb = p2g.tl.iterative_lsi(atac, sample_cells_pre=300, sample_cells_final=350, **SMALL)
+    info = atac.uns["iterative_lsi"]
+    np.testing.assert_array_equal(info["iteration_n_cells_sampled"], [300, 350])
+    assert info["params"]["sample_cells_final"] == 350
     projected = np_zscore_rows(np_project(atac, info))[:, info["components_kept"]]
     np.testing.assert_allclose(emb, projected, rtol=1e-7, atol=1e-7)
 
@@ -275,6 +287,18 @@ def test_iterative_lsi__writes_obsm_uns_and_logs(sim_small, caplog):
     assert "stored obsm['X_lsi_test'] with shape" in text
 
 
+def test_iterative_lsi__one_cluster_keeps_the_top_features(sim_small, caplog):
+    atac = sim_small.atac.copy()
+    with caplog.at_level(logging.WARNING, logger="p2g_dask"):
+        p2g.tl.iterative_lsi(atac, resolution=1e-9, **SMALL)
+    info = atac.uns["iterative_lsi"]
+    assert "one cluster only" in caplog.text and info["iteration_n_clusters"][0] == 1
+    totals = np.asarray(atac.X.sum(0)).ravel()
+    ranked = np.argsort(-totals, kind="stable")
+    skip = int(0.005 * np.count_nonzero(totals))  # filter_quantile=0.995 of the features with counts
+    np.testing.assert_array_equal(info["features"], atac.var_names[np.sort(ranked[skip : skip + 3000])])
+
+
 def test_iterative_lsi__depth_from_row_sums_when_column_absent(sim_small, caplog):
     with_col = sim_small.atac.copy()
     with_col.obs["depth"] = np.asarray(with_col.X.sum(1)).ravel()
@@ -318,7 +342,7 @@ def test_iterative_lsi__negative_counts_rejected(sim_small):
     atac = sim_small.atac.copy()
     atac.X = atac.X.astype(np.float32)
     atac.X.data[0] = -1.0
-    with pytest.raises(ValueError, match="atac.X holds negative values"):
+    with pytest.raises(ValueError, match="negative values"):
         p2g.tl.iterative_lsi(atac, **SMALL)
 
 
@@ -332,9 +356,9 @@ def sim_store(sim_small, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("chunk_cells", [500, 77])
-def test_iterative_lsi__store_synchronous_equals_in_memory(sim_small, sim_store, chunk_cells):
-    kw = dict(sample_cells_pre=350, **SMALL)
+@pytest.mark.parametrize("chunk_cells, final", [(500, None), (77, 400)])
+def test_iterative_lsi__store_synchronous_equals_in_memory(sim_small, sim_store, chunk_cells, final):
+    kw = dict(sample_cells_pre=350, sample_cells_final=final, **SMALL)
     atac = sim_small.atac.copy()
     want = p2g.tl.iterative_lsi(atac, **kw)
     with dask.config.set(scheduler="synchronous"):
@@ -351,7 +375,7 @@ def test_iterative_lsi__store_on_local_cluster_equals_in_memory(sim_small, sim_s
     from dask.utils import key_split
     from distributed import Client, LocalCluster, get_task_stream
 
-    kw = dict(sample_cells_pre=350, **SMALL)  # a sample smaller than the data: the projection streams
+    kw = dict(sample_cells_pre=350, sample_cells_final=400, **SMALL)  # the last projection streams
     want = p2g.tl.iterative_lsi(sim_small.atac.copy(), **kw)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
@@ -378,6 +402,19 @@ def test_iterative_lsi__large_sample_svd_compressed_agrees(sim_small, sim_store)
     for c in range(4):
         assert abs_corr(got[:, c], want[:, c]) > 0.999
     np.testing.assert_allclose(np.abs(got[:, 0]), np.abs(want[:, 0]), rtol=1e-4, atol=1e-4 * np.abs(want[:, 0]).max())
+
+
+def test_iterative_lsi__large_sample_two_iterations_recover_cell_types(sim_small, sim_store):
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    with dask.config.set(scheduler="synchronous"):
+        emb = p2g.tl.iterative_lsi(sim_store, max_sample_bytes=1, key_added="X_big2", **SMALL)
+    info = p2g.io.open_store(sim_store).atac.uns["iterative_lsi"]
+    assert info["iteration_n_clusters"][0] >= 2 and emb.shape[0] == 500
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    accuracy = cross_val_score(KNeighborsClassifier(15), emb, sim_small.atac.obs["cell_type"], cv=folds).mean()
+    assert accuracy >= 0.9, accuracy
 
 
 # ---------------------------------------------------------------- real data and docs

@@ -91,7 +91,7 @@ class MemoryRows:
 
 
 def _sum_tree(parts: list, prefix: str, token: str) -> Any:
-    """Tree-sum of delayed arrays with a bounded fan-in; keys ``p2g-lsi-<prefix>-<token>``."""
+    """Tree-sum of delayed arrays with a bounded fan-in; keys ``<prefix>-<token>``."""
     level = 0
     while len(parts) > 1:
         parts = [
