@@ -264,6 +264,9 @@ def test_pseudobulk_with_fragments__chromsizes_forms_and_overwrite(tmp_path):
     [({"bigwig_strategy": "reads"}, "bigwig_strategy='reads'"),
      ({"cluster_key": "nope"}, "cluster_key='nope'"),
      ({"shift": (4,)}, "shift="),
+     ({"shift": (4, -5, 1)}, "shift="),
+     ({"cluster_key": "grp", "input_data": ad.AnnData(obs=pd.DataFrame({"grp": ["a/b", "a_b"]}, index=["x", "y"]))},
+      "same file name"),
      ({"bin_size": 0}, "bin_size=0"),
      ({"executor": "mpi"}, "executor='mpi'"),
      ({"path_to_fragments": {"a": "x.tsv.gz", "b": "y.tsv.gz"}}, "do not exist"),
@@ -378,3 +381,44 @@ def test_pseudobulk_with_fragments__own_workers(tmp_path, executor):
     bws = _run(tmp_path, path, executor=executor, n_jobs=2, show_progress=False)
     for group, bw in bws.items():
         _assert_bw(bw, _pileup(df, cells.obs_names[cells.obs["grp"] == group], CHROMS, "cutsite", normalize=True))
+
+
+def test_chrom_sizes_dict__local_reader_forms(tmp_path):
+    from p2g_dask.tl._pseudobulk_support import _chrom_sizes_dict
+
+    sizes_file = tmp_path / "sizes.txt"
+    sizes_file.write_text("# comment\nchr1\t1000\nchr2 500\n")
+    pr = pytest.importorskip("pyranges")
+    frame = pd.DataFrame({"Chromosome": ["chr1", "chr2"], "Start": [0, 0], "End": [1000, 500]})
+    for form in (sizes_file, frame, pr.PyRanges(frame), pd.Series(CHROMS), CHROMS):
+        assert _chrom_sizes_dict(form) == CHROMS
+    with pytest.raises(ValueError, match="positive integers"):
+        _chrom_sizes_dict({"chr1": 0})
+    with pytest.raises(ValueError, match="Chromosome/End"):
+        _chrom_sizes_dict(pd.DataFrame({"x": [1]}))
+
+
+@pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning")
+def test_pseudobulk_with_fragments__store_and_mudata_inputs(tmp_path):
+    df = _toy_fragments(13)
+    path = _write(tmp_path / "frags.tsv.gz", df)
+    cells = _toy_cells()
+    atac = ad.AnnData(X=np.ones((8, 2), dtype=np.int32), obs=cells.obs.copy())
+    ref = _run(tmp_path / "ref", path)
+    inputs = {}
+    mudata = pytest.importorskip("mudata")
+    rna = ad.AnnData(X=np.ones((8, 3), dtype=np.int32), obs=cells.obs.copy())
+    rna.var_names = ["g0", "g1", "g2"]
+    inputs["mudata"] = mudata.MuData({"atac": atac, "rna": rna})
+    try:
+        from p2g_dask.io.store import ingest
+    except ImportError:
+        ingest = None
+    if ingest is not None:
+        ingest(atac, rna, tmp_path / "cells.zarr")
+        inputs["store path"] = tmp_path / "cells.zarr"
+    for name, data in inputs.items():
+        got = _run(tmp_path / name.replace(" ", "_"), path, input_data=data)
+        assert list(got) == list(ref)
+        for g in ref:
+            assert Path(got[g]).read_bytes() == Path(ref[g]).read_bytes(), name

@@ -103,7 +103,16 @@ def open_fragment_cache(cache_dir: str | os.PathLike) -> FragmentCache:
 
 
 def cache_status(cache_dir: str | os.PathLike, source: str | os.PathLike) -> str:
-    """``'current'`` when the cache matches ``source``; otherwise the reason it does not."""
+    """``'current'`` when the cache matches ``source``; otherwise the reason it does not.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "f.tsv").write_text("chr1\\t10\\t60\\tAAAC-1\\t1\\n")
+    >>> cache_status(d / "cache", d / "f.tsv")
+    'no cache yet'
+    """
     manifest_file = Path(cache_dir) / "manifest.json"
     if not manifest_file.is_file():
         return "no cache yet"

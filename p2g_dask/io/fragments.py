@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from p2g_dask._logging import logger
@@ -35,7 +36,17 @@ MAX_POSITION = 2**32 - 1
 
 
 def is_gzip(path: str | os.PathLike) -> bool:
-    """Return True when ``path`` starts with the gzip magic bytes (gzip and bgzip alike)."""
+    """Return True when ``path`` starts with the gzip magic bytes (gzip and bgzip alike).
+
+    Examples
+    --------
+    >>> import gzip, pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.tsv.gz"
+    >>> with gzip.open(p, "wt") as fh:
+    ...     _ = fh.write("chr1\\t1\\t5\\tA\\t1\\n")
+    >>> is_gzip(p)
+    True
+    """
     with open(path, "rb") as fh:
         return fh.read(2) == _GZIP_MAGIC
 
@@ -202,12 +213,18 @@ def _validate_block(path: Path, table: pa.Table, lines_before: int) -> None:
             | table.column("end").is_null().to_numpy(zero_copy_only=False)
             | table.column("count").is_null().to_numpy(zero_copy_only=False)
         )
+    for column in ("chrom", "barcode"):
+        # An empty field parses as "" (nulls are off): find it through the small dictionary.
+        col = table.column(column).combine_chunks()
+        empty = np.flatnonzero(np.asarray(pc.equal(col.dictionary, "").to_numpy(zero_copy_only=False), dtype=bool))
+        if empty.size:
+            bad |= np.isin(col.indices.to_numpy(zero_copy_only=False), empty)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         row = {c: table.column(c)[i].as_py() for c in FRAGMENT_COLUMNS}
         raise ValueError(
-            f"fragment file {str(path)!r}, line {lines_before + i + 1}: needs 0 <= start < end <= "
-            f"{MAX_POSITION} and integer start/end/count, found {row}; fix or remove that line."
+            f"fragment file {str(path)!r}, line {lines_before + i + 1}: needs a chromosome, a barcode, "
+            f"0 <= start < end <= {MAX_POSITION} and integer start/end/count, found {row}; fix or remove that line."
         )
 
 
@@ -338,7 +355,17 @@ class BgzfWriter(io.RawIOBase):
 
 
 def write_fragment_table(table: pa.Table, fh) -> None:
-    """Write ``chrom, start, end, barcode, count`` rows of ``table`` as tab-separated text to ``fh``."""
+    """Write ``chrom, start, end, barcode, count`` rows of ``table`` as tab-separated text to ``fh``.
+
+    Examples
+    --------
+    >>> import io
+    >>> buf = io.BytesIO()
+    >>> write_fragment_table(pa.table({"chrom": ["chr1"], "start": [1], "end": [5], "barcode": ["A"],
+    ...                                "count": [1]}), buf)
+    >>> buf.getvalue()
+    b'chr1\\t1\\t5\\tA\\t1\\n'
+    """
     pcsv.write_csv(
         table.select(list(FRAGMENT_COLUMNS)),
         fh,

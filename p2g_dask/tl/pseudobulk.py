@@ -156,9 +156,10 @@ def pseudobulk_with_fragments(
     if not (isinstance(n_jobs, (int, np.integer)) and n_jobs >= 1):
         raise ValueError(f"n_jobs={n_jobs!r} must be a positive integer.")
     try:
+        if len(shift) != 2:
+            raise ValueError
         shift = (int(shift[0]), int(shift[1]))
-        assert len(tuple(shift)) == 2
-    except (TypeError, ValueError, IndexError, AssertionError):
+    except (TypeError, ValueError):
         raise ValueError(f"shift={shift!r} must be two integers (left, right), e.g. (0, 0) or (4, -5).") from None
     chrom_sizes = chrom_sizes_dict(chromsizes)
     files = _fragment_files(path_to_fragments)
@@ -174,6 +175,7 @@ def pseudobulk_with_fragments(
     for p in [*bw_files.values(), *bed_files.values()]:
         check_overwrite(p, overwrite, argument="bed_path" if p.suffix == ".gz" else "bigwig_path")
     bigwig_dir.mkdir(parents=True, exist_ok=True)
+    cache_names = _file_names(list(files), argument="path_to_fragments")
     tmp_cache = None
     if cache_fragments is None:
         tmp_cache = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}fragcache-", dir=bigwig_dir))
@@ -183,7 +185,7 @@ def pseudobulk_with_fragments(
             with timed("pseudobulk: fragment caches"):
                 cache_tasks = [
                     dask.delayed(build_fragment_cache, pure=False)(
-                        path, cache_root / _safe(sample),
+                        path, cache_root / cache_names[sample],
                         dask_key_name=f"p2g-fragcache-{tokenize(sample, str(path), str(cache_root))}",
                     )
                     for sample, path in files.items()
@@ -191,7 +193,7 @@ def pseudobulk_with_fragments(
                 caches = dict(zip(files, run(cache_tasks)))
             lookups = {s: match_barcodes(cells, s, caches[s].barcodes()) for s in files}
             with timed(f"pseudobulk: {len(groups)} group BigWigs ({bigwig_strategy}, bin_size={bin_size})"):
-                tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes, cells,
+                tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes,
                                strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
                                normalize=normalize_bigwig, overwrite=overwrite)
                 stats = run(tasks)
@@ -223,13 +225,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "group"
 
 
-def _file_names(groups: list[str]) -> dict[str, str]:
+def _file_names(groups: list[str], argument: str = "cluster_key") -> dict[str, str]:
     names = {g: _safe(g) for g in groups}
     seen: dict[str, str] = {}
     for g, n in names.items():
         if n.lower() in seen:
             raise ValueError(
-                f"cluster_key: groups {seen[n.lower()]!r} and {g!r} give the same file name {n!r}; "
+                f"{argument}: {seen[n.lower()]!r} and {g!r} give the same file name {n!r}; "
                 "rename one of them."
             )
         seen[n.lower()] = g
@@ -284,7 +286,7 @@ def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite):
             "n_skipped": sum(c["n_skipped"] for c in coverages), **written}
 
 
-def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, cells, *,
+def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, *,
            strategy, shift, bin_size, normalize, overwrite):
     # The barcode -> group lookups become graph keys, so each is sent to a worker once.
     lookup_keys = {s: dask.delayed(lk, name=f"p2g-barcodes-{tokenize(lk)}") for s, (lk, _) in lookups.items()}
