@@ -238,8 +238,8 @@ def test_pseudobulk_with_fragments__graph_keys(tmp_path):
     with Callback(pretask=lambda key, dsk, state: keys.append(key)):
         _run(tmp_path, path, bed_path=tmp_path / "bed")
     steps = {re.fullmatch(r"(p2g-[a-z]+)-[0-9a-f]{32}", k).group(1) for k in keys}
-    assert steps == {"p2g-fragcache", "p2g-split", "p2g-coverage", "p2g-bigwig", "p2g-bed"}
-    assert sum(k.startswith("p2g-coverage-") for k in keys) == 3 * len(CHROMS)  # groups x chromosomes
+    assert steps == {"p2g-fragcache", "p2g-split", "p2g-pileup", "p2g-bigwig", "p2g-bed"}
+    assert sum(k.startswith("p2g-pileup-") for k in keys) == 3 * len(CHROMS)  # groups x chromosomes
     # Group and chromosome names live in the token only: these keys name no group or chromosome.
     assert not any(name in k for k in keys for name in ("chr", "-A-", "-B-", "-C-"))
 

@@ -2,7 +2,7 @@
 
 Graph: one ``p2g-fragcache-*`` task per fragment file (parse once into a parquet cache by
 chromosome), one ``p2g-split-*`` task per chromosome that reads it from every cache once and
-splits its fragments by group, then one ``p2g-coverage-*`` task per (group, chromosome) that
+splits its fragments by group, then one ``p2g-pileup-*`` task per (group, chromosome) that
 piles up that group's fragments into runs, and one
 ``p2g-bigwig-*`` task per group that normalises the runs and writes the BigWig (``p2g-bed-*``
 for the optional BED files). Group and chromosome names go into the token, never the prefix, so
@@ -306,7 +306,7 @@ def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookup
             token = tokenize(group, chrom, splits[chrom].key, strategy, shift, bin_size, chrom_sizes[chrom])
             coverages.append(dask.delayed(_coverage_task, pure=True)(
                 splits[chrom], code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
-                dask_key_name=f"p2g-coverage-{token}"))
+                dask_key_name=f"p2g-pileup-{token}"))
         token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite)
         tasks.append(dask.delayed(_bigwig_task, pure=False)(
             str(bw_files[group]), chrom_sizes, coverages, normalize, overwrite,
