@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from p2g_dask._atomic import atomic_path
@@ -23,7 +24,7 @@ def _save_figure(fig, path: Path, overwrite: bool) -> str:
 
 def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05) -> dict[str, float]:
     """Recall of planted links at ``fdr`` and the share of significant links that are planted."""
-    significant = links.loc[links["fdr"] < fdr, ["peak", "gene"]]
+    significant = links.loc[links["fdr"] < fdr, ["peak", "gene"]] if np.isfinite(fdr) else links[["peak", "gene"]]
     found = set(zip(significant["peak"], significant["gene"]))
     planted = set(zip(truth["peak"], truth["gene"]))
     hits = len(found & planted)
@@ -103,6 +104,9 @@ class _Run:
         path = write_links(kept, self.out / "links_filtered.parquet", overwrite=self.overwrite)
         self.record["outputs"]["links_filtered"] = str(path)
         self.record["summary"]["filtered_links"] = len(kept)
+        if self.inputs.get("truth"):
+            truth = pd.read_csv(self.inputs["truth"], sep="\t")
+            self.record["summary"]["planted_links_filtered"] = planted_recall(kept, truth, fdr=np.inf)
 
     def pseudobulk(self) -> None:
         from p2g_dask.tl import pseudobulk_with_fragments

@@ -41,3 +41,12 @@ def shared_data():
     if not (SHARED_DATA / "pbmc_multiome_1k" / "atac.h5ad").exists():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (fresh clone without ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_matplotlib_style():
+    """plot_set() changes matplotlib's global rcParams; keep each test's style its own."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        yield

@@ -9,19 +9,30 @@ from scipy import stats
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate_csr(member_indptr, member_cells, x_indptr, x_indices, x_data, out):  # pragma: no cover - jit
+def _accumulate_csr(member_indptr, member_cells, x_indptr, x_indices, x_data, out, first_col, sorted_rows):  # pragma: no cover - jit
     # Metacell-major: one output row stays in cache while its member cells' rows are added.
+    # Only columns first_col .. first_col + out.shape[1] are summed (a column block).
+    last_col = first_col + out.shape[1]
     for metacell in range(member_indptr.size - 1):
         row_out = out[metacell]
         for t in range(member_indptr[metacell], member_indptr[metacell + 1]):
             cell = member_cells[t]
-            for p in range(x_indptr[cell], x_indptr[cell + 1]):
-                row_out[x_indices[p]] += x_data[p]
+            start, stop = x_indptr[cell], x_indptr[cell + 1]
+            if sorted_rows:
+                lo = start + np.searchsorted(x_indices[start:stop], first_col)
+                hi = start + np.searchsorted(x_indices[start:stop], last_col)
+                for p in range(lo, hi):
+                    row_out[x_indices[p] - first_col] += x_data[p]
+            else:
+                for p in range(start, stop):
+                    column = x_indices[p]
+                    if first_col <= column < last_col:
+                        row_out[column - first_col] += x_data[p]
 
 
 def metacell_sum_block(
     block, member_indptr: np.ndarray, member_cells: np.ndarray, n_metacells: int, dtype=np.float32,
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, columns: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Sum a block of cell rows into metacells without densifying the block.
 
@@ -39,11 +50,13 @@ def metacell_sum_block(
         Accumulator dtype when ``out`` is None.
     out
         An accumulator to add into (in place) instead of a new zero array.
+    columns
+        ``(first, stop)``: sum only this column block (the output has ``stop - first`` columns).
 
     Returns
     -------
     numpy.ndarray
-        ``(n_metacells, n_features)`` partial sums (``out`` itself when given).
+        ``(n_metacells, n_columns)`` partial sums (``out`` itself when given).
     """
     if isinstance(block, tuple):  # raw (data, indices, indptr, n_features) from the store reader
         data, indices, indptr, n_features = block
@@ -53,15 +66,33 @@ def metacell_sum_block(
         elif block.format != "csr":
             block = sp.csr_matrix(block)
         data, indices, indptr, n_features = block.data, block.indices, block.indptr, block.shape[1]
+    first, stop = columns if columns is not None else (0, n_features)
     if out is None:
-        out = np.zeros((n_metacells, n_features), dtype=dtype)
+        out = np.zeros((n_metacells, stop - first), dtype=dtype)
     if member_cells.size == 0:
         return out
+    indptr = np.asarray(indptr, dtype=np.int64)
+    whole = first == 0 and stop == n_features
+    # Sorted column indices (the store writes them sorted) let each row find its block by bisection.
+    sorted_rows = whole or _rows_sorted(indptr, indices)
     _accumulate_csr(
         np.asarray(member_indptr, dtype=np.int64), np.asarray(member_cells, dtype=np.int64),
-        np.asarray(indptr, dtype=np.int64), indices, data, out,
+        indptr, indices, data, out, int(first), not whole and sorted_rows,
     )
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_sorted_jit(indptr, indices):  # pragma: no cover - jit
+    for row in range(indptr.size - 1):
+        for p in range(indptr[row] + 1, indptr[row + 1]):
+            if indices[p] <= indices[p - 1]:
+                return False
+    return True
+
+
+def _rows_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    return bool(_rows_sorted_jit(indptr, indices))
 
 
 def normalize_log2(sums: np.ndarray, totals: np.ndarray, scale_to: float = 1e4) -> np.ndarray:

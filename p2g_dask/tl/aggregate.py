@@ -8,7 +8,7 @@ cells into the metacells they belong to, and partials are summed ``split_every``
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import numpy as np
@@ -30,9 +30,18 @@ def _sum_partials(*partials: np.ndarray) -> np.ndarray:
     return total
 
 
-def _add_block(accumulator, block, member_indptr, member_cells, n_metacells, dtype):
+class ColumnBlock(NamedTuple):
+    """Metacell sums of the feature columns ``first:stop`` (a lazy m x (stop - first) array)."""
+
+    first: int
+    stop: int
+    sums: Delayed
+
+
+def _add_block(accumulator, block, member_indptr, member_cells, n_metacells, dtype, columns):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
-    return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator)
+    return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
+                              columns=columns)
 
 
 def _default_lanes(client: Any) -> int:
@@ -96,9 +105,10 @@ def metacell_sums(
     chunk_cells: int | None = None,
     split_every: int = 4,
     lanes: int | None = None,
+    block_bytes: int = 128 * 2**20,
     dtype=np.float32,
     client: Any = None,
-) -> tuple[Delayed, Delayed]:
+) -> tuple[list[ColumnBlock], Delayed]:
     """Lazy metacell sums of a modality and their per-metacell totals.
 
     Parameters
@@ -114,6 +124,8 @@ def metacell_sums(
     lanes
         Accumulators that chunks are folded into (default: the cluster's worker threads, or
         the local cores up to 4); memory is ``lanes x metacells x features``.
+    block_bytes
+        Largest accumulator: features are summed in column blocks of about this many bytes.
     dtype
         Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
     client
@@ -121,8 +133,9 @@ def metacell_sums(
 
     Returns
     -------
-    (Delayed, Delayed)
-        ``sums`` (metacells x features) and ``totals`` (metacells,) in float64.
+    (list of ColumnBlock, Delayed)
+        The column blocks of the sums (metacells x features) and the metacell ``totals`` over
+        all features, in float64.
 
     Examples
     --------
@@ -131,42 +144,76 @@ def metacell_sums(
     >>> import pandas as pd
     >>> X = sp.csr_matrix(np.arange(12).reshape(4, 3))
     >>> mod = Modality("atac", pd.DataFrame(index=list("abcd")), pd.DataFrame(index=list("xyz")), X=X)
-    >>> sums, totals = metacell_sums(mod, np.array([[0, 1], [2, 3]]), chunk_cells=2)
-    >>> dask.compute(sums, scheduler="sync")[0]
-    array([[ 3.,  5.,  7.],
-           [15., 17., 19.]], dtype=float32)
+    >>> blocks, totals = metacell_sums(mod, np.array([[0, 1], [2, 3]]), chunk_cells=2)
+    >>> dask.compute(blocks[0].sums, totals, scheduler="sync")
+    (array([[ 3.,  5.,  7.],
+           [15., 17., 19.]], dtype=float32), array([15., 51.]))
     """
     n_cells = modality.n_obs
     n_metacells = int(np.asarray(neighbours).shape[0])
+    n_features = modality.n_vars
     membership = sp.csc_matrix(metacell_membership(neighbours, n_cells))
     chunks, bounds = _input_chunks(modality, chunk_cells, client)
-    token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype),
+    # Column blocks bound the size of every accumulator (so the scheduler can hold or spill
+    # them one by one), however many metacells there are.
+    width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
+    column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
+    token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype), column_blocks,
                                [c.key for c in chunks])
     prefix = f"p2g-metacell-sum-{modality.name}"
-    # Chunks are folded into a few accumulators ("lanes"), each a chain of tasks that adds one
-    # chunk in place: memory is lanes x (metacells x features), whatever the number of cells.
+    # Chunks are folded into a few accumulators ("lanes") per column block, each a chain of
+    # tasks that adds one chunk in place: memory is lanes x metacells x features at most,
+    # whatever the number of cells.
     n_lanes = max(1, min(len(chunks), int(lanes) if lanes else _default_lanes(client)))
-    accumulators: list = [None] * n_lanes
+    accumulators = [[None] * n_lanes for _ in column_blocks]
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
         member_indptr, member_cells = block_membership(membership, start, stop)
         lane = i % n_lanes
-        accumulators[lane] = delayed(_add_block, pure=True)(
-            accumulators[lane], chunk, member_indptr, member_cells, n_metacells, dtype,
-            dask_key_name=f"{prefix}-{token}-{i}",
-        )
-    level = accumulators
-    depth = 0
+        for b, columns in enumerate(column_blocks):
+            accumulators[b][lane] = delayed(_add_block, pure=True)(
+                accumulators[b][lane], chunk, member_indptr, member_cells, n_metacells, dtype, columns,
+                dask_key_name=f"{prefix}-{token}-{b}-{i}",
+            )
     split_every = max(2, int(split_every))
-    while len(level) > 1:
-        depth += 1
-        level = [
-            delayed(_sum_partials, pure=True)(*level[i : i + split_every],
-                                              dask_key_name=f"{prefix}-combine-{token}-{depth}-{i}")
-            for i in range(0, len(level), split_every)
-        ]
-    sums = level[0]
-    totals = delayed(_row_totals, pure=True)(sums, dask_key_name=f"p2g-metacell-totals-{modality.name}-{token}")
-    return sums, totals
+    blocks = []
+    for b, columns in enumerate(column_blocks):
+        level, depth = accumulators[b], 0
+        while len(level) > 1:
+            depth += 1
+            level = [
+                delayed(_sum_partials, pure=True)(*level[i : i + split_every],
+                                                  dask_key_name=f"{prefix}-combine-{token}-{b}-{depth}-{i}")
+                for i in range(0, len(level), split_every)
+            ]
+        blocks.append(ColumnBlock(columns[0], columns[1], level[0]))
+    totals = delayed(_total_of_blocks, pure=True)(*[block.sums for block in blocks],
+                                                 dask_key_name=f"p2g-metacell-totals-{modality.name}-{token}")
+    return blocks, totals
+
+
+def _total_of_blocks(*block_sums: np.ndarray) -> np.ndarray:
+    return np.sum([s.sum(axis=1, dtype=np.float64) for s in block_sums], axis=0)
+
+
+def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums: np.ndarray) -> np.ndarray:
+    """Columns ``columns`` (global positions) gathered from the column blocks that hold them."""
+    columns = np.asarray(columns, dtype=np.int64)
+    n_rows = block_sums[0].shape[0] if block_sums else 0
+    out = np.empty((n_rows, columns.size), dtype=block_sums[0].dtype if block_sums else np.float32)
+    for first, sums in zip(block_starts, block_sums):
+        inside = (columns >= first) & (columns < first + sums.shape[1])
+        if inside.all() and columns.size and columns[-1] - columns[0] + 1 == columns.size:
+            return np.ascontiguousarray(sums[:, columns[0] - first : columns[-1] - first + 1])
+        out[:, inside] = sums[:, columns[inside] - first]
+    return out
+
+
+def blocks_for(blocks: list["ColumnBlock"], columns: np.ndarray) -> list["ColumnBlock"]:
+    """The column blocks that hold any of ``columns``."""
+    columns = np.asarray(columns)
+    if columns.size == 0:
+        return blocks[:1]
+    return [b for b in blocks if ((columns >= b.first) & (columns < b.stop)).any()]
 
 
 def metacell_matrix(X, neighbours: np.ndarray, *, scale_to: float = 1e4) -> np.ndarray:

@@ -71,7 +71,10 @@ def standardized_with_variance(
     a constant column gives NaN in the standardised matrix and variance 0.
     """
     values = normalize_log2(sums, totals, scale_to)
+    # Exact test for constant columns: centring a constant leaves round-off, not zeros.
+    constant = (values == values[:1]).all(axis=0) if values.shape[0] else np.ones(values.shape[1], bool)
     values -= values.mean(axis=0, keepdims=True)
+    values[:, constant] = 0.0
     sum_squares = np.einsum("ij,ij->j", values, values)
     norms = np.sqrt(sum_squares)
     with np.errstate(invalid="ignore", divide="ignore"):

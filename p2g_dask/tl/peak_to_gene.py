@@ -26,8 +26,8 @@ from p2g_dask._logging import logger, timed
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
 from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
-from p2g_dask.tl.aggregate import metacell_sums
-from p2g_dask.tl.correlate import correlate_chromosome, take_columns
+from p2g_dask.tl.aggregate import blocks_for, metacell_sums, take_block_columns
+from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import metacells as compute_metacells
 from p2g_dask.tl.pairs import gene_tss, peak_centres
@@ -97,6 +97,13 @@ def _annotated_genes(rna: Modality, genes: pd.DataFrame) -> tuple[pd.DataFrame, 
     if n_missing:
         logger.info("%d of %d rna genes are not in gene_annotation and are skipped", n_missing, int(first.sum()))
     return annotated, position.loc[annotated["gene_name"]].to_numpy(dtype=np.int64)
+
+
+def _columns(blocks, columns: np.ndarray, key: str):
+    """A task gathering ``columns`` from only the column blocks that hold them."""
+    needed = blocks_for(blocks, columns)
+    return delayed(take_block_columns, pure=True)(columns, [b.first for b in needed], *[b.sums for b in needed],
+                                                  dask_key_name=key)
 
 
 def _resolve_client(client):
@@ -236,9 +243,9 @@ def peak_to_gene(
     )
 
     client = _resolve_client(client)
-    atac_sums, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
-    rna_sums, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
-    token = dask.base.tokenize(atac_sums.key, rna_sums.key, params)
+    atac_blocks, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    token = dask.base.tokenize(atac_totals.key, rna_totals.key, params)
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
     if not set(peak_chrom) & set(gene_chrom):
@@ -253,8 +260,8 @@ def peak_to_gene(
         p_idx = np.flatnonzero(peak_chrom == chrom)
         g_idx = np.flatnonzero(gene_chrom == chrom)
         chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = delayed(take_columns, pure=True)(atac_sums, p_idx, dask_key_name=f"p2g-columns-atac-{chrom_token}")
-        rna_cols = delayed(take_columns, pure=True)(rna_sums, rna_columns[g_idx], dask_key_name=f"p2g-columns-rna-{chrom_token}")
+        atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-atac-{chrom_token}")
+        rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-rna-{chrom_token}")
         results.append(
             delayed(correlate_chromosome, pure=True, nout=3)(
                 atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
