@@ -25,7 +25,6 @@ import argparse
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pyarrow as pa
+from _peak_rss import PeakRSS
 
 # hg38 chr1-22, X (lengths in bp): the benchmark genome.
 HUMAN = dict(zip([f"chr{i}" for i in range(1, 23)] + ["chrX"], [
@@ -41,48 +41,6 @@ HUMAN = dict(zip([f"chr{i}" for i in range(1, 23)] + ["chrX"], [
     58617616, 64444167, 46709983, 50818468, 156040895]))
 # The simulator's genome (simulate_multiome's default: 5 chromosomes, 60 Mb down to 20 Mb).
 SIMULATED = {f"chr{i + 1}": int(n) for i, n in enumerate(np.linspace(60_000_000, 20_000_000, 5))}
-
-
-class PeakRSS:
-    """Sample the summed RSS of this process and its children every ``interval`` seconds.
-
-    Also adds up CPU seconds over the tree (children's last sampled value), because on a shared
-    machine wall time says little on its own.
-    """
-
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self.cpu, self._stop = interval, 0, 0.0, threading.Event()
-        self._children: dict[int, float] = {}
-
-    @staticmethod
-    def _own_cpu(p) -> float:
-        t = p.cpu_times()
-        return t.user + t.system
-
-    def _sample(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                    if p.pid != me.pid:
-                        self._children[p.pid] = self._own_cpu(p)
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._cpu0 = self._own_cpu(psutil.Process())
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.cpu = self._own_cpu(psutil.Process()) - self._cpu0 + sum(self._children.values())
 
 
 def make_fragments(path: Path, *, n_fragments: int, n_cells: int, n_groups: int, genome: dict[str, int],

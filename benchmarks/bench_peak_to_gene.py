@@ -17,43 +17,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import scipy.sparse as sp
-
-
-class PeakRSS:
-    """Sample the RSS of this process and its children every 20 ms."""
-
-    def __init__(self):
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _sample(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from _peak_rss import PeakRSS
 
 
 def random_counts(rng, n_cells, n_features, density, dtype=np.int32):

@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from p2g_dask._logging import logger
-from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
+from p2g_dask.io.store import MultiomeStore, StoreModality, check_unique_barcodes, is_store, open_store
 
 
 @dataclass
@@ -84,7 +84,7 @@ def mudata_modality(mdata: Any, mod: str, argument: str) -> ad.AnnData:
     return mdata.mod[mod]
 
 
-def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None) -> Modality:
+def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None, validate: bool = True) -> Modality:
     x = adata.X
     if x is None:
         raise ValueError(f"the {name} AnnData has no X; put raw counts in .X.")
@@ -96,11 +96,56 @@ def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None) -> Moda
         obs, obsm = adata.obs, dict(adata.obsm)
     if sp.issparse(x) and x.format != "csr":
         x = sp.csr_matrix(x)
+    if validate:
+        validate_counts(x, name, obs.index)
     return Modality(name, obs, adata.var, X=x, obsm=obsm, adata=adata)
+
+
+def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> None:
+    """Raise when in-memory counts hold NaN, inf or negative values (naming the first cell).
+
+    Checked before any graph is built, so bad input fails at once rather than deep inside a
+    task (or, worse, silently as NaN correlations). Backed matrices are checked while ingested.
+
+    Examples
+    --------
+    >>> validate_counts(np.array([[0, 2], [-1, 0]]), "rna")
+    Traceback (most recent call last):
+    ...
+    ValueError: rna counts contain negative values (min -1), first in cell row 1; p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts']).
+    """
+    if sp.issparse(x):
+        values, row_of = x.data, lambda i: int(np.searchsorted(x.indptr, i, side="right") - 1)
+    elif isinstance(x, np.ndarray):
+        values, row_of = np.asarray(x).ravel(), lambda i: int(i // max(1, x.shape[-1]))
+    else:
+        return  # backed / lazy matrices are validated block by block where they are read
+    if values.size == 0 or values.dtype == bool:
+        return
+
+    def where(i: int) -> str:
+        row = row_of(i)
+        cell = f" ({obs_names[row]!r})" if obs_names is not None and row < len(obs_names) else ""
+        return f"first in cell row {row}{cell}"
+
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ValueError(
+                f"{name} counts contain non-finite values (NaN or inf), {where(int(np.argmin(finite)))}; "
+                "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
+            )
+    if np.issubdtype(values.dtype, np.number) and values.min() < 0:
+        raise ValueError(
+            f"{name} counts contain negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; "
+            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
+        )
 
 
 def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
     """Barcodes of both modalities, in ATAC order; errors on none, warns on a partial overlap."""
+    check_unique_barcodes(atac_names, "atac")
+    check_unique_barcodes(rna_names, "rna")
     common = atac_names.intersection(rna_names, sort=False)
     if common.size == 0:
         raise ValueError(
@@ -117,12 +162,14 @@ def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
 
 
 def resolve_input(
-    data: Any, rna: Any = None, *, mod_atac: str = "atac", mod_rna: str = "rna", need_rna: bool = False
+    data: Any, rna: Any = None, *, mod_atac: str = "atac", mod_rna: str = "rna", need_rna: bool = False,
+    validate: bool = True,
 ) -> tuple[Modality, Modality | None, dict]:
     """Return ``(atac, rna, extra_obsm)`` over the shared cells.
 
     ``extra_obsm`` holds a MuData's own ``obsm`` aligned to the shared cells (used when
-    ``use_rep`` is not in the ATAC modality).
+    ``use_rep`` is not in the ATAC modality). ``validate`` checks in-memory counts
+    (:func:`validate_counts`); callers that only need ``obs`` turn it off.
     """
     data = _read_path(data)
     rna = _read_path(rna)
@@ -151,25 +198,26 @@ def resolve_input(
         )
     if rna is None:
         if need_rna:
-            raise ValueError("rna is required (an AnnData of the same cells), or pass gene_obsm= with gene_names=.")
-        return _from_anndata(data, "atac", None), None, extra_obsm
+            raise ValueError("rna is required: pass rna=<AnnData of the same cells> (or a store, or a MuData "
+                             "with an RNA modality), or gene_obsm= with gene_names=.")
+        return _from_anndata(data, "atac", None, validate), None, extra_obsm
     if not isinstance(rna, ad.AnnData):
         raise TypeError(f"rna must be an AnnData or a path to an .h5ad; got {type(rna).__name__}.")
     atac_names, rna_names = pd.Index(data.obs_names), pd.Index(rna.obs_names)
     if atac_names.equals(rna_names):
-        return _from_anndata(data, "atac", None), _from_anndata(rna, "rna", None), extra_obsm
+        return _from_anndata(data, "atac", None, validate), _from_anndata(rna, "rna", None, validate), extra_obsm
     common = common_cells(atac_names, rna_names)
     atac_rows = None if common.equals(atac_names) else atac_names.get_indexer(common)
     return (
-        _from_anndata(data, "atac", atac_rows),
-        _from_anndata(rna, "rna", rna_names.get_indexer(common)),
+        _from_anndata(data, "atac", atac_rows, validate),
+        _from_anndata(rna, "rna", rna_names.get_indexer(common), validate),
         extra_obsm,
     )
 
 
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
     """The cell table of an AnnData, a MuData's ATAC modality, or a store."""
-    atac, _, _ = resolve_input(data, None, mod_atac=mod_atac)
+    atac, _, _ = resolve_input(data, None, mod_atac=mod_atac, validate=False)
     return atac.obs
 
 

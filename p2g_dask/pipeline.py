@@ -63,8 +63,14 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         path = Path(config)
         if not path.exists():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-        with open(path) as handle:
-            config = yaml.safe_load(handle) or {}
+        # safe_load: a config is data; tags such as !!python/object are refused, never run.
+        try:
+            with open(path) as handle:
+                config = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as err:
+            detail = " ".join(str(err).split())
+            raise ValueError(f"config file {str(path)!r} is not a plain YAML mapping ({detail}); "
+                             "write plain YAML (no !!python tags).") from None
         base = path.resolve().parent
     else:
         base = Path.cwd()

@@ -233,15 +233,19 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
     import uuid
 
     staged = f"{_STAGED}{uuid.uuid4().hex[:8]}_{key}"
-    ad.io.write_elem(group, staged, value)
     target = folder / key
-    if target.exists():
-        old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
-        os.replace(target, old)
-        os.replace(folder / staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(folder / staged, target)
+    try:
+        ad.io.write_elem(group, staged, value)
+        if target.exists():
+            old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
+            os.replace(target, old)
+            os.replace(folder / staged, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(folder / staged, target)
+    except BaseException:
+        shutil.rmtree(folder / staged, ignore_errors=True)
+        raise
 
 
 def check_unique_barcodes(names: pd.Index, argument: str) -> None:

@@ -38,8 +38,9 @@ class ColumnBlock(NamedTuple):
     sums: Delayed
 
 
-def _add_block(accumulator, block, member_indptr, member_cells, n_metacells, dtype, columns):
+def _add_block(accumulator, block, members, n_metacells, dtype, columns):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
+    member_indptr, member_cells = members
     return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
                               columns=columns)
 
@@ -89,10 +90,8 @@ def _input_chunks(modality: Modality, chunk_cells: int | None, client: Any) -> t
     bounds = [(s, min(s + chunk_cells, n_obs)) for s in range(0, n_obs, chunk_cells)]
     slices = [_row_slice(modality.X, s, e) for s, e in bounds]
     token = dask.base.tokenize(id(modality.X), modality.X.shape, modality.nnz, bounds)
-    if client is not None:
-        # Scatter once rather than embedding matrices in the graph the scheduler must hold.
-        futures = client.scatter(slices, hash=False)
-        return [delayed(f) for f in futures], bounds
+    # In-memory chunks go into the graph as literals (not scattered): the scheduler can then
+    # re-send them when a worker dies, so a lost worker never loses input data.
     return [
         delayed(x, name=f"p2g-input-{modality.name}-{token}-{i}") for i, x in enumerate(slices)
     ], bounds
@@ -129,7 +128,7 @@ def metacell_sums(
     dtype
         Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
     client
-        A ``distributed.Client`` to scatter in-memory chunks to, or None.
+        The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
 
     Returns
     -------
@@ -164,14 +163,19 @@ def metacell_sums(
     # Chunks are folded into a few accumulators ("lanes") per column block, each a chain of
     # tasks that adds one chunk in place: memory is lanes x metacells x features at most,
     # whatever the number of cells.
-    n_lanes = max(1, min(len(chunks), int(lanes) if lanes else _default_lanes(client)))
+    if not lanes:
+        # One accumulator per worker thread, fewer when they would hold over ~1 GiB in all.
+        matrix_bytes = n_metacells * n_features * np.dtype(dtype).itemsize
+        lanes = max(1, min(_default_lanes(client), int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
+    n_lanes = max(1, min(len(chunks), int(lanes)))
     accumulators = [[None] * n_lanes for _ in column_blocks]
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
-        member_indptr, member_cells = block_membership(membership, start, stop)
+        # The chunk's membership is one graph value shared by the tasks of every column block.
+        members = delayed(block_membership(membership, start, stop), name=f"p2g-members-{token}-{i}")
         lane = i % n_lanes
         for b, columns in enumerate(column_blocks):
             accumulators[b][lane] = delayed(_add_block, pure=True)(
-                accumulators[b][lane], chunk, member_indptr, member_cells, n_metacells, dtype, columns,
+                accumulators[b][lane], chunk, members, n_metacells, dtype, columns,
                 dask_key_name=f"{prefix}-{token}-{b}-{i}",
             )
     split_every = max(2, int(split_every))

@@ -21,6 +21,7 @@ import pandas as pd
 from dask.delayed import delayed
 
 import p2g_dask
+from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask._inputs import Modality, get_obsm, resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask.io.peaks import peak_table
@@ -30,7 +31,7 @@ from p2g_dask.tl.aggregate import blocks_for, metacell_sums, take_block_columns
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import metacells as compute_metacells
-from p2g_dask.tl.pairs import gene_tss, peak_centres
+from p2g_dask.tl.pairs import gene_tss, pairs_within, peak_centres
 
 LINK_COLUMNS = [
     "peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance",
@@ -138,6 +139,7 @@ def peak_to_gene(
     split_every: int = 4,
     client: Any = None,
     show_progress: bool = False,
+    checkpoint: Any = None,
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
 
@@ -174,6 +176,11 @@ def peak_to_gene(
         A ``distributed.Client``; without one the current client, else the threaded scheduler.
     show_progress
         Show a progress bar while the graph runs.
+    checkpoint
+        A folder (or ``p2g_dask._checkpoint.Checkpoint``) for finished stages: the metacell sums
+        and each chromosome's pair table are saved there, keyed by a hash of the data, the
+        metacells and the parameters, so a rerun after a crash recomputes only what is missing
+        (see docs/reliability.md). Changed inputs or parameters give new keys.
 
     Returns
     -------
@@ -245,6 +252,11 @@ def peak_to_gene(
     client = _resolve_client(client)
     atac_blocks, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    ckpt = as_checkpoint(checkpoint)
+    if ckpt is not None:
+        sums_key = ckpt.key(modality_token(atac_mod), modality_token(rna_mod), neighbours, chunk_cells, split_every)
+        atac_blocks, atac_totals = checkpointed_sums(atac_blocks, atac_totals, ckpt, ckpt.key(sums_key, "atac"))
+        rna_blocks, rna_totals = checkpointed_sums(rna_blocks, rna_totals, ckpt, ckpt.key(sums_key, "rna"))
     token = dask.base.tokenize(atac_totals.key, rna_totals.key, params)
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
@@ -255,6 +267,13 @@ def peak_to_gene(
         )
     results, chrom_peaks, chrom_genes = [], [], []
     tss_all = genes["tss"].to_numpy()
+    # Counting the pairs is cheap (a sorted search per chromosome): fail before the aggregation.
+    if not any(pairs_within(centres[peak_chrom == c], tss_all[gene_chrom == c], int(max_distance))[0].size
+               for c in set(peak_chrom) & set(gene_chrom)):
+        raise ValueError(
+            f"no candidate peak-gene pairs within max_distance={max_distance} bp; check that peaks and "
+            "genes come from the same genome build, or raise max_distance."
+        )
     # Every chromosome with peaks or genes gets a task: its features' variances feed the quantiles.
     for chrom in pd.unique(np.concatenate([peak_chrom, gene_chrom])):
         p_idx = np.flatnonzero(peak_chrom == chrom)
@@ -262,13 +281,16 @@ def peak_to_gene(
         chrom_token = dask.base.tokenize(token, chrom)
         atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-atac-{chrom_token}")
         rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-rna-{chrom_token}")
-        results.append(
-            delayed(correlate_chromosome, pure=True, nout=3)(
-                atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
-                tss_all[g_idx], int(max_distance), scale_to,
-                dask_key_name=f"p2g-correlate-{chrom_token}",
-            )
+        task = delayed(correlate_chromosome, pure=True, nout=3)(
+            atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
+            tss_all[g_idx], int(max_distance), scale_to,
+            dask_key_name=f"p2g-correlate-{chrom_token}",
         )
+        if ckpt is not None:
+            task = checkpointed(task, ckpt, ckpt.key(sums_key, "correlate", chrom, p_idx, g_idx, rna_columns[g_idx],
+                                                     centres[p_idx], tss_all[g_idx], int(max_distance), float(scale_to)),
+                                "tree", nout=3)
+        results.append(task)
         chrom_peaks.append(p_idx)
         chrom_genes.append(g_idx)
     result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,

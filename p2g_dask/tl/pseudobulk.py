@@ -25,6 +25,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
+from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
 from p2g_dask.io._fragment_cache import FragmentCache, build_fragment_cache, read_cache_file
 from p2g_dask.tl._bigwig import write_bigwig
@@ -64,6 +65,7 @@ def pseudobulk_with_fragments(
     overwrite: bool = False,
     client: Any = None,
     mod_atac: str = "atac",
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, str]:
     """Write one coverage BigWig per cell group from 10x fragment files.
 
@@ -127,6 +129,10 @@ def pseudobulk_with_fragments(
         A ``distributed.Client`` to use with ``executor='dask'``.
     mod_atac
         MuData modality with the ATAC cells.
+    checkpoint
+        Folder keeping each (group, chromosome) pileup, keyed by the fragment files, the cells'
+        groups and the parameters: a rerun after a crash (with ``overwrite=True``) loads the
+        finished pileups and computes only the missing ones (see docs/reliability.md).
 
     Returns
     -------
@@ -195,7 +201,8 @@ def pseudobulk_with_fragments(
             with timed(f"pseudobulk: {len(groups)} group BigWigs ({bigwig_strategy}, bin_size={bin_size})"):
                 tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes,
                                strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
-                               normalize=normalize_bigwig, overwrite=overwrite)
+                               normalize=normalize_bigwig, overwrite=overwrite,
+                               checkpoint=as_checkpoint(checkpoint))
                 stats = run(tasks)
         # Reads the cache (off-chromosome counts), so before a temporary cache is removed.
         _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
@@ -287,7 +294,7 @@ def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite):
 
 
 def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, *,
-           strategy, shift, bin_size, normalize, overwrite):
+           strategy, shift, bin_size, normalize, overwrite, checkpoint=None):
     # The barcode -> group lookups become graph keys, so each is sent to a worker once.
     lookup_keys = {s: dask.delayed(lk, name=f"p2g-barcodes-{tokenize(lk)}") for s, (lk, _) in lookups.items()}
     names_keys = {s: dask.delayed(nm, name=f"p2g-barcodenames-{tokenize(nm)}") for s, (_, nm) in lookups.items()}
@@ -304,9 +311,12 @@ def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookup
         coverages = []
         for chrom in chroms:
             token = tokenize(group, chrom, splits[chrom].key, strategy, shift, bin_size, chrom_sizes[chrom])
-            coverages.append(dask.delayed(_coverage_task, pure=True)(
+            pileup = dask.delayed(_coverage_task, pure=True)(
                 splits[chrom], code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
-                dask_key_name=f"p2g-pileup-{token}"))
+                dask_key_name=f"p2g-pileup-{token}")
+            # The token covers the fragment files (path, size, mtime), the groups and the parameters.
+            coverages.append(checkpointed(pileup, checkpoint, checkpoint.key("pileup", token), "tree")
+                             if checkpoint is not None else pileup)
         token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite)
         tasks.append(dask.delayed(_bigwig_task, pure=False)(
             str(bw_files[group]), chrom_sizes, coverages, normalize, overwrite,
