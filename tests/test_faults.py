@@ -23,7 +23,6 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-from distributed.client import FutureCancelledError
 
 import p2g_dask as p2g
 from p2g_dask._atomic import TMP_MARKER
