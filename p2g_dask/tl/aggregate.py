@@ -41,6 +41,8 @@ class ColumnBlock(NamedTuple):
 def _add_block(accumulator, block, members, n_metacells, dtype, columns):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
     member_indptr, member_cells = members
+    if isinstance(block, StoreRows):
+        block = read_csr_raw(*block)
     return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
                               columns=columns)
 
@@ -73,11 +75,27 @@ def _row_slice(X, start: int, stop: int):
     return X[start:stop]
 
 
-def _input_chunks(modality: Modality, chunk_cells: int | None, client: Any) -> tuple[list, list[tuple[int, int]]]:
+class StoreRows(NamedTuple):
+    """Rows ``start:stop`` of a store matrix, read by the task that sums them."""
+
+    path: str
+    modality: str
+    start: int
+    stop: int
+    n_vars: int
+
+
+def _input_chunks(modality: Modality, chunk_cells: int | None, client: Any,
+                  fuse_reads: bool = False) -> tuple[list, list[tuple[int, int]]]:
     if modality.store is not None:
         store = modality.store
         bounds = store.row_chunks(chunk_cells)
         token = dask.base.tokenize(store.path, store.name, bounds, os.path.getmtime(store.path))
+        if fuse_reads:
+            # One column block: the summing task reads its rows itself, so no chunk waits in
+            # worker memory between a read task and its sum (memory stays flat with cells).
+            return [delayed(StoreRows(store.path, store.name, s, e, store.n_vars),
+                            name=f"p2g-rows-{store.name}-{token}-{i}") for i, (s, e) in enumerate(bounds)], bounds
         # Each task reads its own rows on the worker: nothing but a path crosses the network.
         return [
             delayed(read_csr_raw, pure=True)(store.path, store.name, s, e, store.n_vars,
@@ -104,7 +122,7 @@ def metacell_sums(
     chunk_cells: int | None = None,
     split_every: int = 4,
     lanes: int | None = None,
-    block_bytes: int = 128 * 2**20,
+    block_bytes: int = 256 * 2**20,
     dtype=np.float32,
     client: Any = None,
 ) -> tuple[list[ColumnBlock], Delayed]:
@@ -152,11 +170,11 @@ def metacell_sums(
     n_metacells = int(np.asarray(neighbours).shape[0])
     n_features = modality.n_vars
     membership = sp.csc_matrix(metacell_membership(neighbours, n_cells))
-    chunks, bounds = _input_chunks(modality, chunk_cells, client)
     # Column blocks bound the size of every accumulator (so the scheduler can hold or spill
     # them one by one), however many metacells there are.
     width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
+    chunks, bounds = _input_chunks(modality, chunk_cells, client, fuse_reads=len(column_blocks) == 1)
     token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype), column_blocks,
                                [c.key for c in chunks])
     prefix = f"p2g-metacell-sum-{modality.name}"

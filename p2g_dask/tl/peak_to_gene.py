@@ -13,6 +13,7 @@ Graph (task key prefixes as they appear on the dashboard)::
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import dask
@@ -320,7 +321,10 @@ def peak_to_gene(
 
 def _compute(result, client, show_progress: bool):
     if client is not None:
-        future = client.compute(result)
+        with warnings.catch_warnings():
+            # In-memory inputs travel in the graph on purpose (a lost worker can be replayed).
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            future = client.compute(result)
         if show_progress:
             from distributed import progress
 
