@@ -114,24 +114,22 @@ def variance_quantiles(variances: np.ndarray) -> np.ndarray:
     return np.trunc(stats.rankdata(variances, method="average")) / variances.size
 
 
-def column_variance(sums: np.ndarray, totals: np.ndarray, scale_to: float = 1e4, block: int = 8192) -> np.ndarray:
-    """Sample variance (``ddof=1``, as R's ``rowVars``) of each normalised feature across metacells."""
-    n_features = sums.shape[1]
-    out = np.empty(n_features, dtype=np.float64)
-    for start in range(0, n_features, block):
-        stop = min(start + block, n_features)
-        values = normalize_log2(sums[:, start:stop], totals, scale_to)
-        out[start:stop] = values.var(axis=0, ddof=1) if values.shape[0] > 1 else np.nan
-    return out
+def standardize_columns(values: np.ndarray, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Centre each column and scale it to unit norm; also each column's sample variance.
 
-
-def standardize_columns(values: np.ndarray) -> np.ndarray:
-    """Centre each column and scale it to unit norm; a constant column becomes NaN."""
-    values = np.asarray(values, dtype=np.float64)
-    centred = values - values.mean(axis=0, keepdims=True)
-    norms = np.sqrt((centred**2).sum(axis=0, keepdims=True))
+    A constant column becomes NaN (variance 0). It is found by an exact test, because centring
+    a constant leaves round-off rather than zeros. The variance is ``ddof=1``, as R's
+    ``rowVars``. With ``overwrite`` a float64 ``values`` is reused instead of copied.
+    """
+    values = np.asarray(values, dtype=np.float64) if overwrite else np.array(values, dtype=np.float64)
+    constant = (values == values[:1]).all(axis=0) if values.shape[0] else np.ones(values.shape[1], bool)
+    values -= values.mean(axis=0, keepdims=True)
+    values[:, constant] = 0.0
+    sum_squares = np.einsum("ij,ij->j", values, values)
+    norms = np.sqrt(sum_squares)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, centred / np.where(norms > 0, norms, 1.0), np.nan)
+        values /= np.where(norms > 0, norms, np.nan)
+    return values, sum_squares / max(1, values.shape[0] - 1)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -19,7 +19,7 @@ from p2g_dask.tl._kernels import (
 )
 from p2g_dask.tl.pairs import pairs_within
 
-__all__ = ["benjamini_hochberg", "correlate_pairs", "correlate_chromosome", "take_columns"]
+__all__ = ["benjamini_hochberg", "correlate_pairs", "correlate_chromosome"]
 
 
 def correlate_pairs(
@@ -46,41 +46,11 @@ def correlate_pairs(
     >>> correlate_pairs(a, r, np.array([0]), np.array([0]))["correlation"].round(4).tolist()
     [0.9562]
     """
-    atac_std = standardize_columns(atac)
-    rna_std = standardize_columns(rna)
+    atac_std, _ = standardize_columns(atac)
+    rna_std, _ = standardize_columns(rna)
     correlation = pair_correlation(atac_std, rna_std, np.asarray(peak_index), np.asarray(gene_index))
     t, pval = t_and_pvalue(correlation, atac.shape[0])
     return pd.DataFrame({"correlation": correlation, "t": t, "pval": pval})
-
-
-def take_columns(sums: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """The columns of one chromosome (a small copy that is cheap to move between workers)."""
-    columns = np.asarray(columns)
-    if columns.size and columns[-1] - columns[0] + 1 == columns.size and (np.diff(columns) == 1).all():
-        # Peaks sorted by chromosome: a contiguous block copies far faster than a gather.
-        return np.ascontiguousarray(sums[:, columns[0] : columns[-1] + 1])
-    return np.ascontiguousarray(sums[:, columns])
-
-
-def standardized_with_variance(
-    sums: np.ndarray, totals: np.ndarray, scale_to: float = 1e4
-) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise metacell sums, then return unit-norm centred columns and each column's variance.
-
-    The variance is the sample variance (``ddof=1``, R's ``rowVars``) of the normalised values;
-    a constant column gives NaN in the standardised matrix and variance 0.
-    """
-    values = normalize_log2(sums, totals, scale_to)
-    # Exact test for constant columns: centring a constant leaves round-off, not zeros.
-    constant = (values == values[:1]).all(axis=0) if values.shape[0] else np.ones(values.shape[1], bool)
-    values -= values.mean(axis=0, keepdims=True)
-    values[:, constant] = 0.0
-    sum_squares = np.einsum("ij,ij->j", values, values)
-    norms = np.sqrt(sum_squares)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values /= np.where(norms > 0, norms, np.nan)
-    variance = sum_squares / max(1, values.shape[0] - 1)
-    return values, variance
 
 
 def correlate_chromosome(
@@ -101,8 +71,8 @@ def correlate_chromosome(
     ``peak_index``/``gene_index`` (global positions, carried into the output). Returns the pair
     table and the variances of the chromosome's peaks and genes (for the variance quantiles).
     """
-    atac_std, atac_var = standardized_with_variance(atac_sums, atac_totals, scale_to)
-    rna_std, rna_var = standardized_with_variance(rna_sums, rna_totals, scale_to)
+    atac_std, atac_var = standardize_columns(normalize_log2(atac_sums, atac_totals, scale_to), overwrite=True)
+    rna_std, rna_var = standardize_columns(normalize_log2(rna_sums, rna_totals, scale_to), overwrite=True)
     local_peak, local_gene = pairs_within(peak_centre, tss, max_distance)
     correlation = pair_correlation(atac_std, rna_std, local_peak, local_gene)
     t, pval = t_and_pvalue(correlation, atac_sums.shape[0])
