@@ -96,7 +96,7 @@ def peak_table(var: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
     --------
     >>> import pandas as pd
     >>> var = pd.DataFrame({"chrom": ["chr2"], "start": [10], "end": [20]}, index=["p1"])
-    >>> peak_table(var).loc["p1", "end"]
+    >>> int(peak_table(var).loc["p1", "end"])
     20
     """
     if not isinstance(var, pd.DataFrame):
