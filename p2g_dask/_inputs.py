@@ -215,6 +215,13 @@ def resolve_input(
     )
 
 
+def obs_names_hash(obs_names: pd.Index) -> str:
+    """A hash of the cell names in order, kept in ``links.attrs`` to recognise the same cells."""
+    import dask.base
+
+    return dask.base.tokenize(list(map(str, obs_names)))
+
+
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
     """The cell table of an AnnData, a MuData's ATAC modality, or a store."""
     atac, _, _ = resolve_input(data, None, mod_atac=mod_atac, validate=False)

@@ -44,6 +44,8 @@ class _Run:
         self.links: pd.DataFrame | None = None
         self.genes = self.exons = None
         self.bigwigs: dict[str, str] | None = None
+        # Planted links of simulated inputs, read once for the recall of every stage.
+        self.truth = pd.read_csv(self.inputs["truth"], sep="\t") if self.inputs.get("truth") else None
 
     # -- stages -------------------------------------------------------------------------------
     def ingest(self) -> None:
@@ -91,9 +93,8 @@ class _Run:
         summary = {"pairs": len(self.links), "significant_fdr_0.05": int((self.links["fdr"] < 0.05).sum())}
         self.record["parameters"] = {"peak_to_gene": self.links.attrs["params"]}
         self.record["timings"].update({f"peak_to_gene.{k}": v for k, v in self.links.attrs["timings"].items()})
-        if self.inputs.get("truth"):
-            truth = pd.read_csv(self.inputs["truth"], sep="\t")
-            summary["planted_links"] = planted_recall(self.links, truth)
+        if self.truth is not None:
+            summary["planted_links"] = planted_recall(self.links, self.truth)
         self.record["summary"].update(summary)
 
     def filter_links(self) -> None:
@@ -104,9 +105,8 @@ class _Run:
         path = write_links(kept, self.out / "links_filtered.parquet", overwrite=self.overwrite)
         self.record["outputs"]["links_filtered"] = str(path)
         self.record["summary"]["filtered_links"] = len(kept)
-        if self.inputs.get("truth"):
-            truth = pd.read_csv(self.inputs["truth"], sep="\t")
-            self.record["summary"]["planted_links_filtered"] = planted_recall(kept, truth, fdr=np.inf)
+        if self.truth is not None:
+            self.record["summary"]["planted_links_filtered"] = planted_recall(kept, self.truth, fdr=np.inf)
 
     def pseudobulk(self) -> None:
         from p2g_dask.tl import pseudobulk_with_fragments

@@ -266,8 +266,8 @@ def _check_cells(links: pd.DataFrame, modality: Any, metacells: np.ndarray) -> N
                          "data peak_to_gene ran on.")
     expected = links.attrs.get("obs_names_hash")
     if expected is not None:
-        import dask.base
+        from p2g_dask._inputs import obs_names_hash
 
-        if dask.base.tokenize(list(map(str, modality.obs.index))) != expected:
+        if obs_names_hash(modality.obs.index) != expected:
             raise ValueError("atac's obs_names differ from those peak_to_gene ran on (obs_names_hash); pass the "
                              "same cells in the same order.")

@@ -23,7 +23,7 @@ from dask.delayed import delayed
 
 import p2g_dask
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
-from p2g_dask._inputs import Modality, get_obsm, resolve_input
+from p2g_dask._inputs import Modality, get_obsm, obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
@@ -311,7 +311,7 @@ def peak_to_gene(
             "params": params,
             "metacells": MetacellMembership(neighbours),
             "n_cells": int(n_cells),
-            "obs_names_hash": dask.base.tokenize(list(map(str, atac_mod.obs.index))),
+            "obs_names_hash": obs_names_hash(atac_mod.obs.index),
             "timings": timings,
             "p2g_dask_version": p2g_dask.__version__,
         }
