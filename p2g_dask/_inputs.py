@@ -223,9 +223,31 @@ def obs_names_hash(obs_names: pd.Index) -> str:
 
 
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
-    """The cell table of an AnnData, a MuData's ATAC modality, or a store."""
+    """The cell table of an AnnData, a MuData's ATAC modality, or a store.
+
+    For an ``.h5ad`` / ``.h5mu`` path only the ``obs`` table is read, not the matrices.
+    """
+    if isinstance(data, (str, os.PathLike)) and os.fspath(data).lower().endswith((".h5ad", ".h5mu")):
+        return _read_obs_only(os.fspath(data), mod_atac)
     atac, _, _ = resolve_input(data, None, mod_atac=mod_atac, validate=False)
     return atac.obs
+
+
+def _read_obs_only(path: str, mod_atac: str) -> pd.DataFrame:
+    import h5py
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input {path!r} does not exist.")
+    with h5py.File(path, "r") as f:
+        if path.lower().endswith(".h5mu"):
+            mods = sorted(f["mod"]) if "mod" in f else []
+            if mod_atac not in mods:
+                raise ValueError(
+                    f"mod_atac={mod_atac!r} is not a modality of {path}; it has {mods}. "
+                    "Pass mod_atac= with one of those names."
+                )
+            return ad.io.read_elem(f[f"mod/{mod_atac}/obs"])
+        return ad.io.read_elem(f["obs"])
 
 
 def get_obsm(modality: Modality, key: str, extra_obsm: dict | None = None, argument: str = "use_rep") -> np.ndarray:

@@ -310,6 +310,7 @@ def test_iterative_lsi__depth_from_row_sums_when_column_absent(sim_small, caplog
     np.testing.assert_array_equal(got, p2g.tl.iterative_lsi(with_col, depth_col="depth", **SMALL))
 
 
+@pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning")  # mudata 0.3 announcing a default
 def test_iterative_lsi__mudata_writes_modality(sim_small):
     import mudata as md
 

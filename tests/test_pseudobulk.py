@@ -270,7 +270,8 @@ def test_pseudobulk_with_fragments__chromsizes_forms_and_overwrite(tmp_path):
      ({"bin_size": 0}, "bin_size=0"),
      ({"executor": "mpi"}, "executor='mpi'"),
      ({"path_to_fragments": {"a": "x.tsv.gz", "b": "y.tsv.gz"}}, "do not exist"),
-     ({"chromsizes": {"chr1": -5}}, "positive integers")],
+     ({"chromsizes": {"chr1": -5}}, "positive integers"),
+     ({"chromsizes": {"chr1": 2**32}}, "32-bit")],
 )
 def test_pseudobulk_with_fragments__bad_arguments(tmp_path, kw, match):
     path = _write(tmp_path / "frags.tsv.gz", _toy_fragments())
@@ -371,7 +372,7 @@ def test_pseudobulk_with_fragments__real_pbmc(tmp_path):
 @pytest.mark.slow  # starting worker processes takes 15-20 s on a busy 2-core machine
 @pytest.mark.parametrize("executor", ["process", "dask"])
 def test_pseudobulk_with_fragments__own_workers(tmp_path, executor):
-    # 'dask' with no client running starts (and closes) its own LocalCluster of worker processes.
+    # 'dask' with no client running starts (and closes) its own in-process LocalCluster.
     distributed = pytest.importorskip("distributed")
     with pytest.raises(ValueError):
         distributed.get_client()
@@ -410,6 +411,11 @@ def test_pseudobulk_with_fragments__store_and_mudata_inputs(tmp_path):
     rna = ad.AnnData(X=np.ones((8, 3), dtype=np.int32), obs=cells.obs.copy())
     rna.var_names = ["g0", "g1", "g2"]
     inputs["mudata"] = mudata.MuData({"atac": atac, "rna": rna})
+    inputs["mudata"].write(tmp_path / "cells.h5mu")
+    inputs["h5mu path"] = tmp_path / "cells.h5mu"
+    # Only obs is read from a file: an .h5ad without X (the groups alone) is enough.
+    ad.AnnData(obs=cells.obs.copy()).write_h5ad(tmp_path / "obs_only.h5ad")
+    inputs["obs-only h5ad path"] = str(tmp_path / "obs_only.h5ad")
     try:
         from p2g_dask.io.store import ingest
     except ImportError:
@@ -418,7 +424,7 @@ def test_pseudobulk_with_fragments__store_and_mudata_inputs(tmp_path):
         ingest(atac, rna, tmp_path / "cells.zarr")
         inputs["store path"] = tmp_path / "cells.zarr"
     for name, data in inputs.items():
-        got = _run(tmp_path / name.replace(" ", "_"), path, input_data=data)
+        got = _run(tmp_path / name.replace(" ", "_").replace("-", "_"), path, input_data=data)
         assert list(got) == list(ref)
         for g in ref:
             assert Path(got[g]).read_bytes() == Path(ref[g]).read_bytes(), name

@@ -103,7 +103,8 @@ def pseudobulk_with_fragments(
         cache inside ``bigwig_path``, deleted at the end.
     executor
         ``'dask'``: the current ``distributed`` client (or ``client``), else a
-        ``LocalCluster(n_workers=n_jobs, threads_per_worker=1)`` closed at the end;
+        ``LocalCluster(n_workers=1, threads_per_worker=n_jobs, processes=False)`` closed at
+        the end (the heavy steps release the GIL, and threads share the pileups);
         ``'thread'`` / ``'process'``: dask's local schedulers with ``n_jobs`` workers;
         ``'synchronous'``: one thread, for debugging. Workers must see the files and folders.
     n_jobs
