@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 
 import anndata as ad
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import scipy.sparse as sp
+from _peak_rss import PeakRSS
 
 
 def pbmc_like(n_cells: int = 9631, n_peaks: int = 107_194, n_types: int = 8, density: float = 0.035,
@@ -50,31 +50,6 @@ def pbmc_like(n_cells: int = 9631, n_peaks: int = 107_194, n_types: int = 8, den
                        index=[f"cell{i:05d}-1" for i in range(n_cells)])
     var = pd.DataFrame(index=[f"chr1:{600 * i}-{600 * i + 501}" for i in range(n_peaks)])
     return ad.AnnData(X=X, obs=obs, var=var)
-
-
-class PeakRSS:
-    """Wall and CPU seconds (user + system, all threads) and the peak RSS (sampled every 20 ms)."""
-
-    def __enter__(self):
-        self.proc = psutil.Process()
-        self.start = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self.t0 = time.perf_counter()
-        self.cpu0 = sum(self.proc.cpu_times()[:2])
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
-        self.cpu = sum(self.proc.cpu_times()[:2]) - self.cpu0
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 def knn_accuracy(emb: np.ndarray, labels) -> float:
@@ -109,14 +84,14 @@ def main() -> None:
     p2g.tl.iterative_lsi(atac[:300, :5000].copy(), n_components=5, var_features=2000, n_neighbors=10)
     enable_console_logging()
 
-    with PeakRSS() as meter:
+    with PeakRSS(interval=0.02) as meter:
         emb = p2g.tl.iterative_lsi(atac, n_components=30, iterations=2, var_features=25_000, resolution=0.5,
                                    n_neighbors=30, sample_cells_pre=10_000, depth_col="n_fragment", seed=1)
     report("p2g iterative_lsi (AnnData)", meter, emb, labels)
 
     from sklearn.decomposition import TruncatedSVD
 
-    with PeakRSS() as meter:
+    with PeakRSS(interval=0.02) as meter:
         base = TruncatedSVD(30, algorithm="randomized", random_state=1).fit_transform(p2g.tl.tfidf(atac.X))
     report("baseline tfidf + sklearn TruncatedSVD", meter, base, labels)
 
@@ -131,7 +106,7 @@ def main() -> None:
             print(f"ingest into a store: {time.perf_counter() - t0:.1f} s")
             del atac
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-                    Client(cluster) as client, PeakRSS() as meter:
+                    Client(cluster) as client, PeakRSS(interval=0.02) as meter:
                 emb = p2g.tl.iterative_lsi(f"{tmp}/bench.zarr", seed=1, client=client)
             report("p2g iterative_lsi (store, LocalCluster)", meter, emb, labels)
 

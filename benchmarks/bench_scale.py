@@ -27,13 +27,12 @@ import hashlib
 import json
 import math
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psutil
+from _peak_rss import PeakRSS
 
 #: Task-key prefixes of each stage (see p2g_dask/tl/peak_to_gene.py and _lsi_stream.py).
 STAGES = {
@@ -135,47 +134,6 @@ def stage_times(records: list[dict], stages: dict[str, tuple[str, ...]] = STAGES
     return out
 
 
-class ProcessTreeRSS:
-    """Sample the summed RSS of this process and all its descendants (client + cluster) in a thread.
-
-    Examples
-    --------
-    >>> with ProcessTreeRSS() as rss:
-    ...     _ = bytearray(10**6)
-    >>> rss.peak > 0
-    True
-    """
-
-    def __init__(self, interval: float = 0.05):
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-
-    def sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:  # a process that just ended
-                pass
-        self.peak = max(self.peak, total)
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-    def __enter__(self) -> ProcessTreeRSS:
-        self.start = self.sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-
 def _disk_write_bytes(dask_worker) -> int:
     metrics = getattr(dask_worker.data, "cumulative_metrics", None)
     return int(metrics.get(("disk-write", "bytes"), 0)) if metrics is not None else 0
@@ -211,7 +169,7 @@ def run_peak_to_gene(
     store = p2g.io.open_store(store_path)
     truth, genes = load_truth(store_path), load_genes(store_path)
     spilled_before = spilled_bytes(client)
-    with ProcessTreeRSS() as rss, distributed.get_task_stream(client) as stream:
+    with PeakRSS(interval=0.05) as rss, distributed.get_task_stream(client) as stream:
         started = time.perf_counter()
         links = p2g.tl.peak_to_gene(store, gene_annotation=genes, use_rep=use_rep, n_metacells=n_metacells,
                                     k_neighbors=k_neighbors, seed=seed, client=client)
@@ -251,7 +209,7 @@ def run_lsi(store_path: str | Path, *, client, sample_cells: int = 10_000, seed:
 
     store = p2g.io.open_store(store_path)
     spilled_before = spilled_bytes(client)
-    with ProcessTreeRSS() as rss, distributed.get_task_stream(client) as stream:
+    with PeakRSS(interval=0.05) as rss, distributed.get_task_stream(client) as stream:
         started = time.perf_counter()
         p2g.tl.iterative_lsi(store, sample_cells_pre=sample_cells, sample_cells_final=sample_cells, seed=seed,
                              key_added="X_bench_lsi", overwrite=True, client=client)

@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from p2g_dask._logging import logger
-from p2g_dask.io.store import MultiomeStore, StoreModality, check_unique_barcodes, is_store, open_store
+from p2g_dask.io.store import MultiomeStore, StoreModality, common_cells, is_store, open_store
 
 
 @dataclass
@@ -140,25 +140,6 @@ def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> Non
             f"{name} counts contain negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; "
             "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
         )
-
-
-def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
-    """Barcodes of both modalities, in ATAC order; errors on none, warns on a partial overlap."""
-    check_unique_barcodes(atac_names, "atac")
-    check_unique_barcodes(rna_names, "rna")
-    common = atac_names.intersection(rna_names, sort=False)
-    if common.size == 0:
-        raise ValueError(
-            f"atac ({atac_names.size} cells, e.g. {atac_names[:1].tolist()}) and rna ({rna_names.size} "
-            f"cells, e.g. {rna_names[:1].tolist()}) share no barcodes; check both come from the same "
-            "run and use the same barcode form (e.g. the '-1' suffix)."
-        )
-    if common.size < max(atac_names.size, rna_names.size):
-        logger.warning(
-            "atac has %d cells and rna %d; using the %d barcodes they share",
-            atac_names.size, rna_names.size, common.size,
-        )
-    return common
 
 
 def resolve_input(

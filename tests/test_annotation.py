@@ -268,11 +268,11 @@ def test_select_exons__mane_before_ensembl_canonical():
 
 def test_read_gene_annotation__dataframe_validation():
     good = pd.DataFrame({"gene_name": ["A"], "chrom": ["chr1"], "start": [10], "end": [20], "strand": ["+"]})
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['strand'\]"):
+    with pytest.raises(ValueError, match=r"missing columns \['strand'\]"):
         read_gene_annotation(good.drop(columns="strand"))
     with pytest.raises(ValueError, match=r"strand'\] has values \['\.', '1'\].*map them to '\+' / '-'"):
         read_gene_annotation(pd.concat([good, good.assign(strand="."), good.assign(strand=1)]))
-    with pytest.raises(ValueError, match="end <= start.*A chr1:20-20"):
+    with pytest.raises(ValueError, match=r"end <= start.*'A' \(chr1:20-20\)"):
         read_gene_annotation(good.assign(start=20))
     with pytest.raises(FileNotFoundError, match="path_or_df='/no/such.gtf' is not a file"):
         read_gene_annotation("/no/such.gtf")

@@ -27,6 +27,8 @@ P2G_KW = dict(use_rep="X_latent", n_metacells=150, k_neighbors=40, seed=3)
 def _load_script(name: str):
     """Import a benchmark script under a unique module name (benchmarks/ is not a package)."""
     unique = f"p2g_test_{name}"
+    if str(BENCHMARKS) not in sys.path:  # as when run as a script: helpers such as _peak_rss import
+        sys.path.append(str(BENCHMARKS))
     if unique not in sys.modules:
         spec = importlib.util.spec_from_file_location(unique, BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

@@ -283,7 +283,7 @@ def test_validate_counts__dense_and_integer(sim):
 
 STORE_ERRORS = [
     ("no_shared_barcodes", lambda s: (s.atac, _renamed_cells(s.rna, "X-")), ValueError,
-     ["atac (200 cells) and rna (200 cells) share no barcodes", "same form"]),
+     ["atac (200 cells", "rna (200 cells", "share no barcodes", "'X-", "same barcode form"]),
     ("duplicate_barcodes", lambda s: tuple(_duplicated_barcode(s).values()), ValueError,
      ["atac has 1 duplicate barcodes", "drop the duplicates"]),
     ("nan_counts", lambda s: (_with_data(s.atac, 40, np.nan), s.rna), ValueError,

@@ -57,30 +57,41 @@ def _standardise(df: pd.DataFrame, *, argument: str, what: str) -> pd.DataFrame:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(
-            f"{argument} is missing column(s) {missing}: a {what} table needs {required} "
-            f"(0-based half-open start/end{', strand +/-' if what == 'genes' else ''}); got columns "
-            f"{list(df.columns)}. Rename the columns, or pass a GFF3/GTF path instead."
+            f"{argument} is missing columns {missing}; it has {list(df.columns)}. A {what} table needs "
+            f"{', '.join(required)} (0-based half-open start/end{', strand +/-' if what == 'genes' else ''}): "
+            "rename the columns, or pass a GFF3/GTF path (p2g.io.read_gene_annotation)."
         )
     out = df.copy()
     for col in ("start", "end"):
-        values = pd.to_numeric(out[col], errors="coerce")
-        if values.isna().any() or (values % 1 != 0).any():
-            bad = out.loc[values.isna() | (values % 1 != 0), col].iloc[0]
-            raise ValueError(f"{argument}[{col!r}] must hold whole numbers; found {bad!r}.")
+        values = pd.to_numeric(out[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = out[col].iloc[i]
+            raise ValueError(
+                f"{argument}[{col!r}] has {int(bad.sum())} missing or non-integer values, e.g. "
+                f"{value.item() if isinstance(value, np.generic) else value!r} for gene "
+                f"{out['gene_name'].iloc[i]!r}; fill them or drop those {what}."
+            )
         out[col] = values.astype(np.int64)
     bad = (out["start"] < 0) | (out["end"] <= out["start"])
     if bad.any():
         row = out.loc[bad].iloc[0]
         raise ValueError(
-            f"{argument} has {int(bad.sum())} interval(s) with start < 0 or end <= start, e.g. "
-            f"{row['gene_name']} {row['chrom']}:{row['start']}-{row['end']}; coordinates must be "
-            "0-based half-open (end > start >= 0)."
+            f"{argument} has {int(bad.sum())} {what} with end <= start or a negative start, e.g. "
+            f"{row['gene_name']!r} ({row['chrom']}:{row['start']}-{row['end']}); they must be 0-based "
+            "half-open intervals with start < end: fix or drop them."
         )
     if "strand" in out.columns:
-        out["strand"] = out["strand"].astype(str)
-        unknown = sorted(set(out["strand"]) - {"+", "-"})
-        if unknown and what == "genes":
-            raise ValueError(f"{argument}['strand'] has values {unknown[:10]} besides '+' and '-'; {_STRAND_FIX}.")
+        strand = out["strand"].astype(str)
+        unknown = ~strand.isin(["+", "-"])
+        if unknown.any() and what == "genes":
+            raise ValueError(
+                f"{argument}['strand'] has values {sorted(set(strand[unknown]))[:10]} besides '+' and '-' "
+                f"({int(unknown.sum())} genes, e.g. {out.loc[unknown, 'gene_name'].iloc[0]!r} with strand "
+                f"{strand[unknown].iloc[0]!r}); drop them or set the strand: {_STRAND_FIX}."
+            )
+        out["strand"] = strand
     out["chrom"] = out["chrom"].astype(str)
     out["gene_name"] = out["gene_name"].astype(str)
     return out

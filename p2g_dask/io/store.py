@@ -187,10 +187,7 @@ def ingest(
         try:
             atac_names = pd.Index(atac_src.obs.index.astype(str))
             rna_names = pd.Index(rna_src.obs.index.astype(str))
-            check_unique_barcodes(atac_names, "atac")
-            check_unique_barcodes(rna_names, "rna")
-            common = atac_names.intersection(rna_names, sort=False)
-            _report_overlap(len(atac_names), len(rna_names), len(common))
+            common = common_cells(atac_names, rna_names)
             atac_rows = atac_names.get_indexer(common)
             rna_rows = rna_names.get_indexer(common)
             if chunk_cells is None:
@@ -259,16 +256,31 @@ def check_unique_barcodes(names: pd.Index, argument: str) -> None:
         )
 
 
-def _report_overlap(n_atac: int, n_rna: int, n_common: int) -> None:
-    if n_common == 0:
+def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
+    """Barcodes of both modalities, in ATAC order; errors on none, warns on a partial overlap.
+
+    One check for every input path (in-memory AnnData/MuData and :func:`ingest`).
+
+    Examples
+    --------
+    >>> common_cells(pd.Index(["a", "b", "c"]), pd.Index(["c", "a"])).tolist()
+    ['a', 'c']
+    """
+    check_unique_barcodes(atac_names, "atac")
+    check_unique_barcodes(rna_names, "rna")
+    common = atac_names.intersection(rna_names, sort=False)
+    if common.size == 0:
         raise ValueError(
-            f"atac ({n_atac} cells) and rna ({n_rna} cells) share no barcodes; check that both "
-            "come from the same multiome run and that obs_names use the same form (e.g. a '-1' suffix)."
+            f"atac ({atac_names.size} cells, e.g. {atac_names[:1].tolist()}) and rna ({rna_names.size} "
+            f"cells, e.g. {rna_names[:1].tolist()}) share no barcodes; check both come from the same "
+            "run and use the same barcode form (e.g. the '-1' suffix)."
         )
-    if n_common < max(n_atac, n_rna):
+    if common.size < max(atac_names.size, rna_names.size):
         logger.warning(
-            "atac has %d cells and rna %d; keeping the %d shared barcodes", n_atac, n_rna, n_common
+            "atac has %d cells and rna %d; using the %d barcodes they share",
+            atac_names.size, rna_names.size, common.size,
         )
+    return common
 
 
 def read_csr_raw(path: str, modality: str, start: int, stop: int, n_vars: int) -> tuple:
