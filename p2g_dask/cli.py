@@ -117,7 +117,7 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
         args.input, chromsizes=args.chrom_sizes, cluster_key=args.cluster_key, path_to_fragments=fragments,
         bigwig_path=args.out, bigwig_strategy=args.strategy, normalize_bigwig=not args.raw,
         cache_fragments=args.cache, n_jobs=args.jobs, bin_size=args.bin_size, overwrite=args.overwrite,
-        show_progress=not args.quiet,
+        show_progress=not args.quiet, bigwig_writer=args.writer,
     )
     for group, path in written.items():
         print(f"{group}\t{path}")
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--bin-size", type=int, default=1)
     bw.add_argument("--cache", default=None, help="parquet fragment cache folder")
     bw.add_argument("--jobs", type=int, default=2)
+    bw.add_argument("--writer", choices=["p2g", "pybigtools"], default="p2g",
+                    help="BigWig writer: p2g_dask's (fast, default) or pybigtools'")
     bw.add_argument("--overwrite", action="store_true")
     bw.set_defaults(func=cmd_bigwig)
 

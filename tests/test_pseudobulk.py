@@ -135,6 +135,23 @@ def test_pseudobulk_with_fragments__bins(tmp_path, strategy):
         _assert_bw(bw, _pileup(df, barcodes, CHROMS, strategy, normalize=True, bin_size=70))
 
 
+@pytest.mark.parametrize("strategy", ["cutsite", "fragment"])
+def test_pseudobulk_with_fragments__pybigtools_writer_same_values(tmp_path, strategy):
+    df = _toy_fragments(3)
+    path = _write(tmp_path / "frags.tsv.gz", df)
+    cells = _toy_cells()
+    ours = _run(tmp_path / "p2g", path, bigwig_strategy=strategy)
+    theirs = _run(tmp_path / "pybigtools", path, bigwig_strategy=strategy, bigwig_writer="pybigtools")
+    for group in ours:
+        want = _pileup(df, cells.obs_names[cells.obs["grp"] == group], CHROMS, strategy, normalize=True)
+        _assert_bw(ours[group], want)
+        _assert_bw(theirs[group], want)
+        a, b = pybigtools.open(ours[group]), pybigtools.open(theirs[group])
+        assert dict(a.chroms()) == dict(b.chroms())
+        for chrom in dict(a.chroms()):
+            assert list(a.records(chrom)) == list(b.records(chrom))
+
+
 @pytest.mark.parametrize("compression", ["bgzip", None])
 def test_pseudobulk_with_fragments__compressions_agree(tmp_path, compression):
     df = _toy_fragments(2)
@@ -271,7 +288,8 @@ def test_pseudobulk_with_fragments__chromsizes_forms_and_overwrite(tmp_path):
      ({"executor": "mpi"}, "executor='mpi'"),
      ({"path_to_fragments": {"a": "x.tsv.gz", "b": "y.tsv.gz"}}, "do not exist"),
      ({"chromsizes": {"chr1": -5}}, "positive integers"),
-     ({"chromsizes": {"chr1": 2**32}}, "32-bit")],
+     ({"chromsizes": {"chr1": 2**32}}, "32-bit"),
+     ({"bigwig_writer": "ucsc"}, "bigwig_writer='ucsc'")],
 )
 def test_pseudobulk_with_fragments__bad_arguments(tmp_path, kw, match):
     path = _write(tmp_path / "frags.tsv.gz", _toy_fragments())
@@ -428,3 +446,22 @@ def test_pseudobulk_with_fragments__store_and_mudata_inputs(tmp_path):
         assert list(got) == list(ref)
         for g in ref:
             assert Path(got[g]).read_bytes() == Path(ref[g]).read_bytes(), name
+
+
+@pytest.mark.parametrize("writer", ["p2g", "pybigtools"])
+def test_p2g_bigwig_command__obs_only_h5ad(tmp_path, capsys, writer):
+    from p2g_dask.cli import main
+
+    df = _toy_fragments(4)
+    path = _write(tmp_path / "frags.tsv.gz", df)
+    cells = _toy_cells()
+    ad.AnnData(obs=cells.obs.copy()).write_h5ad(tmp_path / "cells.h5ad")
+    (tmp_path / "sizes.txt").write_text("".join(f"{c}\t{n}\n" for c, n in CHROMS.items()))
+    rc = main(["--quiet", "bigwig", str(tmp_path / "cells.h5ad"), "--fragments", f"toy={path}",
+               "--chrom-sizes", str(tmp_path / "sizes.txt"), "--cluster-key", "grp", "--out", str(tmp_path / "bw"),
+               "--jobs", "1", "--writer", writer])
+    assert rc == 0
+    written = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
+    assert list(written) == ["A", "B", "C"]
+    for group, bw in written.items():
+        _assert_bw(bw, _pileup(df, cells.obs_names[cells.obs["grp"] == group], CHROMS, "cutsite", normalize=True))

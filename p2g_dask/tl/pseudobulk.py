@@ -28,7 +28,7 @@ from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
 from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
 from p2g_dask.io._fragment_cache import FragmentCache, build_fragment_cache, read_cache_file
-from p2g_dask.tl._bigwig import write_bigwig
+from p2g_dask.tl._bigwig import WRITERS, write_bigwig
 from p2g_dask.tl._coverage import coverage_runs
 from p2g_dask.tl._pseudobulk_support import (
     chrom_sizes_dict,
@@ -66,6 +66,7 @@ def pseudobulk_with_fragments(
     client: Any = None,
     mod_atac: str = "atac",
     checkpoint: str | os.PathLike | None = None,
+    bigwig_writer: str = "p2g",
 ) -> dict[str, str]:
     """Write one coverage BigWig per cell group from 10x fragment files.
 
@@ -134,6 +135,11 @@ def pseudobulk_with_fragments(
         Folder keeping each (group, chromosome) pileup, keyed by the fragment files, the cells'
         groups and the parameters: a rerun after a crash (with ``overwrite=True``) loads the
         finished pileups and computes only the missing ones (see docs/reliability.md).
+    bigwig_writer
+        ``'p2g'``: p2g_dask's numpy BigWig writer (fast; UCSC-style zoom levels).
+        ``'pybigtools'``: pybigtools' writer (one Python tuple per interval, 5-10x slower at
+        base-pair resolution). Both files hold the same intervals and values, and both are
+        re-opened with pybigtools and checked before they get their final name.
 
     Returns
     -------
@@ -158,6 +164,8 @@ def pseudobulk_with_fragments(
         raise ValueError(f"bigwig_strategy={bigwig_strategy!r} is not known; use one of {STRATEGIES}.")
     if executor not in EXECUTORS:
         raise ValueError(f"executor={executor!r} is not known; use one of {EXECUTORS}.")
+    if bigwig_writer not in WRITERS:
+        raise ValueError(f"bigwig_writer={bigwig_writer!r} is not known; use one of {WRITERS}.")
     if not (isinstance(bin_size, (int, np.integer)) and bin_size >= 1):
         raise ValueError(f"bin_size={bin_size!r} must be a positive integer (1 = base-pair resolution).")
     if not (isinstance(n_jobs, (int, np.integer)) and n_jobs >= 1):
@@ -203,7 +211,7 @@ def pseudobulk_with_fragments(
                 tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes,
                                strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
                                normalize=normalize_bigwig, overwrite=overwrite,
-                               checkpoint=as_checkpoint(checkpoint))
+                               checkpoint=as_checkpoint(checkpoint), writer=bigwig_writer)
                 stats = run(tasks)
         # Reads the cache (off-chromosome counts), so before a temporary cache is removed.
         _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
@@ -284,18 +292,18 @@ def _coverage_task(split, group_code, chrom, chrom_length, strategy, shift, bin_
             "n_skipped": skipped}
 
 
-def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite):
+def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite, writer="p2g"):
     units = sum(c["units"] for c in coverages)
     scale = 1e6 / units if normalize and units > 0 else 1.0
     written = write_bigwig(path, chrom_sizes, {c["chrom"]: c["runs"] for c in coverages if len(c["runs"].start)},
-                           scale=scale, overwrite=overwrite)
+                           scale=scale, overwrite=overwrite, writer=writer)
     return {"kind": "bigwig", "path": str(path), "units": units, "scale": scale,
             "n_fragments": sum(c["n_fragments"] for c in coverages),
             "n_skipped": sum(c["n_skipped"] for c in coverages), **written}
 
 
 def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, *,
-           strategy, shift, bin_size, normalize, overwrite, checkpoint=None):
+           strategy, shift, bin_size, normalize, overwrite, checkpoint=None, writer="p2g"):
     # The barcode -> group lookups become graph keys, so each is sent to a worker once.
     lookup_keys = {s: dask.delayed(lk, name=f"p2g-barcodes-{tokenize(lk)}") for s, (lk, _) in lookups.items()}
     names_keys = {s: dask.delayed(nm, name=f"p2g-barcodenames-{tokenize(nm)}") for s, (_, nm) in lookups.items()}
@@ -318,9 +326,9 @@ def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookup
             # The token covers the fragment files (path, size, mtime), the groups and the parameters.
             coverages.append(checkpointed(pileup, checkpoint, checkpoint.key("pileup", token), "tree")
                              if checkpoint is not None else pileup)
-        token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite)
+        token = tokenize(group, str(bw_files[group]), [c.key for c in coverages], normalize, overwrite, writer)
         tasks.append(dask.delayed(_bigwig_task, pure=False)(
-            str(bw_files[group]), chrom_sizes, coverages, normalize, overwrite,
+            str(bw_files[group]), chrom_sizes, coverages, normalize, overwrite, writer,
             dask_key_name=f"p2g-bigwig-{token}"))
         if group in bed_files:
             per_chrom = [(chrom, chrom_sizes[chrom],
