@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import dask
@@ -306,9 +307,15 @@ def test_write_obsm__interrupted_keeps_old_embedding(tiny, tmp_path, monkeypatch
     with pytest.raises(Boom):
         store.atac.write_obsm("X_emb", old + 100)
     monkeypatch.undo()
-    # zarr's I/O thread may still finish a write into the staged folder after it was removed, so
-    # a staged leftover can exist: it must carry the staging prefix and never be listed.
-    left = {p.name for p in (tmp_path / "s.zarr" / "atac" / "obsm").iterdir()} - {"X_emb", "X_latent", "zarr.json"}
+    # zarr's I/O threads may still finish writes after the error: into the staged folder after it
+    # was removed (a staged leftover must carry the staging prefix and is never listed), and of
+    # obsm/zarr.json, which zarr rewrites as the new array's parent through its own
+    # "zarr.<uuid>.partial" temporary file. Wait for those in-flight renames to land.
+    obsm_dir = tmp_path / "s.zarr" / "atac" / "obsm"
+    deadline = time.monotonic() + 10
+    while any(p.name.endswith(".partial") for p in obsm_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = {p.name for p in obsm_dir.iterdir()} - {"X_emb", "X_latent", "zarr.json"}
     assert all(name.startswith("_p2g_tmp_") for name in left), left
     reopened = p2g.io.open_store(tmp_path / "s.zarr").atac.obsm
     assert sorted(reopened) == ["X_emb", "X_latent"]
