@@ -67,7 +67,7 @@ def write_bigwig(
     writer
         ``'p2g'``: :func:`~p2g_dask.io._bigwig_writer.write_runs_bigwig` (numpy; zoom levels as
         ``bedGraphToBigWig`` picks them). ``'pybigtools'``: pybigtools' writer, one Python tuple
-        per interval (5-10x slower at base-pair resolution); the same intervals and values.
+        per interval (about 6x slower at base-pair resolution); the same intervals and values.
 
     Returns
     -------

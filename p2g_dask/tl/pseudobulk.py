@@ -137,7 +137,7 @@ def pseudobulk_with_fragments(
         finished pileups and computes only the missing ones (see docs/reliability.md).
     bigwig_writer
         ``'p2g'``: p2g_dask's numpy BigWig writer (fast; UCSC-style zoom levels).
-        ``'pybigtools'``: pybigtools' writer (one Python tuple per interval, 5-10x slower at
+        ``'pybigtools'``: pybigtools' writer (one Python tuple per interval, about 6x slower at
         base-pair resolution). Both files hold the same intervals and values, and both are
         re-opened with pybigtools and checked before they get their final name.
 
