@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from p2g_dask._logging import logger
-from p2g_dask.io.store import MultiomeStore, StoreModality, common_cells, is_store, open_store
+from p2g_dask.io._barcodes import common_cells
+from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
 
 
 @dataclass
