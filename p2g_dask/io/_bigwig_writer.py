@@ -157,6 +157,21 @@ def _reduce_zoom(level: tuple, reduction: int) -> tuple:
 def choose_reductions(runs: Sequence[tuple[np.ndarray, np.ndarray]], *, min_width: int, longest: int) -> list[int]:
     """Zoom reductions for these (start, end) runs: first level at most half the data's bytes.
 
+    Parameters
+    ----------
+    runs
+        ``(start, end)`` arrays per chromosome, sorted and non-overlapping.
+    min_width
+        Smallest interval width (the bin size): the first candidate is ``10 * min_width``.
+    longest
+        Longest chromosome: no reduction reaches it.
+
+    Returns
+    -------
+    list of int
+        Reductions in bases, finest first, each 4x the previous; empty when no level would
+        take at most half the bytes of the data (or there are no runs).
+
     Examples
     --------
     >>> s = np.arange(0, 1_000_000, 100); e = s + 1
