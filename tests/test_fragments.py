@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
+from _fragment_files import write_fragment_file
 from p2g_dask.datasets.simulate import simulate_multiome
 from p2g_dask.datasets.simulate_fragments import simulate_fragments
 from p2g_dask.io._fragment_cache import build_fragment_cache, cache_status
@@ -31,16 +32,7 @@ def _rows(n=500, seed=0):
 
 
 def _write(path, df, compression, header=("# id=test", "# pipeline=none")):
-    text = "".join(h + "\n" for h in header) + df.to_csv(sep="\t", header=False, index=False)
-    if compression == "gzip":
-        with gzip.open(path, "wt") as fh:
-            fh.write(text)
-    elif compression == "bgzip":
-        with BgzfWriter(path) as fh:
-            fh.write(text.encode())
-    else:
-        path.write_text(text)
-    return path
+    return write_fragment_file(path, df, compression, header)
 
 
 def _plain(df):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import re
 import warnings
 from pathlib import Path
@@ -14,9 +13,9 @@ import pybigtools
 import pytest
 from dask.callbacks import Callback
 
+from _fragment_files import write_fragment_file
 from p2g_dask.datasets.simulate import simulate_multiome
 from p2g_dask.datasets.simulate_fragments import simulate_fragments
-from p2g_dask.io.fragments import BgzfWriter
 from p2g_dask.tl._coverage import fragment_runs, insertion_runs
 from p2g_dask.tl.pseudobulk import pseudobulk_with_fragments
 
@@ -44,16 +43,7 @@ def _toy_fragments(seed=0):
 
 
 def _write(path, df, compression="gzip"):
-    text = "# id=toy\n# reference=none\n" + df.to_csv(sep="\t", header=False, index=False)
-    if compression == "gzip":
-        with gzip.open(path, "wt") as fh:
-            fh.write(text)
-    elif compression == "bgzip":
-        with BgzfWriter(path) as fh:
-            fh.write(text.encode())
-    else:
-        Path(path).write_text(text)
-    return path
+    return write_fragment_file(path, df, compression, header=("# id=toy", "# reference=none"))
 
 
 def _toy_cells():
