@@ -324,15 +324,23 @@ def test_stop_local_cluster__stops_its_processes(tmp_path):
 
 # --- peak_to_gene: identical through every kind of cluster ---------------------------------------
 
+def _links_on(client, sim):
+    from p2g_dask.tl import peak_to_gene
+
+    return peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, client=client, **P2G_KW)
+
+
+def _assert_same_links(links, local_links):
+    pdt.assert_frame_equal(links, local_links)
+    np.testing.assert_array_equal(np.asarray(links.attrs["metacells"]), np.asarray(local_links.attrs["metacells"]))
+
+
 @pytest.fixture(scope="module")
 def local_links(small_sim):
     client = start_cluster("local", n_workers=2, threads_per_worker=1, processes=False,
                            dashboard_address="127.0.0.1:0")
     try:
-        from p2g_dask.tl import peak_to_gene
-
-        return peak_to_gene(small_sim.atac, rna=small_sim.rna, gene_annotation=small_sim.genes,
-                            client=client, **P2G_KW)
+        return _links_on(client, small_sim)
     finally:
         close_cluster(client)
 
@@ -343,16 +351,12 @@ def test_peak_to_gene__local_cluster_matches_numpy(small_sim, local_links):
 
 
 def test_peak_to_gene__address_matches_local(small_sim, local_links, process_cluster):
-    from p2g_dask.tl import peak_to_gene
-
     client = start_cluster("address", address=(process_cluster / "address").read_text().strip())
     try:
-        links = peak_to_gene(small_sim.atac, rna=small_sim.rna, gene_annotation=small_sim.genes,
-                             client=client, **P2G_KW)
+        links = _links_on(client, small_sim)
     finally:
         close_cluster(client)
-    pdt.assert_frame_equal(links, local_links)
-    np.testing.assert_array_equal(np.asarray(links.attrs["metacells"]), np.asarray(local_links.attrs["metacells"]))
+    _assert_same_links(links, local_links)
 
 
 # --- real SLURM ----------------------------------------------------------------------------------
@@ -416,17 +420,13 @@ def test_start_cluster__slurm_two_jobs_match_local(tmp_path):
 @pytest.mark.slurm
 def test_peak_to_gene__slurm_matches_local(small_sim, local_links, tmp_path):
     _require_idle_slurm()
-    from p2g_dask.tl import peak_to_gene
-
     client = start_cluster("slurm", jobs=2, wait_for_workers=2, **_slurm_options(tmp_path))
     try:
         assert len(set(client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())) == 2
-        links = peak_to_gene(small_sim.atac, rna=small_sim.rna, gene_annotation=small_sim.genes,
-                             client=client, **P2G_KW)
+        links = _links_on(client, small_sim)
     finally:
         close_cluster(client)
-    pdt.assert_frame_equal(links, local_links)
-    np.testing.assert_array_equal(np.asarray(links.attrs["metacells"]), np.asarray(local_links.attrs["metacells"]))
+    _assert_same_links(links, local_links)
 
 
 @pytest.mark.slurm
