@@ -337,7 +337,8 @@ def write_runs_bigwig(
     Returns
     -------
     dict
-        ``n_intervals``, ``bases_covered``, ``sum``, ``zoom_levels`` (reductions).
+        The header's summary (:func:`runs_summary`: ``n_intervals``, ``bases_covered``,
+        ``min``, ``max``, ``sum``, ``sum_squares``) and ``zoom_levels`` (reductions).
 
     Examples
     --------
@@ -349,21 +350,10 @@ def write_runs_bigwig(
     """
     names = sorted(runs, key=lambda c: c.encode())
     data = _Blocks()
-    bases = 0
-    lo_val, hi_val, total, squares = math.inf, -math.inf, 0.0, 0.0
-    n_items = 0
     for chrom_id, chrom in enumerate(names):
         start, end, value = runs[chrom]
-        value32 = np.asarray(value, np.float32)
-        if start.size:
-            width = (np.asarray(end, np.int64) - start).astype(np.float64)
-            v = value32.astype(np.float64)
-            bases += int(width.sum())
-            lo_val, hi_val = min(lo_val, float(v.min())), max(hi_val, float(v.max()))
-            total += float((v * width).sum())
-            squares += float((v * v * width).sum())
-            n_items += start.size
-        _data_blocks(chrom_id, start, end, value32, data)
+        _data_blocks(chrom_id, start, end, np.asarray(value, np.float32), data)
+    summary = runs_summary(runs)
 
     longest = max((int(chrom_sizes[c]) for c in names), default=0)
     reductions = choose_reductions([(runs[c][0], runs[c][1]) for c in names], min_width=min_width, longest=longest)
@@ -385,7 +375,8 @@ def write_runs_bigwig(
     with open(path, "wb") as fh:
         fh.write(bytes(64 + 24 * len(zooms)))
         summary_offset = fh.tell()
-        fh.write(struct.pack("<Qdddd", bases, lo_val if n_items else 0.0, hi_val if n_items else 0.0, total, squares))
+        fh.write(struct.pack("<Qdddd", summary["bases_covered"], summary["min"], summary["max"], summary["sum"],
+                             summary["sum_squares"]))
         chrom_tree_offset = fh.tell()
         fh.write(_chrom_tree_bytes([c.encode() for c in names], [int(chrom_sizes[c]) for c in names], chrom_tree_offset))
         data_offset = fh.tell()
@@ -407,4 +398,28 @@ def write_runs_bigwig(
         fh.write(struct.pack("<IHHQQQHHQQIQ", BIGWIG_MAGIC, 4, len(zooms), chrom_tree_offset, data_offset,
                              index_offset, 0, 0, 0, summary_offset, uncompress_buf, 0))
         fh.write(b"".join(zoom_headers))
-    return {"n_intervals": n_items, "bases_covered": bases, "sum": total, "zoom_levels": reductions}
+    return {**summary, "zoom_levels": reductions}
+
+
+def runs_summary(runs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """The BigWig header's total summary of ``{chrom: (start, end, value)}`` runs, values as float32.
+
+    Examples
+    --------
+    >>> runs_summary({"chr1": (np.array([0, 10]), np.array([5, 12]), np.array([1.0, 3.0]))})["sum"]
+    11.0
+    """
+    out = {"n_intervals": 0, "bases_covered": 0, "min": math.inf, "max": -math.inf, "sum": 0.0, "sum_squares": 0.0}
+    for start, end, value in runs.values():  # chromosome by chromosome: temporaries stay small
+        if len(start) == 0:
+            continue
+        width = (np.asarray(end, np.int64) - start).astype(np.float64)
+        v = np.asarray(value, np.float32).astype(np.float64)  # the stored float32 values
+        out["n_intervals"] += len(start)
+        out["bases_covered"] += int(width.sum())
+        out["min"], out["max"] = min(out["min"], float(v.min())), max(out["max"], float(v.max()))
+        out["sum"] += float((v * width).sum())
+        out["sum_squares"] += float((v * v * width).sum())
+    if out["n_intervals"] == 0:
+        out["min"] = out["max"] = 0.0
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 import pybigtools
 
 from p2g_dask._atomic import atomic_path
-from p2g_dask.io._bigwig_writer import write_runs_bigwig
+from p2g_dask.io._bigwig_writer import runs_summary, write_runs_bigwig
 from p2g_dask.tl._coverage import Runs
 
 WRITERS = ("p2g", "pybigtools")
@@ -83,6 +83,8 @@ def write_bigwig(
     >>> write_bigwig(p, {"chr1": 100}, {"chr1": r}, scale=0.5)["sum"]
     15.0
     """
+    if writer not in WRITERS:
+        raise ValueError(f"writer={writer!r} is not known; use one of {WRITERS}.")
     chroms = {str(c): int(n) for c, n in chrom_sizes.items()}
     unknown = set(runs_by_chrom) - set(chroms)
     if unknown:
@@ -98,32 +100,25 @@ def write_bigwig(
     else:
         runs = {c: (np.array([0]), np.array([n]), np.array([0.0])) for c, n in chroms.items()}
         header, min_width = chroms, 1
-    if writer not in WRITERS:
-        raise ValueError(f"bigwig_writer={writer!r} is not known; use one of {WRITERS}.")
     path = Path(path)
     with atomic_path(path, overwrite=overwrite, argument="bigwig_path") as tmp:
         if writer == "p2g":
-            written = write_runs_bigwig(tmp, header, runs, min_width=min_width)
+            summary = write_runs_bigwig(tmp, header, runs, min_width=min_width)
         else:
-            written = _write_with_pybigtools(tmp, header, runs)
-        _verify(tmp, header, written["bases_covered"], written["sum"])
-    return {k: written[k] for k in ("n_intervals", "bases_covered", "sum", "zoom_levels")}
+            _write_with_pybigtools(tmp, header, runs)
+            summary = runs_summary(runs)
+        zooms = _verify(tmp, header, summary["bases_covered"], summary["sum"])
+    return {"n_intervals": summary["n_intervals"], "bases_covered": summary["bases_covered"], "sum": summary["sum"],
+            "zoom_levels": zooms}
 
 
-def _write_with_pybigtools(path: Path, header: dict[str, int], runs: dict) -> dict:
+def _write_with_pybigtools(path: Path, header: dict[str, int], runs: dict) -> None:
     names = sorted(header, key=str.encode)
     # Python ints/floats only: numpy scalars make pybigtools write a corrupt file.
     items = itertools.chain.from_iterable(
         zip(itertools.repeat(c), runs[c][0].tolist(), runs[c][1].tolist(), runs[c][2].astype(np.float64).tolist())
         for c in names)
     pybigtools.open(str(path), "w").write({c: header[c] for c in names}, items)
-    width = np.concatenate([np.asarray(runs[c][1], np.int64) - runs[c][0] for c in names])
-    value = np.concatenate([runs[c][2] for c in names]).astype(np.float64)
-    reader = pybigtools.open(str(path))
-    zooms = list(reader.zooms())
-    reader.close()
-    return {"n_intervals": int(width.size), "bases_covered": int(width.sum()),
-            "sum": float((width * value).sum()), "zoom_levels": zooms}
 
 
 def _scaled(value: np.ndarray, scale: float) -> np.ndarray:
@@ -131,11 +126,13 @@ def _scaled(value: np.ndarray, scale: float) -> np.ndarray:
     return (value * scale).astype(np.float32) if scale != 1.0 else value.astype(np.float32)
 
 
-def _verify(path: Path, chroms: dict[str, int], covered: int, total: float) -> None:
+def _verify(path: Path, chroms: dict[str, int], covered: int, total: float) -> list[int]:
+    """Check the written file's chromosomes, bases covered and sum; return its zoom reductions."""
     try:
         bw = pybigtools.open(str(path))
         header = dict(bw.chroms())
         summary = bw.info()["summary"]
+        zooms = list(bw.zooms())
         bw.close()
     except Exception as err:  # pybigtools raises its own error types
         raise RuntimeError(f"pybigtools wrote an unreadable BigWig ({path.name}): {err}") from err
@@ -144,5 +141,6 @@ def _verify(path: Path, chroms: dict[str, int], covered: int, total: float) -> N
     if int(summary["basesCovered"]) != covered or not np.isclose(summary["sum"], total, rtol=1e-5, atol=1e-3):
         raise RuntimeError(
             f"the written BigWig {path.name} covers {summary['basesCovered']} bases with sum "
-            f"{summary['sum']}, expected {covered} and {total}: pybigtools failed to write it."
+            f"{summary['sum']}, expected {covered} and {total}: the writer failed to write it."
         )
+    return zooms
