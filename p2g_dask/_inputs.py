@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from p2g_dask.io._barcodes import common_cells
+from p2g_dask.io._sources import require_modality
 from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
 
 
@@ -76,11 +77,7 @@ def _read_path(obj: Any) -> Any:
 
 def mudata_modality(mdata: Any, mod: str, argument: str) -> ad.AnnData:
     """``mdata.mod[mod]`` with an error listing the modalities there are."""
-    if mod not in mdata.mod:
-        raise ValueError(
-            f"{argument}={mod!r} is not a modality of the MuData; it has {sorted(mdata.mod)}. "
-            f"Pass {argument}= with one of those names."
-        )
+    require_modality(mod, mdata.mod, argument=argument, where="the MuData")
     return mdata.mod[mod]
 
 
@@ -221,12 +218,7 @@ def _read_obs_only(path: str, mod_atac: str) -> pd.DataFrame:
         raise FileNotFoundError(f"input {path!r} does not exist.")
     with h5py.File(path, "r") as f:
         if path.lower().endswith(".h5mu"):
-            mods = sorted(f["mod"]) if "mod" in f else []
-            if mod_atac not in mods:
-                raise ValueError(
-                    f"mod_atac={mod_atac!r} is not a modality of {path}; it has {mods}. "
-                    "Pass mod_atac= with one of those names."
-                )
+            require_modality(mod_atac, list(f["mod"]) if "mod" in f else [], argument="mod_atac", where=path)
             return ad.io.read_elem(f[f"mod/{mod_atac}/obs"])
         return ad.io.read_elem(f["obs"])
 

@@ -152,7 +152,8 @@ def open_sources(
         if isinstance(obj, ad.AnnData):
             return from_anndata(obj, name)
         if md is not None and isinstance(obj, md.MuData):
-            return from_anndata(_mudata_modality(obj, mod, "data"), name)
+            require_modality(mod, obj.mod, argument=f"mod_{name}", where="the MuData")
+            return from_anndata(obj.mod[mod], name)
         path = Path(os.fspath(obj))
         if not path.exists():
             raise FileNotFoundError(f"{name}={str(path)!r} does not exist.")
@@ -164,8 +165,7 @@ def open_sources(
         if suffix == ".h5mu":
             with h5py.File(path, "r") as f:
                 mods = list(f["mod"].keys()) if "mod" in f else []
-            if mod not in mods:
-                raise ValueError(f"mod_{name}={mod!r} is not a modality of {str(path)!r}; it has {mods}.")
+            require_modality(mod, mods, argument=f"mod_{name}", where=repr(str(path)))
             source, handle = _read_anndata_h5(path, f"mod/{mod}", name)
             handles.append(handle)
             return source
@@ -200,10 +200,19 @@ def open_sources(
         raise
 
 
-def _mudata_modality(mdata, mod: str, argument: str):
-    if mod not in mdata.mod:
+def require_modality(mod: str, mods, *, argument: str, where: str) -> None:
+    """Raise a ``ValueError`` naming ``argument``, ``where`` and the modalities there are when
+    ``mod`` is not one of ``mods``; the one check of every MuData / ``.h5mu`` reader.
+
+    Examples
+    --------
+    >>> require_modality("peaks", ["rna", "atac"], argument="mod_atac", where="the MuData")
+    Traceback (most recent call last):
+    ...
+    ValueError: mod_atac='peaks' is not a modality of the MuData; it has ['atac', 'rna']. Pass mod_atac= with one of those names.
+    """
+    if mod not in mods:
         raise ValueError(
-            f"mod={mod!r} is not a modality of the MuData given as {argument}; it has {list(mdata.mod)}. "
-            "Pass mod_atac=/mod_rna= with the right names."
+            f"{argument}={mod!r} is not a modality of {where}; it has {sorted(mods)}. "
+            f"Pass {argument}= with one of those names."
         )
-    return mdata.mod[mod]

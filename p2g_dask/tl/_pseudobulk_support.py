@@ -18,6 +18,7 @@ import pyarrow as pa
 from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import logger
 from p2g_dask.io._fragment_cache import read_cache_file
+from p2g_dask.io._sources import require_modality
 from p2g_dask.io.fragments import BgzfWriter, write_fragment_table
 
 # Tried in this order when obs_names carry the sample name (longest separators first).
@@ -92,8 +93,7 @@ def obs_of(input_data: Any, mod_atac: str = "atac") -> pd.DataFrame:
     if isinstance(input_data, pd.DataFrame):
         return input_data
     if hasattr(input_data, "mod") and hasattr(input_data, "obs"):  # MuData
-        if mod_atac not in input_data.mod:
-            raise ValueError(f"mod_atac={mod_atac!r} is not a modality of input_data; found {list(input_data.mod)}.")
+        require_modality(mod_atac, input_data.mod, argument="mod_atac", where="input_data")
         return input_data.mod[mod_atac].obs
     if hasattr(input_data, "obs") and hasattr(input_data, "obs_names") and hasattr(input_data, "X"):
         return input_data.obs
