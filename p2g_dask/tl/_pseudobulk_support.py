@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from p2g_dask._atomic import atomic_path
+from p2g_dask._inputs import get_obs
 from p2g_dask._logging import logger
 from p2g_dask.io._fragment_cache import read_cache_file
 from p2g_dask.io._sources import require_modality
@@ -97,21 +98,8 @@ def obs_of(input_data: Any, mod_atac: str = "atac") -> pd.DataFrame:
         return input_data.mod[mod_atac].obs
     if hasattr(input_data, "obs") and hasattr(input_data, "obs_names") and hasattr(input_data, "X"):
         return input_data.obs
-    try:
-        from p2g_dask._inputs import get_obs
-    except ImportError:
-        get_obs = None
-    if get_obs is not None:
-        return get_obs(input_data, mod_atac=mod_atac)
-    if isinstance(input_data, (str, os.PathLike)) or hasattr(input_data, "atac"):
-        from p2g_dask.io.store import open_store
-
-        store = open_store(input_data) if isinstance(input_data, (str, os.PathLike)) else input_data
-        return store.atac.obs
-    raise TypeError(
-        f"input_data of type {type(input_data).__name__} is not supported; pass an AnnData, a MuData, "
-        "a p2g store (path or object) or an obs DataFrame."
-    )
+    # Stores, store paths and .h5ad/.h5mu paths (obs only); errors name what is accepted.
+    return get_obs(input_data, mod_atac=mod_atac)
 
 
 def sample_table(obs: pd.DataFrame, *, cluster_key: str, sample_id_col: str | None, samples: list[str]) -> pd.DataFrame:
