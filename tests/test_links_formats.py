@@ -118,7 +118,7 @@ def test_write_links_formats__refuses_overwrite_and_writes_gzip(links, tmp_path)
 
 
 def test_write_links_formats__missing_columns_named(links, tmp_path):
-    with pytest.raises(ValueError, match=r"lacks columns \['tss'\]"):
+    with pytest.raises(ValueError, match=r"missing columns \['tss'\]"):
         write_links_bedpe(links.drop(columns="tss"), tmp_path / "x.bedpe")
     with pytest.raises(TypeError, match="DataFrame"):
         write_links_longrange(links.to_dict(), tmp_path / "x.longrange")

@@ -169,7 +169,7 @@ def test_peak_to_gene__mudata_without_modality_lists_modalities(pbmc):
         p2g.tl.iterative_lsi(pbmc.mdata, mod_atac="peaks")
     assert "mod_atac='peaks'" in str(err.value) and "['atac', 'rna']" in str(err.value)
     with pytest.raises(ValueError) as err:
-        p2g.pl.plot_peak2gene_heatmap(pbmc_links_stub(), pbmc.mdata, mod_rna="gex")
+        p2g.pl.plot_peak2gene_heatmap(pbmc.mdata, links=pbmc_links_stub(), mod_rna="gex")
     assert "mod_rna='gex'" in str(err.value) and "['atac', 'rna']" in str(err.value)
     for source in (pbmc.mdata, pbmc.h5mu):
         for option, name in (("mod_atac", "peaks"), ("mod_rna", "gex")):
@@ -252,7 +252,7 @@ def test_plot_peak2gene__mudata_input_draws_as_anndata(sim_mudata):
                                     k_neighbors=15)
     gene = sim.truth["gene"].value_counts().index[0]
     kw = dict(gene=gene, links=links, gene_annotation=sim.genes, exon_annotation=sim.exons, group_by="lineage",
-              fdr_thresh=0.5, min_abs_r=0.0)
+              fdr_cutoff=0.5, cor_cutoff=0.0)
     fig_mu, axes_mu = p2g.pl.plot_peak2gene(mdata, **kw)
     fig_ad, axes_ad = p2g.pl.plot_peak2gene(sim.atac, **kw)
     groups = sorted(sim.atac.obs["lineage"].unique())

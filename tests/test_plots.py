@@ -122,12 +122,12 @@ def test_plot_peak2gene__coverage_rows_equal_groups_with_mean_cp10k(sim, target,
 
 
 def test_plot_peak2gene__arcs_are_passing_links_from_peak_centre_to_tss(sim, target, links):
-    fdr_thresh, min_abs_r = 0.01, 0.3
+    fdr_cutoff, cor_cutoff = 0.01, 0.3
     fig, axes = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes,
-                               exon_annotation=sim.exons, group_by="lineage", fdr_thresh=fdr_thresh,
-                               min_abs_r=min_abs_r)
+                               exon_annotation=sim.exons, group_by="lineage", fdr_cutoff=fdr_cutoff,
+                               cor_cutoff=cor_cutoff)
     mine = links[links["gene"] == target]
-    passing = mine[(mine["fdr"] <= fdr_thresh) & (mine["correlation"].abs() >= min_abs_r)]
+    passing = mine[(mine["fdr"] <= fdr_cutoff) & (mine["correlation"].abs() >= cor_cutoff)]
     arcs = arcs_of(axes["links"])
     assert len(arcs) == len(passing) >= 2
     centres = ((passing["peak_start"] + passing["peak_end"]) // 2).to_numpy()
@@ -219,7 +219,7 @@ def test_plot_peak2gene__absent_gene_raises_with_close_names(sim, links):
 def test_plot_peak2gene__no_passing_links_draws_note_and_warns(sim, target, links, caplog):
     with caplog.at_level(logging.WARNING, logger="p2g_dask"):
         fig, axes = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes,
-                                   exon_annotation=sim.exons, fdr_thresh=1e-12)
+                                   exon_annotation=sim.exons, fdr_cutoff=1e-12)
     assert arcs_of(axes["links"]) == []
     notes = [t for t in axes["links"].texts if t.get_gid() == "note"]
     assert len(notes) == 1 and target in notes[0].get_text()
@@ -347,7 +347,7 @@ def test_plot_link_summary__panels_match_numpy():
     links = pd.DataFrame({"gene": rng.choice([f"g{i}" for i in range(120)], n), "correlation": rng.uniform(-1, 1, n),
                           "fdr": rng.uniform(0, 0.5, n), "distance": rng.integers(-250_000, 250_001, n)})
     links.loc[:9, "correlation"] = np.nan
-    fig, axes = plot_link_summary(links, fdr=0.05, bins=40)
+    fig, axes = plot_link_summary(links, fdr_cutoff=0.05, bins=40)
     r = links["correlation"].to_numpy()
     ok = np.isfinite(r)
     sig = ok & (links["fdr"].to_numpy() <= 0.05)
@@ -409,7 +409,7 @@ def expected_z(X, metacells: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def test_plot_peak2gene_heatmap__rows_matched_and_values_match_numpy(sim, heat_links):
-    fig, axes, mats = plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, k=4, group_by="cell_type",
+    fig, axes, mats = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, group_by="cell_type",
                                              return_matrices=True)
     drawn = mats["links"]
     assert len(drawn) == len(sim.truth)  # the weak copies are filtered out
@@ -433,11 +433,11 @@ def test_plot_peak2gene_heatmap__rows_matched_and_values_match_numpy(sim, heat_l
 
 
 def test_plot_peak2gene_heatmap__seeded_reproducible_and_subsampled(sim, heat_links):
-    _, _, a = plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, k=4, seed=7, return_matrices=True)
-    _, _, b = plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, k=4, seed=7, return_matrices=True)
+    _, _, a = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, seed=7, return_matrices=True)
+    _, _, b = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, seed=7, return_matrices=True)
     np.testing.assert_array_equal(a["atac"], b["atac"])
     assert a["links"]["peak"].tolist() == b["links"]["peak"].tolist()
-    _, _, c = plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, k=4, max_links=20, return_matrices=True)
+    _, _, c = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, max_links=20, return_matrices=True)
     assert 16 <= len(c["links"]) <= 20
 
 
@@ -447,7 +447,7 @@ def test_plot_peak2gene_heatmap__with_peak_to_gene_links_and_png(sim, tmp_path):
     with dask.config.set(scheduler="synchronous"):
         links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
                                     n_metacells=60, k_neighbors=20, seed=1)
-    fig, axes = plot_peak2gene_heatmap(links, sim.atac, sim.rna, k=5, fdr=1e-3, cor_cutoff=0.3)
+    fig, axes = plot_peak2gene_heatmap(sim.atac, sim.rna, links=links, k=5, fdr_cutoff=1e-3, cor_cutoff=0.3)
     fig.savefig(tmp_path / "heatmap.png", dpi=60)
     assert (tmp_path / "heatmap.png").stat().st_size > 10_000
     renderer = fig.canvas.get_renderer()
@@ -455,16 +455,84 @@ def test_plot_peak2gene_heatmap__with_peak_to_gene_links_and_png(sim, tmp_path):
     assert boxes and not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))
     shuffled = sim.atac[::-1].copy()
     with pytest.raises(ValueError, match="obs_names"):
-        plot_peak2gene_heatmap(links, shuffled, sim.rna[::-1].copy(), k=5, fdr=1e-3, cor_cutoff=0.3)
+        plot_peak2gene_heatmap(shuffled, sim.rna[::-1].copy(), links=links, k=5, fdr_cutoff=1e-3,
+                               cor_cutoff=0.3)
 
 
 def test_plot_peak2gene_heatmap__bad_inputs_name_the_fix(sim, heat_links):
     with pytest.raises(ValueError, match="cor_cutoff"):
-        plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, cor_cutoff=0.99)
+        plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, cor_cutoff=0.99)
     bare = heat_links.copy()
     bare.attrs = {}
     with pytest.raises(ValueError, match="metacells"):
-        plot_peak2gene_heatmap(bare, sim.atac, sim.rna)
+        plot_peak2gene_heatmap(sim.atac, sim.rna, links=bare)
+
+
+# ---------------------------------------------------------------------------------------------
+# Renamed arguments: the old names work for one release, with a FutureWarning naming the new one.
+
+
+def _arc_peaks(axes) -> list[float]:
+    return sorted(arc_endpoints(a)[0] for a in arcs_of(axes["links"]))
+
+
+def test_plot_peak2gene__old_argument_names_warn_and_draw_the_same(sim, target, links):
+    _, new = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, fdr_cutoff=0.01,
+                            cor_cutoff=0.3)
+    for old, value, renamed in (("fdr_thresh", 0.01, "fdr_cutoff"), ("min_abs_r", 0.3, "cor_cutoff")):
+        with pytest.warns(FutureWarning, match=f"{old}= is renamed {renamed}="):
+            _, axes = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, **{old: value})
+        assert _arc_peaks(axes) == _arc_peaks(new) and len(_arc_peaks(new)) > 0
+    with pytest.warns(FutureWarning, match="atac= is renamed data="):
+        _, axes = plot_peak2gene(atac=sim.atac, gene=target, links=links, gene_annotation=sim.genes)
+    assert _arc_peaks(axes) == _arc_peaks(new)
+    with pytest.raises(TypeError, match="pass only fdr_cutoff="):
+        plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, fdr_thresh=0.1, fdr_cutoff=0.1)
+
+
+def test_plot_peak2gene__positive_only_drops_negative_arcs(sim, target, links):
+    _, both = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes)
+    _, positive = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, positive_only=True)
+    mine = links[(links["gene"] == target) & (links["fdr"] <= 0.01)]
+    assert len(arcs_of(both["links"])) == int((mine["correlation"].abs() >= 0.3).sum())
+    assert len(arcs_of(positive["links"])) == int((mine["correlation"] >= 0.3).sum())
+
+
+def test_plot_link_summary__old_argument_names_warn(caplog):
+    rng = np.random.default_rng(3)
+    links = pd.DataFrame({"gene": rng.choice(list("ABC"), 300), "correlation": rng.uniform(-1, 1, 300),
+                          "fdr": rng.uniform(0, 0.1, 300), "distance": rng.integers(-1e5, 1e5, 300)})
+    _, new = plot_link_summary(links, fdr_cutoff=0.02, cor_cutoff=0.5)
+    expected = int(((links["fdr"] <= 0.02) & (links["correlation"].abs() >= 0.5)).sum())
+    for old in ({"fdr": 0.02, "cor_cutoff": 0.5}, {"fdr_cutoff": 0.02, "min_abs_r": 0.5}):
+        with pytest.warns(FutureWarning, match="is renamed"):
+            _, axes = plot_link_summary(links, **old)
+        heights = [p.get_height() for p in axes[0].patches if p.get_gid() == "hist-sig"]
+        assert sum(heights) == expected == sum(p.get_height() for p in new[0].patches if p.get_gid() == "hist-sig")
+
+
+def test_plot_peak2gene_heatmap__old_order_and_names_warn_and_draw_the_same(sim, heat_links):
+    _, _, new = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, return_matrices=True)
+    with pytest.warns(FutureWarning, match=r"\(links, atac, rna\) is the old argument order"):
+        _, _, old = plot_peak2gene_heatmap(heat_links, sim.atac, sim.rna, k=4, return_matrices=True)
+    np.testing.assert_array_equal(old["atac"], new["atac"])
+    with pytest.warns(FutureWarning, match="fdr= is renamed fdr_cutoff="):
+        _, _, old = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, fdr=1e-4,
+                                           return_matrices=True)
+    np.testing.assert_array_equal(old["atac"], new["atac"])
+    with pytest.warns(FutureWarning, match="atac= is renamed data="):
+        _, _, old = plot_peak2gene_heatmap(atac=sim.atac, rna=sim.rna, links=heat_links, k=4, return_matrices=True)
+    np.testing.assert_array_equal(old["atac"], new["atac"])
+
+
+def test_plot_peak2gene_heatmap__cor_cutoff_is_absolute_unless_positive_only(sim, heat_links):
+    negative = heat_links.assign(correlation=-heat_links["correlation"])
+    negative.attrs = dict(heat_links.attrs)
+    with pytest.raises(ValueError, match=r"0 links pass .*correlation >= 0.45"):
+        plot_peak2gene_heatmap(sim.atac, sim.rna, links=negative, k=4)
+    _, _, both = plot_peak2gene_heatmap(sim.atac, sim.rna, links=negative, k=4, positive_only=False,
+                                        return_matrices=True)
+    assert len(both["links"]) == len(sim.truth)  # the |r| = 0.2 copies are still dropped
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from p2g_dask._logging import logger
+from p2g_dask._variables import EXONS, GENE_COLUMNS, GENES, require_columns
 from p2g_dask.io._gff import EXON_MODELS, open_text, parse_gff, sniff_format
 
-GENE_COLUMNS = ["gene_name", "chrom", "start", "end", "strand"]
+# Column names of PyRanges tables and other common spellings, renamed to the schema's names.
 _ALIASES = {
     "Chromosome": "chrom", "chromosome": "chrom", "contig": "chrom", "chr": "chrom",
     "seqname": "chrom", "Start": "start", "End": "end", "Strand": "strand",
@@ -53,14 +54,7 @@ def _standardise(df: pd.DataFrame, *, argument: str, what: str) -> pd.DataFrame:
     """Rename known aliases, check columns, coordinates and strands; return a clean copy."""
     df = df.rename(columns=lambda c: c.lstrip("#") if isinstance(c, str) else c)
     df = df.rename(columns={k: v for k, v in _ALIASES.items() if k in df.columns and v not in df.columns})
-    required = GENE_COLUMNS if what == "genes" else ["gene_name", "chrom", "start", "end"]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{argument} is missing columns {missing}; it has {list(df.columns)}. A {what} table needs "
-            f"{', '.join(required)} (0-based half-open start/end{', strand +/-' if what == 'genes' else ''}): "
-            "rename the columns, or pass a GFF3/GTF path (p2g.io.read_gene_annotation)."
-        )
+    require_columns(df, GENES if what == "genes" else EXONS, argument=argument)
     out = df.copy()
     for col in ("start", "end"):
         values = pd.to_numeric(out[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -224,14 +218,38 @@ def read_gene_annotation(
     >>> genes, exons = p2g.io.read_gene_annotation(table)
     >>> genes[["gene_name", "chrom", "start"]].values.tolist()
     [['B', 'chr1', 100], ['A', 'chr2', 500]]
+    >>> # Not run: the first call downloads GENCODE's hg38 annotation (~50 MB).
     >>> genes, exons = p2g.io.read_gene_annotation(p2g.genome.hg38.annotation)  # doctest: +SKIP
+    """
+    return read_annotation_tables(path_or_df, exons=exons, gene_types=gene_types, chromosomes=chromosomes,
+                                  exon_model=exon_model)
+
+
+def read_annotation_tables(
+    source: Any,
+    *,
+    exons: Any = None,
+    gene_types: str | Sequence[str] | None = None,
+    chromosomes: str | Sequence[str] | None = None,
+    exon_model: str = "canonical",
+    argument: str = "path_or_df",
+    exon_argument: str = "exons",
+    sort: bool = True,
+    warn_duplicates: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`read_gene_annotation` for the tools and plots: errors name their ``argument``.
+
+    ``exon_argument`` names ``exons`` in errors; ``sort=False`` keeps the input's gene order; ``warn_duplicates`` logs repeated gene names as a
+    warning (a user's table) rather than info (a GFF's pseudoautosomal copies).
     """
     if exon_model not in EXON_MODELS:
         raise ValueError(f"exon_model={exon_model!r} is not valid; use one of {list(EXON_MODELS)}.")
-    source = _as_source(path_or_df, "path_or_df")
+    source = _as_source(source, argument)
     exon_table = None
     if isinstance(source, pd.DataFrame):
-        genes = _standardise(source, argument="path_or_df", what="genes")
+        if "gene_name" not in source.columns and source.index.name == "gene_name":
+            source = source.reset_index()
+        genes = _standardise(source, argument=argument, what="genes")
     elif (kind := sniff_format(source)) in ("gff3", "gtf"):
         genes, exon_table = parse_gff(source, kind, exon_model)
         unstranded = ~genes["strand"].isin(["+", "-"])
@@ -240,22 +258,22 @@ def read_gene_annotation(
             logger.warning("read_gene_annotation: skipped %d gene(s) without a +/- strand (e.g. %s)",
                            int(unstranded.sum()), genes.loc[unstranded, "gene_name"].iloc[0])
             genes = genes[~unstranded]
-        genes = _standardise(genes, argument=f"path_or_df={str(source)!r}", what="genes")
+        genes = _standardise(genes, argument=f"{argument}={str(source)!r}", what="genes")
     else:
-        raw = _read_table(source, argument="path_or_df", what="genes")
-        genes = _standardise(raw, argument=f"path_or_df={str(source)!r}", what="genes")
+        raw = _read_table(source, argument=argument, what="genes")
+        genes = _standardise(raw, argument=f"{argument}={str(source)!r}", what="genes")
     if exons is not None:
-        exon_src = _as_source(exons, "exons")
-        raw = exon_src if isinstance(exon_src, pd.DataFrame) else _read_table(exon_src, argument="exons", what="exons")
-        exon_table = _standardise(raw, argument="exons", what="exons")
+        exon_src = _as_source(exons, exon_argument)
+        raw = (exon_src if isinstance(exon_src, pd.DataFrame)
+               else _read_table(exon_src, argument=exon_argument, what="exons"))
+        exon_table = _standardise(raw, argument=exon_argument, what="exons")
 
     genes = _filter_genes(genes, gene_types, chromosomes)
     dup = genes["gene_name"].duplicated(keep="first")
     if dup.any():
-        logger.info(
-            "read_gene_annotation: dropped %d gene(s) whose name repeats an earlier one (e.g. %s); "
-            "the first occurrence is kept", int(dup.sum()), genes.loc[dup, "gene_name"].iloc[0],
-        )
+        log = logger.warning if warn_duplicates else logger.info
+        log("%s: %d duplicate gene names (e.g. %r); keeping the first of each (dropped %d gene(s) whose name "
+            "repeats an earlier one)", argument, int(dup.sum()), genes.loc[dup, "gene_name"].iloc[0], int(dup.sum()))
         genes = genes[~dup]
 
     extra = [c for c in ("gene_id", "gene_type") if c in genes.columns]
@@ -269,8 +287,9 @@ def read_gene_annotation(
         exon_out = exon_out.merge(genes[carry], on=key, how="inner")
         order = GENE_COLUMNS + [c for c in ("gene_id", "transcript_id", "exon_number", "exon_id",
                                             "exon_source") if c in exon_out.columns]
-        exon_out = _sort(exon_out[order])
-    genes = _sort(genes[GENE_COLUMNS + extra])
+        exon_out = _sort(exon_out[order]) if sort else exon_out[order].reset_index(drop=True)
+    genes = genes[GENE_COLUMNS + extra]
+    genes = _sort(genes) if sort else genes.reset_index(drop=True)
     logger.info("read_gene_annotation: %d genes, %d exons", len(genes), len(exon_out))
     return genes, exon_out
 

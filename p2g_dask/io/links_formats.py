@@ -18,23 +18,20 @@ import pandas as pd
 
 from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import logger
+from p2g_dask._variables import LINKS, require_columns
 
-_NEEDED = ("peak", "gene", "chrom", "peak_start", "peak_end", "tss", "correlation")
+# The links columns every browser format writes; fdr and distance are written when present.
+_WRITTEN = ["peak", "gene", "chrom", "peak_start", "peak_end", "tss", "correlation"]
 #: Arc colours of the interact format: positive links red, negative blue (RdBu ends).
 POSITIVE_COLOR, NEGATIVE_COLOR = "#B2182B", "#2166AC"
 
 
 def _prepare(links: pd.DataFrame, fmt: str) -> pd.DataFrame:
-    if not isinstance(links, pd.DataFrame):
-        raise TypeError(f"links must be the DataFrame returned by p2g.tl.peak_to_gene; got {type(links).__name__}.")
-    missing = [c for c in _NEEDED if c not in links.columns]
-    if missing:
-        raise ValueError(f"links lacks columns {missing} needed for format={fmt!r}; pass the table from "
-                         "p2g.tl.peak_to_gene.")
+    require_columns(links, LINKS, argument=f"links (format={fmt!r})", columns=_WRITTEN)
     finite = np.isfinite(links["correlation"].to_numpy(dtype=float))
     if not finite.all():
         logger.warning("write_links(format=%r): leaving out %d links with a NaN correlation", fmt, int((~finite).sum()))
-    out = links.loc[finite, list(_NEEDED) + [c for c in ("fdr", "distance") if c in links.columns]].copy()
+    out = links.loc[finite, _WRITTEN + [c for c in ("fdr", "distance") if c in links.columns]].copy()
     for col in ("peak_start", "peak_end", "tss"):
         out[col] = out[col].astype(np.int64)
     out["chrom"] = out["chrom"].astype(str)

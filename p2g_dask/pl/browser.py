@@ -15,13 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
+from p2g_dask._variables import LINKS, require_columns
 from p2g_dask.pl import _tracks
+from p2g_dask.tl.links import passing_links
 
-GENE_COLUMNS = ("gene_name", "chrom", "start", "end", "strand")
-LINK_COLUMNS = ("peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance", "correlation", "fdr")
 # Track heights in inches; a figsize= rescales them proportionally.
 _COVERAGE_IN, _PEAKS_IN, _ARCS_IN, _GENE_ROW_IN, _AXIS_IN = 0.42, 0.2, 1.1, 0.34, 0.55
+# Links columns the browser track draws.
+_DRAWN = ["peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance", "correlation", "fdr"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,55 +32,23 @@ _COVERAGE_IN, _PEAKS_IN, _ARCS_IN, _GENE_ROW_IN, _AXIS_IN = 0.42, 0.2, 1.1, 0.34
 
 
 def load_annotations(gene_annotation: Any, exon_annotation: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Genes and exons (or None) from DataFrames, or via :func:`p2g_dask.io.read_gene_annotation`.
+    """Genes and exons (or None) through the one annotation reader (:func:`p2g_dask.io.read_gene_annotation`).
 
-    DataFrames are used as given (validated); a path (GFF3/GTF/gene table, or an exon BED for
-    ``exon_annotation``) or a genome object goes through the reader, and a GFF's own exons are
-    used when no ``exon_annotation`` is given.
+    DataFrames, paths (GFF3/GTF/gene table, or an exon BED for ``exon_annotation``) and genome
+    objects are all accepted; a GFF's own exons are used when no ``exon_annotation`` is given.
+
+    Examples
+    --------
+    >>> genes = pd.DataFrame({"gene_name": ["A"], "chrom": ["chr1"], "start": [10], "end": [90], "strand": ["+"]})
+    >>> genes_read, exons = load_annotations(genes)
+    >>> genes_read["end"].tolist(), exons
+    ([90], None)
     """
-    if isinstance(gene_annotation, pd.DataFrame) and (exon_annotation is None
-                                                      or isinstance(exon_annotation, pd.DataFrame)):
-        genes, exons = gene_annotation, exon_annotation
-    else:
-        # Imported lazily: the annotation reader is only needed for files.
-        from p2g_dask.io.annotation import read_gene_annotation
+    from p2g_dask.io.annotation import read_annotation_tables
 
-        genes, exons = read_gene_annotation(gene_annotation, exons=exon_annotation)
-        if exon_annotation is None and exons.empty:
-            exons = None
-    _check_columns(genes, GENE_COLUMNS, "gene_annotation")
-    if exons is not None:
-        _check_columns(exons, GENE_COLUMNS[:4], "exon_annotation")
-    return genes, exons
-
-
-def _check_columns(table: Any, columns: tuple[str, ...], argument: str) -> None:
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"{argument} must be a DataFrame with columns {list(columns)} or a path to an "
-                        f"annotation file; got {type(table).__name__}.")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{argument} lacks columns {missing}; it needs {list(columns)} (0-based half-open "
-            "coordinates), e.g. from p2g.io.read_gene_annotation."
-        )
-
-
-def check_links(links: pd.DataFrame, columns: tuple[str, ...] = LINK_COLUMNS) -> pd.DataFrame:
-    """Raise a ``ValueError`` naming the missing columns of a links table."""
-    if not isinstance(links, pd.DataFrame):
-        raise TypeError(f"links must be the DataFrame returned by p2g.tl.peak_to_gene; got {type(links).__name__}.")
-    missing = [c for c in columns if c not in links.columns]
-    if missing:
-        raise ValueError(f"links lacks columns {missing}; pass the table returned by p2g.tl.peak_to_gene.")
-    return links
-
-
-def passing_links(links: pd.DataFrame, *, fdr_thresh: float, min_abs_r: float) -> np.ndarray:
-    """Boolean mask of links with ``fdr <= fdr_thresh`` and ``|correlation| >= min_abs_r`` (NaN fails)."""
-    fdr = links["fdr"].to_numpy(dtype=float)
-    r = links["correlation"].to_numpy(dtype=float)
-    return (fdr <= fdr_thresh) & (np.abs(r) >= min_abs_r)
+    genes, exons = read_annotation_tables(gene_annotation, exons=exon_annotation, argument="gene_annotation",
+                                          exon_argument="exon_annotation", sort=False)
+    return genes, (None if exon_annotation is None and exons.empty else exons)
 
 
 def close_names(name: str, names: pd.Series | np.ndarray, n: int = 5) -> list[str]:
@@ -90,8 +61,9 @@ def close_names(name: str, names: pd.Series | np.ndarray, n: int = 5) -> list[st
     return [lower[h] for h in hits]
 
 
-def locate_gene(genes: pd.DataFrame, gene: str, links_chrom: str | None) -> pd.Series:
-    """The annotation row of ``gene``; a ``ValueError`` with close names when it is absent."""
+def locate_gene(genes: pd.DataFrame, gene: str) -> pd.Series:
+    """The annotation row of ``gene`` (names are unique after the reader); a ``ValueError`` with
+    close names when it is absent."""
     rows = genes[genes["gene_name"] == gene]
     if rows.empty:
         hint = close_names(gene, genes["gene_name"])
@@ -100,10 +72,6 @@ def locate_gene(genes: pd.DataFrame, gene: str, links_chrom: str | None) -> pd.S
             + (f"; close names: {hint}" if hint else "")
             + ". Pass a gene_name of the annotation used for peak_to_gene."
         )
-    if len(rows) > 1:
-        same = rows[rows["chrom"] == links_chrom] if links_chrom is not None else rows
-        rows = same if not same.empty else rows
-        logger.warning("gene %s has %d annotation rows; drawing the first on %s", gene, len(rows), rows.iloc[0]["chrom"])
     return rows.iloc[0]
 
 
@@ -150,15 +118,17 @@ def _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, l
     return {g: ("bars", edges, means[i]) for i, g in enumerate(groups)}
 
 
+@renamed_arguments(atac="data", fdr_thresh="fdr_cutoff", min_abs_r="cor_cutoff")
 def plot_peak2gene(
-    atac: Any = None,
+    data: Any = None,
     *,
     gene: str,
     links: pd.DataFrame,
     gene_annotation: pd.DataFrame | str | os.PathLike,
     exon_annotation: pd.DataFrame | str | os.PathLike | None = None,
-    fdr_thresh: float = 0.01,
-    min_abs_r: float = 0.3,
+    fdr_cutoff: float = 0.01,
+    cor_cutoff: float = 0.3,
+    positive_only: bool = False,
     pad_bp: int = 80_000,
     group_by: str | None = None,
     bigwig_files: Mapping[str, str | os.PathLike] | None = None,
@@ -180,7 +150,7 @@ def plot_peak2gene(
 
     Parameters
     ----------
-    atac
+    data
         Cells x peaks counts: AnnData, MuData (``mod_atac``), a p2g store or its path. Only the
         region's peak columns are read. May be None with ``bigwig_files``.
     gene
@@ -192,8 +162,11 @@ def plot_peak2gene(
     gene_annotation, exon_annotation
         DataFrames with ``gene_name, chrom, start, end, strand`` (0-based half-open) or paths
         read by :func:`p2g_dask.io.read_gene_annotation`. Without exons, each gene is one block.
-    fdr_thresh, min_abs_r
-        Links drawn: ``fdr <= fdr_thresh`` and ``|correlation| >= min_abs_r``.
+    fdr_cutoff, cor_cutoff, positive_only
+        Links drawn, as :func:`p2g_dask.tl.filter_links` keeps them (without its variance
+        cut-offs): ``fdr <= fdr_cutoff`` and ``|correlation| >= cor_cutoff`` (``correlation >=
+        cor_cutoff`` with ``positive_only``). The old names ``fdr_thresh`` / ``min_abs_r`` (and
+        ``atac`` for ``data``) still work for one release, with a FutureWarning.
     pad_bp
         Padding around the gene and its passing links, in bp.
     group_by
@@ -244,26 +217,27 @@ def plot_peak2gene(
 
     if group_by is not None and bigwig_files is not None:
         raise ValueError("pass either group_by= (coverage from the peak matrix) or bigwig_files=, not both.")
-    if atac is None and bigwig_files is None:
-        raise ValueError("atac is None: pass the peak matrix (AnnData/MuData/store) or bigwig_files={group: path}.")
-    check_links(links)
+    if data is None and bigwig_files is None:
+        raise ValueError("data is None: pass the peak matrix (AnnData/MuData/store) or bigwig_files={group: path}.")
+    require_columns(links, LINKS, argument="links", columns=_DRAWN)
     genes, exons = load_annotations(gene_annotation, exon_annotation)
     gene_links = links[links["gene"] == gene]
-    gene_row = locate_gene(genes, gene, gene_links["chrom"].iloc[0] if len(gene_links) else None)
+    gene_row = locate_gene(genes, gene)
     chrom = str(gene_row["chrom"])
-    sel = gene_links[passing_links(gene_links, fdr_thresh=fdr_thresh, min_abs_r=min_abs_r)]
+    sel = gene_links[passing_links(gene_links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, var_cutoff_atac=None,
+                                   var_cutoff_rna=None, positive_only=positive_only)]
     if len(sel) and (sel["chrom"] != chrom).any():
         raise ValueError(f"links of gene={gene!r} are on {sorted(sel['chrom'].unique())} but gene_annotation "
                          f"places it on {chrom}; use the annotation the links were computed with.")
     if sel.empty:
         logger.warning("gene %s has no links with fdr <= %g and |r| >= %g (of %d tested): drawing no arcs",
-                       gene, fdr_thresh, min_abs_r, len(gene_links))
+                       gene, fdr_cutoff, cor_cutoff, len(gene_links))
     lo, hi = _region(gene_row, sel, int(pad_bp))
     modality = None
-    if atac is not None:
+    if data is not None:
         from p2g_dask._inputs import resolve_input
 
-        modality = resolve_input(atac, None, mod_atac=mod_atac)[0]
+        modality = resolve_input(data, None, mod_atac=mod_atac)[0]
     peaks, cols = _region_peaks(modality, gene_links, chrom, lo, hi)
     near = genes[(genes["chrom"] == chrom) & (genes["end"] > lo) & (genes["start"] < hi)].sort_values("start")
     region_exons = None if exons is None else exons[(exons["chrom"] == chrom)
@@ -320,7 +294,7 @@ def plot_peak2gene(
     _tracks.draw_arcs(arc_ax, centre, sel["tss"].to_numpy(dtype=float), sel["correlation"].to_numpy(dtype=float),
                       cmap=colormap, norm=norm)
     if sel.empty:
-        arc_ax.text(0.5, 0.5, f"no links of {gene} with FDR \u2264 {fdr_thresh:g} and |r| \u2265 {min_abs_r:g}",
+        arc_ax.text(0.5, 0.5, f"no links of {gene} with FDR \u2264 {fdr_cutoff:g} and |r| \u2265 {cor_cutoff:g}",
                     transform=arc_ax.transAxes, ha="center", va="center", fontsize=8, color="#555555", gid="note")
     cbar_ax = arc_ax.inset_axes([1.015, 0.12, 0.014, 0.76])
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cbar_ax, ticks=[-1, 0, 1])

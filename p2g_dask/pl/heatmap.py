@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import warnings
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
+from p2g_dask._variables import LINKS, require_columns
 from p2g_dask.pl import _tracks
-from p2g_dask.pl.browser import check_links
+from p2g_dask.tl.links import passing_links
 
 # ArchR's default palettes of this plot (solarExtra for accessibility, blueYellow for expression).
 SOLAR_EXTRA = ["#3361A5", "#248AF3", "#14B3FF", "#88CEEF", "#C1D5DC", "#EAD397", "#FDB31A", "#E42A2A", "#A31D1D"]
@@ -66,13 +70,37 @@ def order_clusters(cluster_means: np.ndarray, *, cutoff: float = 1.0) -> tuple[n
     return cluster_order, col_order
 
 
+def _links_first_is_old_order(func: Callable) -> Callable:
+    """Accept the old call ``(links, atac, rna)`` for one release, with a FutureWarning.
+
+    Unambiguous: the data is never a DataFrame with the links' columns.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        first = args[0] if args else None
+        if isinstance(first, pd.DataFrame) and {"peak", "gene", "correlation"} <= set(first.columns):
+            if "links" in kwargs:
+                raise TypeError(f"{func.__name__}() got links twice (first positional and links=); pass "
+                                f"{func.__name__}(data, rna, links=links).")
+            warnings.warn(f"{func.__name__}(links, atac, rna) is the old argument order; call "
+                          f"{func.__name__}(data, rna, links=links). The old order will stop working in the "
+                          "next release.", FutureWarning, stacklevel=3)
+            kwargs["links"], args = first, args[1:]
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@renamed_arguments(atac="data", fdr="fdr_cutoff")
+@_links_first_is_old_order
 def plot_peak2gene_heatmap(
-    links: pd.DataFrame,
-    atac: Any,
+    data: Any,
     rna: Any = None,
     *,
-    fdr: float = 1e-4,
+    links: pd.DataFrame,
+    fdr_cutoff: float = 1e-4,
     cor_cutoff: float = 0.45,
+    positive_only: bool = True,
     var_cutoff_atac: float = 0.25,
     var_cutoff_rna: float = 0.25,
     k: int = 25,
@@ -88,21 +116,25 @@ def plot_peak2gene_heatmap(
 ) -> tuple[Any, ...]:
     """Side-by-side heatmaps of metacell accessibility and expression for significant links.
 
-    ArchR's ``plotPeak2GeneHeatmap``: links with ``fdr <= fdr``, ``correlation >= cor_cutoff``
-    and variance quantiles above the cut-offs; the metacell matrices are recomputed from
+    ArchR's ``plotPeak2GeneHeatmap``: the links :func:`p2g_dask.tl.filter_links` keeps (by
+    default the positive ones with ``fdr <= fdr_cutoff``, ``correlation >= cor_cutoff`` and
+    variance quantiles above the cut-offs); the metacell matrices are recomputed from
     ``links.attrs["metacells"]``; rows z-scored; k-means (``k`` clusters, seeded) on the peak
     z-scores; the same row order in both heatmaps (row i is one link: its peak left, its gene
     right); metacells ordered by clustering and annotated by their majority ``group_by`` group.
 
     Parameters
     ----------
-    links
-        Table from :func:`p2g_dask.tl.peak_to_gene` with its ``attrs["metacells"]``.
-    atac, rna
+    data, rna
         The data ``peak_to_gene`` ran on: AnnData pair, MuData (``mod_atac``/``mod_rna``) or a
         store (``rna=None``). Only the linked peaks' and genes' columns are read.
-    fdr, cor_cutoff
-        Links kept: ``fdr <= fdr`` and ``correlation >= cor_cutoff`` (ArchR: positive links).
+    links
+        Table from :func:`p2g_dask.tl.peak_to_gene` with its ``attrs["metacells"]``. The old
+        order ``(links, atac, rna)`` and the names ``atac=`` / ``fdr=`` still work for one
+        release, with a FutureWarning.
+    fdr_cutoff, cor_cutoff, positive_only
+        Links kept: ``fdr <= fdr_cutoff`` and ``|correlation| >= cor_cutoff``; with
+        ``positive_only`` (default, as ArchR draws) ``correlation >= cor_cutoff``.
     var_cutoff_atac, var_cutoff_rna
         Keep links with ``var_q_atac > var_cutoff_atac`` and ``var_q_rna > var_cutoff_rna``
         (skipped when the columns are absent).
@@ -139,8 +171,10 @@ def plot_peak2gene_heatmap(
     >>> import p2g_dask as p2g
     >>> sim = p2g.datasets.simulate_multiome(n_cells=400, n_peaks=3000, n_genes=300, n_linked_genes=30, seed=4)
     >>> links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
-    ...                             n_metacells=60, k_neighbors=20, seed=1)  # doctest: +SKIP
-    >>> fig, axes = plot_peak2gene_heatmap(links, sim.atac, sim.rna, k=5)  # doctest: +SKIP
+    ...                             n_metacells=60, k_neighbors=20, seed=1)
+    >>> fig, axes = plot_peak2gene_heatmap(sim.atac, sim.rna, links=links, k=5, fdr_cutoff=1e-3, cor_cutoff=0.3)
+    >>> sorted(axes)[:2]
+    ['atac', 'colorbar_atac']
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import LinearSegmentedColormap, ListedColormap
@@ -148,25 +182,25 @@ def plot_peak2gene_heatmap(
 
     from p2g_dask._inputs import resolve_input
 
-    check_links(links, ("peak", "gene", "correlation", "fdr"))
+    require_columns(links, LINKS, argument="links", columns=["peak", "gene", "correlation", "fdr"])
     metacells = links.attrs.get("metacells")
     if metacells is None:
         raise ValueError("links.attrs has no 'metacells'; pass the table returned by p2g.tl.peak_to_gene "
                          "(read_links keeps it) so the metacells can be recomputed.")
     metacells = np.asarray(metacells, dtype=np.int64)
-    atac_mod, rna_mod, _ = resolve_input(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=True)
+    atac_mod, rna_mod, _ = resolve_input(data, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=True)
     _check_cells(links, atac_mod, metacells)
 
-    keep = (links["fdr"].to_numpy(dtype=float) <= fdr) & (links["correlation"].to_numpy(dtype=float) >= cor_cutoff)
-    if "var_q_atac" in links.columns:
-        keep &= links["var_q_atac"].to_numpy(dtype=float) > var_cutoff_atac
-    if "var_q_rna" in links.columns:
-        keep &= links["var_q_rna"].to_numpy(dtype=float) > var_cutoff_rna
+    # The variance filters are skipped for tables without the variance columns.
+    keep = passing_links(links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, positive_only=positive_only,
+                         var_cutoff_atac=var_cutoff_atac if "var_q_atac" in links.columns else None,
+                         var_cutoff_rna=var_cutoff_rna if "var_q_rna" in links.columns else None)
     sel = links[keep].reset_index(drop=True)
     if len(sel) < 2:
+        which = "correlation" if positive_only else "|correlation|"
         raise ValueError(
-            f"{len(sel)} links pass fdr <= {fdr:g}, correlation >= {cor_cutoff:g} and the variance cut-offs; "
-            "a heatmap needs at least 2: loosen fdr= / cor_cutoff= / var_cutoff_*=."
+            f"{len(sel)} links pass fdr <= {fdr_cutoff:g}, {which} >= {cor_cutoff:g} and the variance cut-offs; "
+            "a heatmap needs at least 2: loosen fdr_cutoff= / cor_cutoff= / var_cutoff_*=."
         )
     peak_idx = _feature_index(atac_mod.var.index, sel["peak"], "peak", "atac")
     gene_idx = _feature_index(rna_mod.var.index, sel["gene"], "gene", "rna")

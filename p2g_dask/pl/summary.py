@@ -7,17 +7,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask.pl.browser import check_links
+from p2g_dask._variables import LINKS, require_columns
+from p2g_dask.tl.links import passing_links
 
 _ALL_COLOR, _SIG_COLOR = "#b0b0b0", "#d1495b"
 
 
+@renamed_arguments(fdr="fdr_cutoff", min_abs_r="cor_cutoff")
 def plot_link_summary(
     links: pd.DataFrame,
     *,
-    fdr: float = 0.05,
-    min_abs_r: float = 0.0,
+    fdr_cutoff: float = 0.05,
+    cor_cutoff: float = 0.0,
+    positive_only: bool = False,
     bins: int = 40,
     log_counts: bool | None = None,
     figsize: tuple[float, float] = (12.0, 3.4),
@@ -26,7 +30,8 @@ def plot_link_summary(
     """Summarise a links table in three panels, in one call.
 
     1. Histogram of the correlation of all tested pairs and of the significant ones
-       (``fdr <= fdr`` and ``|r| >= min_abs_r``) on the same bins.
+       (kept by :func:`p2g_dask.tl.filter_links` without its variance cut-offs: ``fdr <=
+       fdr_cutoff`` and ``|r| >= cor_cutoff``) on the same bins.
     2. Signed distance peak centre - TSS of the significant links, in kb.
     3. Number of significant links per gene (genes with at least one).
 
@@ -36,8 +41,9 @@ def plot_link_summary(
         Table from :func:`p2g_dask.tl.peak_to_gene` (``correlation``, ``fdr``, ``distance``,
         ``gene`` are used). Pairs with a NaN correlation (constant features) are counted in the
         legend, not in the histogram.
-    fdr, min_abs_r
-        What counts as significant.
+    fdr_cutoff, cor_cutoff, positive_only
+        What counts as significant (:func:`p2g_dask.tl.filter_links`'s meaning). The old names
+        ``fdr`` / ``min_abs_r`` still work for one release, with a FutureWarning.
     bins
         Bins of the correlation and distance histograms.
     log_counts
@@ -59,26 +65,27 @@ def plot_link_summary(
     >>> rng = np.random.default_rng(0)
     >>> links = pd.DataFrame({"gene": rng.choice(list("ABCDE"), 200), "correlation": rng.uniform(-1, 1, 200),
     ...                       "fdr": rng.uniform(0, 0.2, 200), "distance": rng.integers(-2e5, 2e5, 200)})
-    >>> fig, axes = plot_link_summary(links, fdr=0.05)
+    >>> fig, axes = plot_link_summary(links, fdr_cutoff=0.05)
     >>> len(axes)
     3
     """
     import matplotlib.pyplot as plt
 
-    check_links(links, ("gene", "correlation", "fdr", "distance"))
+    require_columns(links, LINKS, argument="links", columns=["gene", "correlation", "fdr", "distance"])
     r = links["correlation"].to_numpy(dtype=float)
-    q = links["fdr"].to_numpy(dtype=float)
     finite = np.isfinite(r)
-    sig = finite & (q <= fdr) & (np.abs(r) >= min_abs_r)
+    sig = passing_links(links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, var_cutoff_atac=None,
+                        var_cutoff_rna=None, positive_only=positive_only)
     n_nan = int((~finite).sum())
     if not sig.any():
-        logger.warning("plot_link_summary: no link has fdr <= %g and |r| >= %g; panels 2-3 are empty", fdr, min_abs_r)
+        logger.warning("plot_link_summary: no link has fdr <= %g and |r| >= %g; panels 2-3 are empty",
+                       fdr_cutoff, cor_cutoff)
 
     fig, axes = plt.subplots(1, 3, figsize=figsize)
     edges = np.linspace(-1, 1, bins + 1)
     ax = axes[0]
     ax.hist(r[finite], bins=edges, color=_ALL_COLOR, label=f"all tested (n={int(finite.sum()):,})", gid="hist-all")
-    ax.hist(r[sig], bins=edges, color=_SIG_COLOR, label=f"FDR \u2264 {fdr:g} (n={int(sig.sum()):,})", gid="hist-sig")
+    ax.hist(r[sig], bins=edges, color=_SIG_COLOR, label=f"FDR \u2264 {fdr_cutoff:g} (n={int(sig.sum()):,})", gid="hist-sig")
     if log_counts is None:
         log_counts = finite.sum() > 50 * max(1, sig.sum())
     if log_counts:

@@ -1,41 +1,45 @@
-"""Gene tables for the tools: validated (as read_gene_annotation does), deduplicated, and
-chromosome names matched to the peaks'."""
+"""Gene tables for the tools: read by the one annotation reader (io.annotation), in the input's
+order, and chromosome names matched to the peaks'."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pandas as pd
 
 from p2g_dask._logging import logger
-from p2g_dask.io.annotation import GENE_COLUMNS, _standardise, read_gene_annotation
+from p2g_dask._variables import GENE_COLUMNS
+from p2g_dask.io.annotation import read_annotation_tables
+
 
 def gene_table(gene_annotation: Any) -> pd.DataFrame:
-    """A validated ``gene_name, chrom, start, end, strand`` table from a DataFrame or a path."""
+    """A validated ``gene_name, chrom, start, end, strand`` table, one row per gene name.
+
+    Parameters
+    ----------
+    gene_annotation
+        A DataFrame (kept in its order; repeated gene names keep the first, with a warning), the
+        ``(genes, exons)`` pair of :func:`p2g_dask.io.read_gene_annotation`, a GFF3/GTF/gene-table
+        path or a genome such as ``p2g.genome.hg38`` (sorted by position).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The five gene columns, int64 coordinates.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"gene_name": ["B", "A"], "chrom": ["chr2", "chr1"], "start": [5.0, 1],
+    ...                       "end": [9, 4], "strand": ["+", "-"]})
+    >>> gene_table(table).values.tolist()
+    [['B', 'chr2', 5, 9, '+'], ['A', 'chr1', 1, 4, '-']]
+    """
     if isinstance(gene_annotation, tuple) and len(gene_annotation) == 2:
         gene_annotation = gene_annotation[0]  # the (genes, exons) pair of read_gene_annotation
-    elif isinstance(gene_annotation, (str, os.PathLike)) or hasattr(gene_annotation, "annotation"):
-        # A GFF3/GTF/TSV path or a genome object such as p2g.genome.hg38.
-        gene_annotation = read_gene_annotation(gene_annotation)[0]
-    if not isinstance(gene_annotation, pd.DataFrame):
-        raise TypeError(
-            "gene_annotation must be a DataFrame with columns gene_name, chrom, start, end, strand, "
-            f"or a GFF3/GTF path; got {type(gene_annotation).__name__}."
-        )
-    genes = gene_annotation
-    if "gene_name" not in genes.columns and genes.index.name == "gene_name":
-        genes = genes.reset_index()
-    # The checks (and their messages) of read_gene_annotation, one implementation for both.
-    genes = _standardise(genes, argument="gene_annotation", what="genes").loc[:, GENE_COLUMNS]
-    duplicated = genes["gene_name"].duplicated(keep="first")
-    if duplicated.any():
-        logger.warning(
-            "gene_annotation: %d duplicate gene names (e.g. %r); keeping the first of each",
-            int(duplicated.sum()), genes.loc[duplicated, "gene_name"].iloc[0],
-        )
-        genes = genes.loc[~duplicated]
-    return genes.reset_index(drop=True)
+    user_table = isinstance(gene_annotation, pd.DataFrame)
+    genes, _ = read_annotation_tables(gene_annotation, argument="gene_annotation", sort=not user_table,
+                                      warn_duplicates=user_table)
+    return genes.loc[:, GENE_COLUMNS]
 
 
 def harmonize_chromosomes(genes: pd.DataFrame, peak_chroms: pd.Series) -> pd.DataFrame:

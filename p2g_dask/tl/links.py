@@ -1,11 +1,12 @@
-"""Working with links: ArchR's ``getPeak2GeneLinks`` filter and tidy per-gene / per-peak summaries."""
+"""Working with links: ArchR's ``getPeak2GeneLinks`` filter (the one link filter of the package,
+used by every plot) and tidy per-gene / per-peak summaries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-_REQUIRED = ("correlation", "fdr", "var_q_atac", "var_q_rna")
+from p2g_dask._variables import LINKS, require_columns
 
 
 def _check_range(name: str, value, low: float, high: float, allow_none: bool = False) -> None:
@@ -14,6 +15,48 @@ def _check_range(name: str, value, low: float, high: float, allow_none: bool = F
     if value is None or not np.isfinite(value) or not low <= value <= high:
         extra = " or None to skip it" if allow_none else ""
         raise ValueError(f"{name}={value!r} is outside its valid range [{low}, {high}]; give a number in it{extra}.")
+
+
+def passing_links(
+    links: pd.DataFrame,
+    *,
+    cor_cutoff: float = 0.45,
+    fdr_cutoff: float = 1e-4,
+    var_cutoff_atac: float | None = 0.25,
+    var_cutoff_rna: float | None = 0.25,
+    positive_only: bool = False,
+    argument: str = "links",
+) -> np.ndarray:
+    """Boolean mask of the links :func:`filter_links` keeps (same arguments); checks them first.
+
+    Plots use the mask to draw kept and dropped links apart. The variance columns are needed only
+    when their cut-off is not None.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> links = pd.DataFrame({"correlation": [0.5, -0.6], "fdr": [1e-5, 0.5]})
+    >>> passing_links(links, var_cutoff_atac=None, var_cutoff_rna=None).tolist()
+    [True, False]
+    """
+    needed = ["correlation", "fdr"] + [col for col, cut in (("var_q_atac", var_cutoff_atac),
+                                                           ("var_q_rna", var_cutoff_rna)) if cut is not None]
+    require_columns(links, LINKS, argument=argument, columns=needed)
+    _check_range("cor_cutoff", cor_cutoff, 0.0, 1.0)
+    _check_range("fdr_cutoff", fdr_cutoff, 0.0, 1.0)
+    _check_range("var_cutoff_atac", var_cutoff_atac, 0.0, 1.0, allow_none=True)
+    _check_range("var_cutoff_rna", var_cutoff_rna, 0.0, 1.0, allow_none=True)
+    correlation = links["correlation"].to_numpy(dtype=np.float64)
+    fdr = links["fdr"].to_numpy(dtype=np.float64)
+    # Comparisons with NaN are False, so NaN never passes.
+    keep = (np.abs(correlation) >= cor_cutoff) & (fdr <= fdr_cutoff)
+    if var_cutoff_atac is not None:
+        keep &= links["var_q_atac"].to_numpy(dtype=np.float64) > var_cutoff_atac
+    if var_cutoff_rna is not None:
+        keep &= links["var_q_rna"].to_numpy(dtype=np.float64) > var_cutoff_rna
+    if positive_only:
+        keep &= correlation > 0
+    return keep
 
 
 def filter_links(
@@ -40,9 +83,9 @@ def filter_links(
         Largest FDR (ArchR's ``FDRCutOff``, 1e-4), in [0, 1].
     var_cutoff_atac, var_cutoff_rna
         Variance quantile cut-offs (ArchR's ``varCutOffATAC`` / ``varCutOffRNA``, 0.25), in
-        [0, 1]; ``None`` skips that filter.
+        [0, 1]; ``None`` skips that filter (and the column is then not needed).
     positive_only
-        Keep only positive correlations.
+        Keep only positive correlations (then ``correlation >= cor_cutoff``).
 
     Returns
     -------
@@ -58,33 +101,16 @@ def filter_links(
     >>> filter_links(links).index.tolist(), filter_links(links, positive_only=True).index.tolist()
     ([0, 1], [0])
     """
-    missing = [c for c in _REQUIRED if c not in links.columns]
-    if missing:
-        raise ValueError(f"links is missing columns {missing}; pass the table returned by p2g.tl.peak_to_gene.")
-    _check_range("cor_cutoff", cor_cutoff, 0.0, 1.0)
-    _check_range("fdr_cutoff", fdr_cutoff, 0.0, 1.0)
-    _check_range("var_cutoff_atac", var_cutoff_atac, 0.0, 1.0, allow_none=True)
-    _check_range("var_cutoff_rna", var_cutoff_rna, 0.0, 1.0, allow_none=True)
-    correlation = links["correlation"].to_numpy(dtype=np.float64)
-    fdr = links["fdr"].to_numpy(dtype=np.float64)
-    # Comparisons with NaN are False, so NaN never passes.
-    keep = (np.abs(correlation) >= cor_cutoff) & (fdr <= fdr_cutoff)
-    if var_cutoff_atac is not None:
-        keep &= links["var_q_atac"].to_numpy(dtype=np.float64) > var_cutoff_atac
-    if var_cutoff_rna is not None:
-        keep &= links["var_q_rna"].to_numpy(dtype=np.float64) > var_cutoff_rna
-    if positive_only:
-        keep &= correlation > 0
-    kept = links.loc[keep].copy()
+    cutoffs = {"cor_cutoff": cor_cutoff, "fdr_cutoff": fdr_cutoff, "var_cutoff_atac": var_cutoff_atac,
+               "var_cutoff_rna": var_cutoff_rna, "positive_only": positive_only}
+    kept = links.loc[passing_links(links, **cutoffs)].copy()
     kept.attrs = dict(links.attrs)
-    kept.attrs["filter_links"] = {
-        "cor_cutoff": cor_cutoff, "fdr_cutoff": fdr_cutoff, "var_cutoff_atac": var_cutoff_atac,
-        "var_cutoff_rna": var_cutoff_rna, "positive_only": positive_only,
-    }
+    kept.attrs["filter_links"] = cutoffs
     return kept
 
 
 def _summary(links: pd.DataFrame, by: str) -> pd.DataFrame:
+    require_columns(links, LINKS, argument="links", columns=[by, "correlation", "distance"])
     if links.empty:
         return pd.DataFrame(columns=["n_links", "max_correlation", "strongest_r", "nearest_distance"]).rename_axis(by)
     table = links[[by, "correlation", "distance"]].copy()

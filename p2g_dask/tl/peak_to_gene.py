@@ -25,6 +25,7 @@ import p2g_dask
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask._inputs import Modality, get_obsm, obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
+from p2g_dask._variables import LINK_COLUMNS
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
 from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
@@ -34,10 +35,6 @@ from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import metacells as compute_metacells
 from p2g_dask.tl.pairs import gene_tss, pairs_within, peak_centres
 
-LINK_COLUMNS = [
-    "peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance",
-    "correlation", "t", "pval", "fdr", "var_q_atac", "var_q_rna",
-]
 
 
 def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
