@@ -1,7 +1,8 @@
-"""The stages of ``p2g run``, each timed into the run record."""
+"""The stages of ``p2g run``, each timed into the run record, and the run's progress display."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,23 @@ class _Run:
         self.record["outputs"]["bigwigs"] = self.bigwigs
 
     def plots(self) -> None:
-        from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap, plot_set
+        from p2g_dask.pl import plot_style
 
         options = dict(self.config.get("plots") or {})
         genes = options.pop("genes", []) or []
         group_by = options.pop("group_by", None)
         want_summary = options.pop("summary", True)
         want_heatmap = options.pop("heatmap", True)
-        plot_set()
+        # The style applies to these figures only (drawn and saved inside the context), never
+        # to the caller's global matplotlib rcParams.
+        with plot_style():
+            written = self._draw_plots(genes, group_by, want_summary, want_heatmap, options)
+        self.record["outputs"]["plots"] = written
+
+    def _draw_plots(self, genes: list, group_by: str | None, want_summary: bool, want_heatmap: bool,
+                    options: dict) -> list[str]:
+        from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
+
         written = []
         if want_summary:
             fig, _ = plot_link_summary(self.links)
@@ -139,25 +149,52 @@ class _Run:
                                     exon_annotation=self.exons if len(self.exons) else None, **coverage, **options)
             written.append(_save_figure(fig, self.out / f"browser_{gene}.png", self.overwrite))
         if want_heatmap and group_by:
-            fig, _ = plot_peak2gene_heatmap(self.links, self.store_path, group_by=group_by)
+            fig, _ = plot_peak2gene_heatmap(self.store_path, links=self.links, group_by=group_by)
             written.append(_save_figure(fig, self.out / "peak2gene_heatmap.png", self.overwrite))
-        self.record["outputs"]["plots"] = written
+        return written
+
+
+def stage_line(number: int, total: int, name: str, *, seconds: float | None = None) -> str:
+    """One line of the run's progress display (no newline).
+
+    Each stage is announced on a line of its own, so a stage's Dask progress bar (drawn below it
+    with carriage returns) never shares a line with it.
+
+    Examples
+    --------
+    >>> stage_line(3, 5, "peak_to_gene"), stage_line(3, 5, "peak_to_gene", seconds=12.34)
+    ('[3/5] peak_to_gene ...', '[3/5] peak_to_gene done (12.3 s)')
+    """
+    if seconds is None:
+        return f"[{number}/{total}] {name} ..."
+    return f"[{number}/{total}] {name} done ({seconds:.1f} s)"
+
+
+def _show(line: str) -> None:
+    # Dask's text progress bar draws on stdout and ends by clearing its line; flush it first so
+    # the stage line (stderr, as log lines) starts at the beginning of a line of its own.
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) -> None:
-    """Run the stages the config asks for, in order, timing each."""
-    from tqdm.auto import tqdm
+    """Run the stages the config asks for, in order, timing each.
 
+    With ``progress``: a ``[i/n] stage ...`` line as each stage starts and a ``done`` line when it
+    ends (stderr), and the stage's own Dask progress bar between them.
+    """
     run = _Run(config, client, record, progress)
     stages = ["ingest"]
     if config.get("iterative_lsi", {}) is not False:
         stages.append("iterative_lsi")
     stages.append("peak_to_gene")
     stages += [name for name in ("filter_links", "pseudobulk", "plots") if config.get(name)]
-    with tqdm(total=len(stages), desc="p2g run", unit="stage", disable=not progress, leave=True) as bar:
-        for name in stages:
-            bar.set_description(f"p2g run: {name}")
-            started = time.perf_counter()
-            getattr(run, name)()
-            record["timings"][name] = round(time.perf_counter() - started, 3)
-            bar.update(1)
+    for number, name in enumerate(stages, start=1):
+        if progress:
+            _show(stage_line(number, len(stages), name))
+        started = time.perf_counter()
+        getattr(run, name)()
+        record["timings"][name] = round(time.perf_counter() - started, 3)
+        if progress:
+            _show(stage_line(number, len(stages), name, seconds=record["timings"][name]))

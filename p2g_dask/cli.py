@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,20 +128,34 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from p2g_dask._atomic import atomic_path, check_overwrite
     from p2g_dask.io import read_gene_annotation, read_links
-    from p2g_dask.pl import plot_peak2gene, plot_set
+    from p2g_dask.pl import plot_peak2gene, plot_style
 
     check_overwrite(args.out, args.overwrite, argument="--out")  # before the work, not after it
-    plot_set()
     links = read_links(args.links)
     genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     bigwigs = dict(item.split("=", 1) for item in args.bigwig) if args.bigwig else None
-    fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
-                            exon_annotation=exons if len(exons) else None, group_by=args.group_by,
-                            bigwig_files=bigwigs, fdr_thresh=args.fdr, min_abs_r=args.min_abs_r)
-    with atomic_path(args.out, overwrite=args.overwrite, argument="--out") as tmp:
-        fig.savefig(tmp, format=Path(args.out).suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    with plot_style():
+        fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
+                                exon_annotation=exons if len(exons) else None, group_by=args.group_by,
+                                bigwig_files=bigwigs, fdr_cutoff=args.fdr_cutoff, cor_cutoff=args.cor_cutoff,
+                                positive_only=args.positive_only)
+        with atomic_path(args.out, overwrite=args.overwrite, argument="--out") as tmp:
+            fig.savefig(tmp, format=Path(args.out).suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
     print(args.out)
     return 0
+
+
+class _RenamedOption(argparse.Action):
+    """An old option name that still works for one release, with a FutureWarning naming the new one."""
+
+    def __init__(self, *args, new: str, **kwargs):
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"p2g: the option {option_string} is renamed {self.new}; {option_string} will stop working "
+                      "in the next release.", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,8 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--exons", default=None)
     plot.add_argument("--group-by", default=None)
     plot.add_argument("--bigwig", nargs="*", help="GROUP=FILE.bw ...")
-    plot.add_argument("--fdr", type=float, default=0.01)
-    plot.add_argument("--min-abs-r", type=float, default=0.3)
+    plot.add_argument("--fdr-cutoff", type=float, default=0.01, help="largest FDR of a drawn link (default: %(default)s)")
+    plot.add_argument("--cor-cutoff", type=float, default=0.3,
+                      help="smallest |r| of a drawn link (default: %(default)s)")
+    plot.add_argument("--positive-only", action="store_true", help="draw only positive links")
+    # Old spellings, for one release: they warn and set the new option.
+    plot.add_argument("--fdr", type=float, dest="fdr_cutoff", action=_RenamedOption, new="--fdr-cutoff",
+                      help=argparse.SUPPRESS)
+    plot.add_argument("--min-abs-r", type=float, dest="cor_cutoff", action=_RenamedOption, new="--cor-cutoff",
+                      help=argparse.SUPPRESS)
     plot.add_argument("--out", required=True)
     plot.add_argument("--overwrite", action="store_true")
     plot.set_defaults(func=cmd_plot)

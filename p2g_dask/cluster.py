@@ -33,12 +33,34 @@ VALID_KINDS = ("local", "slurm", "address")
 _DEFAULTS_FILE = Path(__file__).with_name("cluster_defaults.yaml")
 
 
-def _register_defaults() -> None:
+def register_defaults() -> bool:
+    """Register the package's dask config defaults, as dask documents for downstream libraries.
+
+    ``dask.config.update_defaults`` with ``p2g_dask/cluster_defaults.yaml``: values a user set
+    (``~/.config/dask/*.yaml``, ``DASK_*`` variables, ``dask.config.set``) are kept; the file is
+    registered once per process, even if this module is reloaded.
+
+    Returns
+    -------
+    bool
+        True when this call registered the file, False when it was registered already.
+
+    Examples
+    --------
+    >>> register_defaults()  # done when p2g_dask.cluster was imported
+    False
+    >>> dask.config.get("p2g.cluster.host")
+    '127.0.0.1'
+    """
     with open(_DEFAULTS_FILE) as f:
-        dask.config.update_defaults(yaml.safe_load(f))
+        defaults = yaml.safe_load(f)
+    if defaults in dask.config.defaults:
+        return False
+    dask.config.update_defaults(defaults)
+    return True
 
 
-_register_defaults()
+register_defaults()
 
 
 def _underscore(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi
             "filter_links", "pseudobulk", "plots")
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
               "mod_atac", "mod_rna", "truth")
-_SET_BY_PIPELINE = {"atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
+_SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
                     "path_to_fragments", "chromsizes", "bigwig_path", "show", "ax", "gene", "overwrite",
                     "show_progress", "mod_atac", "mod_rna"}
 _PLOT_KEYS = ("genes", "group_by", "summary", "heatmap")
@@ -54,7 +54,9 @@ def _check_keys(section: str, given: Mapping, allowed) -> None:
 
 
 def _function_keys(function: Callable) -> set[str]:
-    return set(inspect.signature(function).parameters) - _SET_BY_PIPELINE
+    # Old names of renamed arguments stay valid config keys for one release (they warn when used).
+    old_names = set(getattr(function, "renamed_arguments", {}))
+    return (set(inspect.signature(function).parameters) | old_names) - _SET_BY_PIPELINE
 
 
 def load_config(config: str | os.PathLike | Mapping) -> dict:
@@ -141,7 +143,7 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
         A ``distributed.Client`` to use; otherwise one is started from the ``cluster`` section
         (LocalCluster by default) and closed at the end.
     progress
-        Show a progress bar per stage and for the Dask graphs.
+        Announce each stage on its own line (stderr) and show the Dask progress of its graphs.
 
     Returns
     -------
@@ -151,8 +153,8 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
 
     Examples
     --------
-    >>> # doctest: +SKIP
-    >>> run_pipeline("deploy/example-config.yaml")["timings"]
+    >>> # Not run: the example config runs the whole pipeline on a cluster (minutes).
+    >>> run_pipeline("deploy/example-config.yaml")["timings"]  # doctest: +SKIP
     """
     from p2g_dask import _stages
 

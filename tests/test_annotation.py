@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -413,3 +414,26 @@ def test_genome__mm10_chrom_sizes():
     assert sizes["chrM"] == 16_299 and sizes["chr1"] == 195_471_971
     sizes["chr1"] = 1  # a copy: the shipped table cannot be changed by accident
     assert p2g.genome.mm10.chrom_sizes["chr1"] == 195_471_971
+
+
+NUMERIC_IDS_GFF3 = """\
+##gff-version 3
+chr1  RefSeq  gene  101  500  .  +  .  ID=1;gene_name=ONE
+chr1  RefSeq  mRNA  101  500  .  +  .  ID=11;Parent=1
+chr1  RefSeq  exon  101  200  .  +  .  ID=111;Parent=11
+chr1  RefSeq  exon  301  500  .  +  .  ID=112;Parent=11
+chr2  RefSeq  gene  1001  2000  .  -  .  ID=2
+chr2  RefSeq  exon  1001  2000  .  -  .  ID=211;Parent=2
+"""
+
+
+def test_read_gene_annotation__numeric_ids_no_pandas_futurewarning(tmp_path):
+    # Numeric ids made pandas' fillna downcast object columns, with a FutureWarning on each read.
+    path = _write(tmp_path / "numeric.gff3", NUMERIC_IDS_GFF3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        genes, exons = read_gene_annotation(path)
+    assert genes[["gene_name", "chrom", "start", "end"]].values.tolist() == [["ONE", "chr1", 100, 500],
+                                                                            ["2", "chr2", 1000, 2000]]
+    assert exons.groupby("gene_name")["start"].apply(list).to_dict() == {"2": [1000], "ONE": [100, 300]}
+    assert _gff._first_of(pd.DataFrame({"a": [np.nan, np.nan], "b": [np.nan, 1.0]}), ["a", "b"]).dtype == object

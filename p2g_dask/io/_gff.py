@@ -86,12 +86,28 @@ def _prefilter(path: Path, out: Path) -> int:
     return kept
 
 
+def _fill_missing(values: pd.Series, other: pd.Series) -> pd.Series:
+    """``values`` with its missing entries taken from ``other``, as text/object (never downcast).
+
+    ``Series.fillna`` on object columns downcasts (e.g. to float when every value is numeric),
+    which pandas deprecates with a FutureWarning; ids must stay objects either way.
+    """
+    left = values.to_numpy(dtype=object)
+    # Same index (possibly with repeats after an explode): align by position, else by label.
+    right = (other if other.index.equals(values.index) else other.reindex(values.index)).to_numpy(dtype=object)
+    take = pd.isna(left) & ~pd.isna(right)
+    out = left.copy()
+    out[take] = right[take]
+    out[pd.isna(out)] = pd.NA
+    return pd.Series(out, index=values.index, dtype=object)
+
+
 def _first_of(df: pd.DataFrame, columns: list[str]) -> pd.Series:
     """Per row, the first non-missing value among ``columns`` (missing columns are skipped)."""
     out = pd.Series(pd.NA, index=df.index, dtype=object)
     for col in columns:
         if col in df.columns:
-            out = out.fillna(df[col].astype(object).where(df[col].notna()))
+            out = _fill_missing(out, df[col])
     return out
 
 
@@ -139,9 +155,9 @@ def _genes_and_exons(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.Data
             exons = exons.explode("transcript_id")
         gene_ids = set(gene_key[is_gene].dropna())
         direct = exons["transcript_id"].where(exons["transcript_id"].isin(gene_ids))
-        exons["gene_key"] = exons["transcript_id"].map(tx_gene).fillna(direct)
+        exons["gene_key"] = _fill_missing(exons["transcript_id"].map(tx_gene), direct)
         if "gene_id" in exons.columns:
-            exons["gene_key"] = exons["gene_key"].fillna(exons["gene_id"])
+            exons["gene_key"] = _fill_missing(exons["gene_key"], exons["gene_id"])
         tags = pd.Series(df.loc[is_tx, "tag"].to_numpy(), index=ids[is_tx].to_numpy()) if "tag" in df.columns else None
     else:
         gene_key = df["gene_id"].astype(object) if "gene_id" in df.columns else missing
@@ -158,7 +174,7 @@ def _genes_and_exons(df: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.Data
     else:
         exons["tags"] = pd.NA
     if "tag" in exons.columns:
-        exons["tags"] = exons["tags"].fillna(exons["tag"])
+        exons["tags"] = _fill_missing(exons["tags"], exons["tag"])
     exons = exons[exons["gene_key"].notna()]
 
     genes = df[is_gene].copy()
@@ -212,7 +228,7 @@ def select_exons(exons: pd.DataFrame, exon_model: str) -> pd.DataFrame:
         tx = exons.drop_duplicates(["gene_key", "transcript_id"])[["gene_key", "transcript_id", "tags"]]
         rank = pd.Series(len(_CANONICAL_TAGS), index=tx.index)
         for i, tag in reversed(list(enumerate(_CANONICAL_TAGS))):
-            has = tx["tags"].fillna("").str.contains(rf"(?:^|,){tag}(?:,|$)", regex=True)
+            has = tx["tags"].astype(object).where(tx["tags"].notna(), "").astype(str).str.contains(rf"(?:^|,){tag}(?:,|$)", regex=True)
             rank[has] = i
         tx = tx.assign(rank=rank)[rank < len(_CANONICAL_TAGS)]
         chosen = tx.sort_values(["rank"], kind="stable").drop_duplicates("gene_key")

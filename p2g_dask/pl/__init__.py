@@ -7,6 +7,7 @@ _EXPORTS = {
     "plot_link_summary": "summary",
     "plot_peak2gene_heatmap": "heatmap",
     "plot_set": "style",
+    "plot_style": "style",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,8 @@
-"""Tools: metacells, peak-to-gene links, iterative LSI, pseudobulk coverage."""
+"""Tools: metacells, peak-to-gene links, link filters, iterative LSI, pseudobulk coverage.
+
+Public names resolve lazily to their module (``_EXPORTS``); the metacell aggregation of
+``peak_to_gene`` (``p2g_dask.tl.aggregate``) is internal and not exported.
+"""
 
 from p2g_dask._lazy import lazy_exports
 
@@ -6,7 +10,6 @@ _EXPORTS = {
     "metacells": "metacells",
     "metacell_membership": "metacells",
     "overlap_filter": "metacells",
-    "aggregate_metacells": "aggregate",
     "candidate_pairs": "pairs",
     "correlate_pairs": "correlate",
     "benjamini_hochberg": "correlate",
