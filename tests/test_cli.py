@@ -126,3 +126,65 @@ def test_p2g_demo__writes_every_output(tmp_path, capsys):
     for path in bigwigs.values():
         with pybigtools.open(path) as bw:
             assert sum(1 for _ in bw.records("chr1")) > 0
+
+
+def _rendered_lines(text: str) -> list[str]:
+    """What a terminal shows: per line, the text after the last carriage return, escapes dropped."""
+    import re
+
+    lines = []
+    for raw in text.split("\n"):
+        shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", raw).split("\r")[-1]
+        lines.append(shown)
+    return lines
+
+
+def test_p2g_run__stage_lines_not_interleaved_with_dask_progress(inputs, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, _ = inputs
+    config = _config(folder, tmp_path / "progress")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    done = subprocess.run([sys.executable, "-m", "p2g_dask.cli", "run", str(config)], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    shown = _rendered_lines(done.stdout)
+    stages = ["ingest", "peak_to_gene", "filter_links"]
+    for number, stage in enumerate(stages, start=1):
+        # Each stage line is intact and alone on its line, start and end.
+        assert f"[{number}/3] {stage} ..." in shown, shown
+        assert any(re.fullmatch(rf"\[{number}/3\] {stage} done \(\d+\.\d s\)", line) for line in shown), shown
+    # The Dask progress of peak_to_gene was drawn, on lines of its own.
+    assert "Completed" in done.stdout
+    assert not [line for line in shown if "Completed" in line and re.search(r"\[\d/3\] ", line)]
+    starts = [shown.index(f"[{n}/3] {s} ...") for n, s in enumerate(stages, start=1)]
+    assert starts == sorted(starts)
+
+
+def test_p2g_plot__old_option_names_warn_and_set_new(tmp_path):
+    from p2g_dask.cli import build_parser
+
+    base = ["plot", "store.zarr", "--links", "l.parquet", "--gene", "A", "--genes", "g.tsv", "--out", "x.png"]
+    args = build_parser().parse_args(base + ["--fdr-cutoff", "0.2", "--cor-cutoff", "0.4", "--positive-only"])
+    assert (args.fdr_cutoff, args.cor_cutoff, args.positive_only) == (0.2, 0.4, True)
+    with pytest.warns(FutureWarning, match="--fdr is renamed --fdr-cutoff"):
+        args = build_parser().parse_args(base + ["--fdr", "0.2"])
+    assert args.fdr_cutoff == 0.2
+    with pytest.warns(FutureWarning, match="--min-abs-r is renamed --cor-cutoff"):
+        args = build_parser().parse_args(base + ["--min-abs-r", "0.4"])
+    assert args.cor_cutoff == 0.4
+
+
+def test_load_config__old_plot_argument_names_still_accepted(inputs, tmp_path):
+    from p2g_dask.pipeline import load_config
+
+    folder, _ = inputs
+    config = load_config(_config(folder, tmp_path / "old", plots={"fdr_thresh": 0.1, "min_abs_r": 0.2}))
+    assert config["plots"] == {"fdr_thresh": 0.1, "min_abs_r": 0.2}
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(_config(folder, tmp_path / "bad", plots={"fdr_threshold": 0.1}))
