@@ -75,6 +75,7 @@ class Genome:
         Examples
         --------
         >>> import p2g_dask as p2g
+        >>> # Not run: downloads GENCODE's hg38 annotation (~50 MB) on first use.
         >>> gff = p2g.genome.hg38.annotation  # doctest: +SKIP
         >>> genes, exons = p2g.io.read_gene_annotation(gff)  # doctest: +SKIP
         """
@@ -98,6 +99,7 @@ class Genome:
         Examples
         --------
         >>> import p2g_dask as p2g
+        >>> # Not run: downloads GENCODE's hg38 annotation (~50 MB) on first use.
         >>> genes, exons = p2g.genome.hg38.gene_annotation(gene_types=["protein_coding"])  # doctest: +SKIP
         """
         from p2g_dask.io.annotation import read_gene_annotation

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import logging
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 import p2g_dask as p2g
-from p2g_dask.tl import _cluster_cells, _lsi_kernels, lsi
 from p2g_dask.tl._cluster_cells import leiden_clusters
 from p2g_dask.tl._lsi_kernels import (
     project_block, sample_cells, sparse_svd, top_accessible, variable_features,
@@ -433,9 +431,3 @@ def test_iterative_lsi__real_pbmc_projection_matches_numpy():
     corr = np.array([abs_corr(scaled[:, c], log_depth) for c in range(8)])
     np.testing.assert_allclose(info["depth_correlation"], corr, atol=1e-9)
     np.testing.assert_allclose(emb, scaled[:, corr <= 0.75], rtol=1e-7, atol=1e-7)
-
-
-@pytest.mark.parametrize("module", [lsi, _lsi_kernels, _cluster_cells])
-def test_docstring_examples__run(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0

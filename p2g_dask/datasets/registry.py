@@ -272,6 +272,7 @@ def fetch(name: str, *, datasets: pooch.Pooch | None = None, progressbar: bool =
     Examples
     --------
     >>> import p2g_dask as p2g
+    >>> # Not run: downloads the file (~50 MB) on first use.
     >>> gff = p2g.datasets.fetch("gencode_v41_GRCh38.gff3.gz")  # doctest: +SKIP
     """
     datasets = datasets if datasets is not None else register_datasets()
@@ -310,6 +311,7 @@ def pbmc10k_multiome(
     Examples
     --------
     >>> import p2g_dask as p2g
+    >>> # Not run: downloads 10x Genomics' PBMC 10k multiome files (GBs) on first use.
     >>> atac = p2g.datasets.pbmc10k_multiome("ATAC")  # doctest: +SKIP
     >>> fragments = p2g.datasets.pbmc10k_multiome("fragments")  # doctest: +SKIP
     """
