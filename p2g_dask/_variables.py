@@ -144,7 +144,7 @@ def require_columns(table: Any, schema: TableSchema, *, argument: str,
     >>> require_columns(links, LINKS, argument="links", columns=["gene", "fdr"])
     Traceback (most recent call last):
     ...
-    ValueError: links is missing columns ['fdr']; it has ['gene', 'correlation']. A links table needs gene, fdr: pass the table returned by p2g.tl.peak_to_gene (or read by p2g.io.read_links).
+    ValueError: links is missing columns ['fdr']; it has ['gene', 'correlation']. The links table needs gene, fdr: pass the table returned by p2g.tl.peak_to_gene (or read by p2g.io.read_links).
     """
     needed = schema.names if columns is None else list(columns)
     unknown = [c for c in needed if c not in schema.names]
@@ -155,7 +155,7 @@ def require_columns(table: Any, schema: TableSchema, *, argument: str,
                         f"{type(table).__name__}: {schema.fix}.")
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise ValueError(f"{argument} is missing columns {missing}; it has {list(table.columns)}. A "
+        raise ValueError(f"{argument} is missing columns {missing}; it has {list(table.columns)}. The "
                          f"{schema.name} table needs {', '.join(needed)}: {schema.fix}.")
     return table
 
