@@ -61,7 +61,8 @@ def write_links(
     overwrite
         Replace an existing file.
     options
-        Passed to the browser-format writer (e.g. ``fdr_thresh``).
+        Passed to the browser-format writer (e.g. ``header=False`` for bedpe, ``track_line=False``
+        for interact); filter the table first (:func:`p2g_dask.tl.filter_links`).
 
     Returns
     -------

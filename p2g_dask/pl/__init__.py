@@ -1,4 +1,5 @@
-"""Plots on collected results: ArchR-style browser tracks, link summaries, heatmaps."""
+"""Plots on collected results: ArchR-style browser tracks, link summaries, heatmaps, and the print
+style (``plot_style`` for a block, ``plot_set`` globally)."""
 
 from p2g_dask._lazy import lazy_exports
 
