@@ -13,6 +13,7 @@ of the lazy ``X`` are logical (any chunking can be read), chosen by a target of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -29,7 +30,9 @@ import zarr
 
 import p2g_dask
 from p2g_dask._atomic import atomic_path
+from p2g_dask._graph import StoreRange, row_bounds, store_array
 from p2g_dask._logging import logger, timed
+from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._sources import RowSource, open_sources
 
@@ -37,32 +40,22 @@ from p2g_dask.io._sources import RowSource, open_sources
 DEFAULT_CHUNK_BYTES = 96 * 2**20
 _ZARR_ELEMENT_CHUNK = 2**20
 
-ad.settings.zarr_write_format = 3
-try:  # the setting exists from anndata 0.12; deciding it explicitly silences its warning
-    ad.settings.auto_shard_zarr_v3 = False
-except AttributeError:  # pragma: no cover
-    pass
+
+
+@contextlib.contextmanager
+def _zarr_v3_writes():
+    """anndata's settings for writing a store (Zarr v3, no auto-sharding), only while writing.
+
+    Applied as a context, not at import, so importing p2g_dask leaves the process's anndata
+    settings as the user set them. Deciding ``auto_shard_zarr_v3`` explicitly silences its warning.
+    """
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+        yield
 
 
 def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES, bytes_per_nnz: int = 8) -> int:
     """Cells per row chunk so that one chunk holds about ``chunk_bytes`` of CSR data."""
     return int(max(256, min(200_000, chunk_bytes // max(1.0, row_nnz_mean * bytes_per_nnz))))
-
-
-def _validate_block(block: sp.csr_matrix, name: str, first_row: int) -> None:
-    data = block.data
-    if data.size and not np.isfinite(data).all():
-        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(~np.isfinite(data))[0], side="right") - 1)
-        raise ValueError(
-            f"{name} counts contain non-finite values (NaN or inf), first in cell row {row}; "
-            "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
-        )
-    if data.size and data.min() < 0:
-        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(data < 0)[0], side="right") - 1)
-        raise ValueError(
-            f"{name} counts contain negative values (min {data.min()}), first in cell row {row}; "
-            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
-        )
 
 
 def _compressors():
@@ -97,7 +90,7 @@ def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chun
         block = sp.csr_matrix(block[np.argsort(order, kind="stable")])
         block.sum_duplicates()
         block.sort_indices()
-        _validate_block(block, source.name, start)
+        check_counts(block, f"{source.name} counts contain", first_row=start)
         if block.dtype != dtype:
             if dtype == np.int32 and block.data.size and block.data.max() > np.iinfo(np.int32).max:
                 raise ValueError(f"{source.name} counts exceed the int32 range; store them as float.")
@@ -197,7 +190,7 @@ def ingest(
                 chunk_cells = chunk_cells_for(mean_nnz)
             if chunk_cells < 1:
                 raise ValueError(f"chunk_cells={chunk_cells} must be a positive number of cells.")
-            with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
+            with atomic_path(path, overwrite=overwrite, argument="path") as tmp, _zarr_v3_writes():
                 root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
                 root.attrs.update(
                     {
@@ -233,7 +226,8 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
     staged = f"{_STAGED}{uuid.uuid4().hex[:8]}_{key}"
     target = folder / key
     try:
-        ad.io.write_elem(group, staged, value)
+        with _zarr_v3_writes():
+            ad.io.write_elem(group, staged, value)
         if target.exists():
             old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
             os.replace(target, old)
@@ -246,17 +240,8 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
         raise
 
 
-def read_csr_raw(path: str, modality: str, start: int, stop: int, n_vars: int) -> tuple:
-    """Rows ``start:stop`` of a store matrix as ``(data, indices, indptr, n_vars)`` arrays."""
-    group = zarr.open_group(path, mode="r")[f"{modality}/X"]
-    indptr = group["indptr"][start : stop + 1]
-    lo, hi = int(indptr[0]), int(indptr[-1])
-    return group["data"][lo:hi], group["indices"][lo:hi], indptr - lo, n_vars
-
-
 def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
-    data, indices, indptr, _ = read_csr_raw(path, modality, start, stop, n_vars)
-    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_vars))
+    return StoreRange(path, modality, start, stop, n_vars).read().to_csr()
 
 
 class StoreModality:
@@ -286,8 +271,7 @@ class StoreModality:
 
     def row_chunks(self, chunk_cells: int | None = None) -> list[tuple[int, int]]:
         """``(start, stop)`` cell-row ranges of the chunks."""
-        step = chunk_cells or self.chunk_cells
-        return [(s, min(s + step, self.n_obs)) for s in range(0, self.n_obs, step)]
+        return row_bounds(self.n_obs, chunk_cells or self.chunk_cells)
 
     @property
     def X(self) -> da.Array:
@@ -295,15 +279,8 @@ class StoreModality:
         return self.lazy_X()
 
     def lazy_X(self, chunk_cells: int | None = None) -> da.Array:
-        bounds = self.row_chunks(chunk_cells)
-        token = dask.base.tokenize(self.path, self.name, bounds, os.path.getmtime(self.path))
-        name = f"p2g-read-{self.name}-{token}"
-        graph = {
-            (name, i, 0): (_read_csr_rows, self.path, self.name, s, e, self.n_vars) for i, (s, e) in enumerate(bounds)
-        }
-        chunks = (tuple(e - s for s, e in bounds) or (0,), (self.n_vars,))
-        meta = sp.csr_matrix((0, 0), dtype=self.dtype)
-        return da.Array(graph, name, chunks, meta=meta)
+        """Cells x features as a dask array of scipy CSR row chunks of ``chunk_cells`` rows."""
+        return store_array(self.path, self.name, self.n_vars, self.row_chunks(chunk_cells), self.dtype)
 
     @property
     def obsm(self) -> dict[str, np.ndarray]:
