@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._sources import require_modality
 from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
@@ -101,8 +102,8 @@ def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None, validat
 def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> None:
     """Raise when in-memory counts hold NaN, inf or negative values (naming the first cell).
 
-    Checked before any graph is built, so bad input fails at once rather than deep inside a
-    task (or, worse, silently as NaN correlations). Backed matrices are checked while ingested.
+    Checked before any graph is built (:func:`p2g_dask._variables.check_counts`), so bad input
+    fails at once rather than deep inside a task. Backed matrices are checked while ingested.
 
     Examples
     --------
@@ -111,32 +112,7 @@ def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> Non
     ...
     ValueError: rna counts contain negative values (min -1), first in cell row 1; p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts']).
     """
-    if sp.issparse(x):
-        values, row_of = x.data, lambda i: int(np.searchsorted(x.indptr, i, side="right") - 1)
-    elif isinstance(x, np.ndarray):
-        values, row_of = np.asarray(x).ravel(), lambda i: int(i // max(1, x.shape[-1]))
-    else:
-        return  # backed / lazy matrices are validated block by block where they are read
-    if values.size == 0 or values.dtype == bool:
-        return
-
-    def where(i: int) -> str:
-        row = row_of(i)
-        cell = f" ({obs_names[row]!r})" if obs_names is not None and row < len(obs_names) else ""
-        return f"first in cell row {row}{cell}"
-
-    if np.issubdtype(values.dtype, np.floating):
-        finite = np.isfinite(values)
-        if not finite.all():
-            raise ValueError(
-                f"{name} counts contain non-finite values (NaN or inf), {where(int(np.argmin(finite)))}; "
-                "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
-            )
-    if np.issubdtype(values.dtype, np.number) and values.min() < 0:
-        raise ValueError(
-            f"{name} counts contain negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; "
-            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
-        )
+    check_counts(x, f"{name} counts contain", obs_names=obs_names)
 
 
 def resolve_input(
