@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
-from p2g_dask.io._sources import require_modality
+from p2g_dask.io._sources import is_mudata, require_modality
 from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
 
 
@@ -46,14 +46,6 @@ class Modality:
         if self.store is not None:
             return self.store.nnz
         return int(self.X.nnz) if sp.issparse(self.X) else int(np.count_nonzero(self.X))
-
-
-def _is_mudata(obj: Any) -> bool:
-    try:
-        import mudata as md
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, md.MuData)
 
 
 def _read_path(obj: Any) -> Any:
@@ -134,7 +126,7 @@ def resolve_input(
         atac_mod = Modality("atac", data.atac.obs, data.atac.var, store=data.atac)
         rna_mod = Modality("rna", data.rna.obs, data.rna.var, store=data.rna)
         return atac_mod, rna_mod, extra_obsm
-    if _is_mudata(data):
+    if is_mudata(data):
         mdata = data
         data = mudata_modality(mdata, mod_atac, "mod_atac")
         if rna is None and mod_rna in mdata.mod:
@@ -177,10 +169,21 @@ def obs_names_hash(obs_names: pd.Index) -> str:
 
 
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
-    """The cell table of an AnnData, a MuData's ATAC modality, or a store.
+    """The cell table of a DataFrame (itself), an AnnData, a MuData's ATAC modality, or a store.
 
     For an ``.h5ad`` / ``.h5mu`` path only the ``obs`` table is read, not the matrices.
+
+    Examples
+    --------
+    >>> get_obs(ad.AnnData(obs=pd.DataFrame({"g": [1]}, index=["c1"]))).index.tolist()
+    ['c1']
     """
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, ad.AnnData):
+        return data.obs
+    if is_mudata(data):
+        return mudata_modality(data, mod_atac, "mod_atac").obs
     if isinstance(data, (str, os.PathLike)) and os.fspath(data).lower().endswith((".h5ad", ".h5mu")):
         return _read_obs_only(os.fspath(data), mod_atac)
     atac, _, _ = resolve_input(data, None, mod_atac=mod_atac, validate=False)

@@ -29,7 +29,6 @@ class RowSource:
     var: pd.DataFrame
     read_rows: Callable[[np.ndarray], sp.csr_matrix]
     obsm: dict[str, Any] = field(default_factory=dict)
-    uns: dict[str, Any] = field(default_factory=dict)
     row_nnz: np.ndarray | None = None
 
     @property
@@ -133,10 +132,6 @@ def open_sources(
 ) -> tuple[RowSource, RowSource, list]:
     """Resolve the inputs of ``ingest`` into two row sources; returns open handles to close."""
     handles: list = []
-    try:
-        import mudata as md
-    except ImportError:  # pragma: no cover - mudata is a dependency
-        md = None
 
     def from_anndata(adata: ad.AnnData, name: str) -> RowSource:
         x = adata.X
@@ -151,7 +146,7 @@ def open_sources(
     def open_one(obj, name, mod):
         if isinstance(obj, ad.AnnData):
             return from_anndata(obj, name)
-        if md is not None and isinstance(obj, md.MuData):
+        if is_mudata(obj):
             require_modality(mod, obj.mod, argument=f"mod_{name}", where="the MuData")
             return from_anndata(obj.mod[mod], name)
         path = Path(os.fspath(obj))
@@ -178,7 +173,7 @@ def open_sources(
         single = rna is None
         if single:
             path = None if isinstance(atac, ad.AnnData) else atac
-            if md is not None and isinstance(atac, md.MuData):
+            if is_mudata(atac):
                 return open_one(atac, "atac", mod_atac), open_one(atac, "rna", mod_rna), handles
             if path is not None and str(path).lower().endswith(".h5") and not str(path).lower().endswith(".h5ad"):
                 sources, handle = _read_10x_h5(Path(path))
@@ -198,6 +193,13 @@ def open_sources(
         for handle in handles:
             handle.close()
         raise
+
+
+def is_mudata(obj: Any) -> bool:
+    """True for a ``mudata.MuData``: the one MuData test of the package."""
+    import mudata as md
+
+    return isinstance(obj, md.MuData)
 
 
 def require_modality(mod: str, mods, *, argument: str, where: str) -> None:
