@@ -58,6 +58,11 @@ def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     return int(max(256, min(200_000, chunk_bytes // max(1.0, row_nnz_mean * bytes_per_nnz))))
 
 
+def _validate_block(block: sp.csr_matrix, name: str, first_row: int) -> None:
+    # One block of an ingested modality; a module-level step so fault tests can stall it.
+    check_counts(block, f"{name} counts contain", first_row=first_row)
+
+
 def _compressors():
     # Blosc-LZ4 with byte shuffle reads ~3x faster than zarr's default zstd on CSR arrays
     # (measured: 161 vs 47 M nonzeros/s) and is smaller too.
@@ -90,7 +95,7 @@ def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chun
         block = sp.csr_matrix(block[np.argsort(order, kind="stable")])
         block.sum_duplicates()
         block.sort_indices()
-        check_counts(block, f"{source.name} counts contain", first_row=start)
+        _validate_block(block, source.name, start)
         if block.dtype != dtype:
             if dtype == np.int32 and block.data.size and block.data.max() > np.iinfo(np.int32).max:
                 raise ValueError(f"{source.name} counts exceed the int32 range; store them as float.")
