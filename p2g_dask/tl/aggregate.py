@@ -17,7 +17,6 @@ from dask.delayed import Delayed, delayed
 
 from p2g_dask import _graph
 from p2g_dask._inputs import Modality
-from p2g_dask.io.store import chunk_cells_for
 from p2g_dask.tl._kernels import metacell_sum_block, normalize_log2
 from p2g_dask.tl.metacells import metacell_membership
 
@@ -51,24 +50,6 @@ def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[
     block = sp.csr_matrix(membership[:, start:stop])
     block.sort_indices()
     return block.indptr.astype(np.int64), block.indices.astype(np.int64)
-
-
-def row_blocks(modality: Modality, chunk_cells: int | None = None, *,
-               fused: bool = False) -> tuple[list[Delayed], list[tuple[int, int]]]:
-    """The modality's rows as delayed blocks (:mod:`p2g_dask._graph`) and their ``(start, stop)``.
-
-    A store is read by the tasks (``fused``: by the task that uses the rows); in-memory counts
-    go into the graph as :class:`p2g_dask._graph.Rows` literals.
-    """
-    if modality.store is not None:
-        store = modality.store
-        bounds = store.row_chunks(chunk_cells)
-        return _graph.store_blocks(store.path, store.name, store.n_vars, bounds, fused=fused), bounds
-    if chunk_cells is None:
-        chunk_cells = chunk_cells_for(modality.nnz / max(1, modality.n_obs))
-    bounds = _graph.row_bounds(modality.n_obs, chunk_cells)
-    token = tokenize(modality.name, id(modality.X), modality.X.shape, modality.nnz, bounds)
-    return _graph.memory_blocks(modality.X, bounds, token), bounds
 
 
 def metacell_sums(
@@ -164,7 +145,7 @@ def membership_sums(
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
     # One column block: the summing task reads its rows itself, so no chunk waits in worker
     # memory between a read task and its sum (memory stays flat with cells).
-    chunks, bounds = row_blocks(modality, chunk_cells, fused=len(column_blocks) == 1)
+    chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
     token = tokenize(modality.name, token if token is not None else membership, bounds, str(dtype),
                      column_blocks, [c.key for c in chunks])
     # Chunks are folded into a few accumulators ("lanes") per column block, each a chain of
