@@ -52,17 +52,7 @@ def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[
     return block.indptr.astype(np.int64), block.indices.astype(np.int64)
 
 
-def metacell_sums(
-    modality: Modality,
-    neighbours: np.ndarray,
-    *,
-    chunk_cells: int | None = None,
-    split_every: int = 4,
-    lanes: int | None = None,
-    block_bytes: int = 256 * 2**20,
-    dtype=np.float32,
-    client: Any = None,
-) -> tuple[list[ColumnBlock], Delayed]:
+def metacell_sums(modality: Modality, neighbours: np.ndarray, **options: Any) -> tuple[list[ColumnBlock], Delayed]:
     """Lazy metacell sums of a modality and their per-metacell totals.
 
     Parameters
@@ -71,19 +61,9 @@ def metacell_sums(
         Counts in memory or in a store (see ``p2g_dask._inputs.resolve_input``).
     neighbours
         ``(n_metacells, k)`` cell indices (from :func:`p2g_dask.tl.metacells`).
-    chunk_cells
-        Cells per task; from ~96 MiB of CSR per chunk when None.
-    split_every
-        Fan-in of the tree reduction of the lanes' accumulators.
-    lanes
-        Accumulators that chunks are folded into (default: the cluster's worker threads, or
-        the local cores up to 4); memory is ``lanes x metacells x features``.
-    block_bytes
-        Largest accumulator: features are summed in column blocks of about this many bytes.
-    dtype
-        Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
-    client
-        The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
+    **options
+        ``chunk_cells``, ``split_every``, ``lanes``, ``block_bytes``, ``dtype``, ``client``:
+        see :func:`membership_sums`.
 
     Returns
     -------
@@ -105,8 +85,7 @@ def metacell_sums(
     """
     neighbours = np.asarray(neighbours)
     membership = metacell_membership(neighbours, modality.n_obs)
-    return membership_sums(modality, membership, chunk_cells=chunk_cells, split_every=split_every, lanes=lanes,
-                           block_bytes=block_bytes, dtype=dtype, client=client, token=tokenize(neighbours))
+    return membership_sums(modality, membership, token=tokenize(neighbours), **options)
 
 
 def membership_sums(
@@ -125,8 +104,35 @@ def membership_sums(
 
     ``membership`` is any groups x cells 0/1 matrix: the metacells of one run, or several
     memberships stacked by rows (``scipy.sparse.vstack``), which are then summed in the same
-    single pass and split by row ranges afterwards. Other arguments as :func:`metacell_sums`;
-    ``token`` names the membership in the task keys (hashed from it when None).
+    single pass and split by row ranges afterwards.
+
+    Parameters
+    ----------
+    modality
+        Counts in memory or in a store (see ``p2g_dask._inputs.resolve_input``).
+    membership
+        Groups x cells sparse matrix.
+    chunk_cells
+        Cells per task; from ~96 MiB of CSR per chunk when None.
+    split_every
+        Fan-in of the tree reduction of the lanes' accumulators.
+    lanes
+        Accumulators that chunks are folded into (default: the cluster's worker threads, or
+        the local cores up to 4); memory is ``lanes x groups x features``.
+    block_bytes
+        Largest accumulator: features are summed in column blocks of about this many bytes.
+    dtype
+        Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
+    client
+        The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
+    token
+        Names the membership in the task keys (hashed from it when None).
+
+    Returns
+    -------
+    (list of ColumnBlock, Delayed)
+        The column blocks of the sums (groups x features) and the group ``totals`` over all
+        features, in float64.
 
     Examples
     --------

@@ -2,10 +2,10 @@
 
 Graph (task key prefixes as they appear on the dashboard)::
 
-    p2g-read-{atac,rna}          row chunks of the store (or p2g-input-* in-memory slices)
-    p2g-metacell-sum-{atac,rna}  partial metacell sums per chunk, tree-reduced
+    p2g-read / p2g-rows          row chunks of the store (or p2g-input-* in-memory Rows)
+    p2g-metacell-sum             partial metacell sums per chunk, tree-reduced (_graph.tree_sum)
     p2g-feature-variance-*       variance of every normalised feature -> quantiles
-    p2g-columns-{atac,rna}       one chromosome's columns (only these move between workers)
+    p2g-columns                  one chromosome's columns (only these move between workers)
     p2g-correlate                one task per chromosome: candidate pairs, r, t, p
     p2g-links                    Benjamini-Hochberg over all pairs, the final table
 """
