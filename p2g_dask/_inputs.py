@@ -7,71 +7,18 @@ Every public entry point goes through :func:`resolve_input`, so the same input f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
-import dask.base
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from p2g_dask import _graph
 from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._sources import is_mudata, require_modality
-from p2g_dask.io.store import MultiomeStore, StoreModality, chunk_cells_for, is_store, open_store
-
-
-@dataclass
-class Modality:
-    """One modality over the analysed cells: counts in memory or in a store, plus tables."""
-
-    name: str
-    obs: pd.DataFrame
-    var: pd.DataFrame
-    X: Any = None
-    store: StoreModality | None = None
-    obsm: Any = field(default_factory=dict)
-    adata: ad.AnnData | None = None
-
-    @property
-    def n_obs(self) -> int:
-        return self.obs.shape[0]
-
-    @property
-    def n_vars(self) -> int:
-        return self.var.shape[0]
-
-    @property
-    def nnz(self) -> int:
-        if self.store is not None:
-            return self.store.nnz
-        return int(self.X.nnz) if sp.issparse(self.X) else int(np.count_nonzero(self.X))
-
-    def blocks(self, chunk_cells: int | None = None, *, fused: bool = False) -> tuple[list, list[tuple[int, int]]]:
-        """The rows as delayed blocks (:mod:`p2g_dask._graph`) and their ``(start, stop)``.
-
-        The one row-block interface of every tool: a store is read by the tasks (``fused``: by
-        the task that uses the rows, through ``_graph.load``); in-memory counts go into the
-        graph as :class:`p2g_dask._graph.Rows` literals. ``chunk_cells`` defaults to the store's
-        chunking, or ~96 MiB of CSR per block in memory.
-
-        Examples
-        --------
-        >>> mod = Modality("rna", pd.DataFrame(index=list("abc")), pd.DataFrame(index=["g"]), X=np.ones((3, 1)))
-        >>> blocks, bounds = mod.blocks(2)
-        >>> bounds, [b.compute().n_rows for b in blocks]
-        ([(0, 2), (2, 3)], [2, 1])
-        """
-        if self.store is not None:
-            bounds = self.store.row_chunks(chunk_cells)
-            return _graph.store_blocks(self.store.path, self.store.name, self.n_vars, bounds, fused=fused), bounds
-        if chunk_cells is None:
-            chunk_cells = chunk_cells_for(self.nnz / max(1, self.n_obs))
-        bounds = _graph.row_bounds(self.n_obs, chunk_cells)
-        token = dask.base.tokenize(self.name, id(self.X), self.X.shape, self.nnz, bounds)
-        return _graph.memory_blocks(self.X, bounds, token), bounds
+from p2g_dask._modality import Modality
+from p2g_dask.io.store import MultiomeStore, is_store, open_store
 
 
 def _read_path(obj: Any) -> Any:

@@ -34,7 +34,8 @@ from p2g_dask._graph import StoreRange, row_bounds, store_array
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
-from p2g_dask.io._sources import RowSource, open_sources
+from p2g_dask._modality import Modality
+from p2g_dask.io._sources import open_sources
 
 #: Bytes of CSR (data + indices) per row chunk when none is given.
 DEFAULT_CHUNK_BYTES = 96 * 2**20
@@ -75,7 +76,7 @@ def _storage_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.int32) if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
 
 
-def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chunk_cells: int) -> None:
+def _write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_cells: int) -> None:
     """Write one modality's X block by block, then obs/var/obsm with anndata's encoders."""
     n_obs, n_vars = rows.size, source.n_vars
     probe = source.read_rows(rows[: min(rows.size, 16)])
