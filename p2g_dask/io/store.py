@@ -44,7 +44,7 @@ _ZARR_ELEMENT_CHUNK = 2**20
 
 
 @contextlib.contextmanager
-def _zarr_v3_writes():
+def zarr_write_settings():
     """anndata's settings for writing a store (Zarr v3, no auto-sharding), only while writing.
 
     Applied as a context, not at import, so importing p2g_dask leaves the process's anndata
@@ -196,7 +196,7 @@ def ingest(
                 chunk_cells = chunk_cells_for(mean_nnz)
             if chunk_cells < 1:
                 raise ValueError(f"chunk_cells={chunk_cells} must be a positive number of cells.")
-            with atomic_path(path, overwrite=overwrite, argument="path") as tmp, _zarr_v3_writes():
+            with atomic_path(path, overwrite=overwrite, argument="path") as tmp, zarr_write_settings():
                 root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
                 root.attrs.update(
                     {
@@ -232,7 +232,7 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
     staged = f"{_STAGED}{uuid.uuid4().hex[:8]}_{key}"
     target = folder / key
     try:
-        with _zarr_v3_writes():
+        with zarr_write_settings():
             ad.io.write_elem(group, staged, value)
         if target.exists():
             old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
