@@ -45,15 +45,13 @@ from p2g_dask._logging import logger
 #: Bumped whenever the layout of saved entries or the meaning of a key changes.
 CHECKPOINT_FORMAT_VERSION = 1
 KINDS = ("array", "table", "tree")
-_ALIASES = {"npz": "array", "ndarray": "array", "parquet": "table", "dataframe": "table", "frame": "table"}
 _SUFFIX = {"array": ".npz", "table": ".parquet", "tree": ".tree"}
 
 
 def _kind(kind: str) -> str:
-    resolved = _ALIASES.get(kind, kind)
-    if resolved not in KINDS:
+    if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not a checkpoint kind; use one of {KINDS}.")
-    return resolved
+    return kind
 
 
 def _infer_kind(value: Any) -> str:

@@ -7,7 +7,6 @@ Every public entry point goes through :func:`resolve_input`, so the same input f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
@@ -15,44 +14,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
-from p2g_dask.io._sources import require_modality
-from p2g_dask.io.store import MultiomeStore, StoreModality, is_store, open_store
-
-
-@dataclass
-class Modality:
-    """One modality over the analysed cells: counts in memory or in a store, plus tables."""
-
-    name: str
-    obs: pd.DataFrame
-    var: pd.DataFrame
-    X: Any = None
-    store: StoreModality | None = None
-    obsm: Any = field(default_factory=dict)
-    adata: ad.AnnData | None = None
-
-    @property
-    def n_obs(self) -> int:
-        return self.obs.shape[0]
-
-    @property
-    def n_vars(self) -> int:
-        return self.var.shape[0]
-
-    @property
-    def nnz(self) -> int:
-        if self.store is not None:
-            return self.store.nnz
-        return int(self.X.nnz) if sp.issparse(self.X) else int(np.count_nonzero(self.X))
-
-
-def _is_mudata(obj: Any) -> bool:
-    try:
-        import mudata as md
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, md.MuData)
+from p2g_dask.io._sources import is_mudata, require_modality
+from p2g_dask._modality import Modality
+from p2g_dask.io.store import MultiomeStore, is_store, open_store
 
 
 def _read_path(obj: Any) -> Any:
@@ -101,8 +67,8 @@ def _from_anndata(adata: ad.AnnData, name: str, rows: np.ndarray | None, validat
 def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> None:
     """Raise when in-memory counts hold NaN, inf or negative values (naming the first cell).
 
-    Checked before any graph is built, so bad input fails at once rather than deep inside a
-    task (or, worse, silently as NaN correlations). Backed matrices are checked while ingested.
+    Checked before any graph is built (:func:`p2g_dask._variables.check_counts`), so bad input
+    fails at once rather than deep inside a task. Backed matrices are checked while ingested.
 
     Examples
     --------
@@ -111,32 +77,7 @@ def validate_counts(x: Any, name: str, obs_names: pd.Index | None = None) -> Non
     ...
     ValueError: rna counts contain negative values (min -1), first in cell row 1; p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts']).
     """
-    if sp.issparse(x):
-        values, row_of = x.data, lambda i: int(np.searchsorted(x.indptr, i, side="right") - 1)
-    elif isinstance(x, np.ndarray):
-        values, row_of = np.asarray(x).ravel(), lambda i: int(i // max(1, x.shape[-1]))
-    else:
-        return  # backed / lazy matrices are validated block by block where they are read
-    if values.size == 0 or values.dtype == bool:
-        return
-
-    def where(i: int) -> str:
-        row = row_of(i)
-        cell = f" ({obs_names[row]!r})" if obs_names is not None and row < len(obs_names) else ""
-        return f"first in cell row {row}{cell}"
-
-    if np.issubdtype(values.dtype, np.floating):
-        finite = np.isfinite(values)
-        if not finite.all():
-            raise ValueError(
-                f"{name} counts contain non-finite values (NaN or inf), {where(int(np.argmin(finite)))}; "
-                "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
-            )
-    if np.issubdtype(values.dtype, np.number) and values.min() < 0:
-        raise ValueError(
-            f"{name} counts contain negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; "
-            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
-        )
+    check_counts(x, f"{name} counts contain", obs_names=obs_names)
 
 
 def resolve_input(
@@ -158,7 +99,7 @@ def resolve_input(
         atac_mod = Modality("atac", data.atac.obs, data.atac.var, store=data.atac)
         rna_mod = Modality("rna", data.rna.obs, data.rna.var, store=data.rna)
         return atac_mod, rna_mod, extra_obsm
-    if _is_mudata(data):
+    if is_mudata(data):
         mdata = data
         data = mudata_modality(mdata, mod_atac, "mod_atac")
         if rna is None and mod_rna in mdata.mod:
@@ -201,10 +142,21 @@ def obs_names_hash(obs_names: pd.Index) -> str:
 
 
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
-    """The cell table of an AnnData, a MuData's ATAC modality, or a store.
+    """The cell table of a DataFrame (itself), an AnnData, a MuData's ATAC modality, or a store.
 
     For an ``.h5ad`` / ``.h5mu`` path only the ``obs`` table is read, not the matrices.
+
+    Examples
+    --------
+    >>> get_obs(ad.AnnData(obs=pd.DataFrame({"g": [1]}, index=["c1"]))).index.tolist()
+    ['c1']
     """
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, ad.AnnData):
+        return data.obs
+    if is_mudata(data):
+        return mudata_modality(data, mod_atac, "mod_atac").obs
     if isinstance(data, (str, os.PathLike)) and os.fspath(data).lower().endswith((".h5ad", ".h5mu")):
         return _read_obs_only(os.fspath(data), mod_atac)
     atac, _, _ = resolve_input(data, None, mod_atac=mod_atac, validate=False)

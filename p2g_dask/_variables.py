@@ -164,6 +164,172 @@ def require_columns(table: Any, schema: TableSchema, *, argument: str,
 # Counts
 # ---------------------------------------------------------------------------------------------
 
+_RAW_COUNTS_FIX = "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
+
+
+def check_counts(x, subject: str, *, obs_names=None, first_row: int = 0) -> None:
+    """Raise when counts hold NaN, inf or negative values, naming the first cell that does.
+
+    The one count check of the package: in-memory inputs are checked by the resolver before any
+    graph is built, store inputs block by block while ingested.
+
+    Parameters
+    ----------
+    x
+        A scipy sparse matrix, a :class:`p2g_dask._graph.Rows` block or a numpy array; other
+        (lazy, backed) matrices are not checked here.
+    subject
+        Starts the message, e.g. ``"atac counts contain"`` or ``"X holds"``.
+    obs_names
+        Cell names, to name the first bad cell.
+    first_row
+        Row of the block's first cell in the whole matrix (for blocks).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_counts(np.array([[0, 2], [-1, 0]]), "rna counts contain")
+    Traceback (most recent call last):
+    ...
+    ValueError: rna counts contain negative values (min -1), first in cell row 1; p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts']).
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    if sp.issparse(x) or hasattr(x, "indptr"):
+        values, indptr = np.asarray(x.data), np.asarray(x.indptr)
+
+        def row_of(i: int) -> int:
+            return int(np.searchsorted(indptr, i, side="right") - 1)
+    elif isinstance(x, np.ndarray):
+        values = x.ravel()
+
+        def row_of(i: int) -> int:
+            return int(i // max(1, x.shape[-1]))
+    else:
+        return
+    if values.size == 0 or values.dtype == bool or not np.issubdtype(values.dtype, np.number):
+        return
+
+    def where(i: int) -> str:
+        row = row_of(i)
+        cell = f" ({obs_names[row]!r})" if obs_names is not None and row < len(obs_names) else ""
+        return f"first in cell row {first_row + row}{cell}"
+
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ValueError(
+                f"{subject} non-finite values (NaN or inf), {where(int(np.argmin(finite)))}; "
+                "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
+            )
+    if values.min() < 0:
+        raise ValueError(
+            f"{subject} negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; {_RAW_COUNTS_FIX}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
+
+def check_max_distance(max_distance) -> int:
+    """``max_distance`` as a positive int, else a ``ValueError`` naming ArchR's default.
+
+    Examples
+    --------
+    >>> check_max_distance(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_distance=0 must be a positive number of bp (ArchR: 250000).
+    """
+    if max_distance is None or max_distance <= 0:
+        raise ValueError(f"max_distance={max_distance} must be a positive number of bp (ArchR: 250000).")
+    return int(max_distance)
+
+
+def check_metacell_params(n_metacells: int, k_neighbors: int, overlap_cutoff: float) -> None:
+    """ArchR's metacell parameters: ``n_metacells >= 1``, ``k_neighbors >= 2``, overlap in (0, 1].
+
+    Examples
+    --------
+    >>> check_metacell_params(10, 1, 0.8)
+    Traceback (most recent call last):
+    ...
+    ValueError: k_neighbors=1 must be >= 2.
+    """
+    check_params([
+        (n_metacells >= 1, f"n_metacells={n_metacells} must be >= 1."),
+        (k_neighbors >= 2, f"k_neighbors={k_neighbors} must be >= 2."),
+        (0 < overlap_cutoff <= 1, f"overlap_cutoff={overlap_cutoff} must be in (0, 1]."),
+    ])
+
+
+def check_metacells(neighbours, n_cells: int):
+    """A ``(n_metacells, k)`` membership of cells ``0..n_cells - 1`` as an int64 array.
+
+    Examples
+    --------
+    >>> check_metacells([[0, 1], [1, 2]], 3).shape
+    (2, 2)
+    >>> check_metacells([[0, 5]], 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: metacells index cells outside 0..2: they were made for other cells.
+    """
+    import numpy as np
+
+    array = np.asarray(neighbours, dtype=np.int64)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"metacells must be a (n_metacells, k) array of cell indices; got shape {array.shape}.")
+    if array.max() >= n_cells or array.min() < 0:
+        raise ValueError(f"metacells index cells outside 0..{n_cells - 1}: they were made for other cells.")
+    return array
+
+
+def check_params(checks) -> None:
+    """Raise the message of the first ``(ok, message)`` pair that is not ok.
+
+    Examples
+    --------
+    >>> check_params([(True, "fine"), (1 > 2, "x=1 must exceed 2.")])
+    Traceback (most recent call last):
+    ...
+    ValueError: x=1 must exceed 2.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def params_record(params) -> dict:
+    """A parameters dataclass as a plain dict (``dataclasses.asdict``) for attrs / uns records."""
+    import dataclasses
+
+    return dataclasses.asdict(params)
+
+
+def params_token(params, stage: str | None = None) -> str:
+    """A hash of every field of a parameters dataclass (its class name too), for checkpoint keys.
+
+    A field is left out of the key of ``stage`` only when its metadata says so
+    (``field(metadata={"not_in": ("sums",)})``): a new field is in every key unless told
+    otherwise, so it can never be forgotten and make a resumed run reuse stale results.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> P = dataclasses.make_dataclass("P", [("seed", int)], frozen=True)
+    >>> params_token(P(1)) != params_token(P(2))
+    True
+    """
+    import dataclasses
+
+    from dask.base import tokenize
+
+    fields = {
+        f.name: getattr(params, f.name)
+        for f in dataclasses.fields(params)
+        if stage is None or stage not in f.metadata.get("not_in", ())
+    }
+    return tokenize(type(params).__qualname__, sorted(fields.items(), key=lambda kv: kv[0]))

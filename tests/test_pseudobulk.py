@@ -392,19 +392,19 @@ def test_pseudobulk_with_fragments__own_workers(tmp_path, executor):
         _assert_bw(bw, _pileup(df, cells.obs_names[cells.obs["grp"] == group], CHROMS, "cutsite", normalize=True))
 
 
-def test_chrom_sizes_dict__local_reader_forms(tmp_path):
-    from p2g_dask.tl._pseudobulk_support import _chrom_sizes_dict
+def test_read_chrom_sizes__pseudobulk_forms(tmp_path):
+    from p2g_dask.io.annotation import read_chrom_sizes
 
     sizes_file = tmp_path / "sizes.txt"
     sizes_file.write_text("# comment\nchr1\t1000\nchr2 500\n")
     pr = pytest.importorskip("pyranges")
     frame = pd.DataFrame({"Chromosome": ["chr1", "chr2"], "Start": [0, 0], "End": [1000, 500]})
     for form in (sizes_file, frame, pr.PyRanges(frame), pd.Series(CHROMS), CHROMS):
-        assert _chrom_sizes_dict(form) == CHROMS
-    with pytest.raises(ValueError, match="positive integers"):
-        _chrom_sizes_dict({"chr1": 0})
-    with pytest.raises(ValueError, match="Chromosome/End"):
-        _chrom_sizes_dict(pd.DataFrame({"x": [1]}))
+        assert read_chrom_sizes(form, argument="chromsizes") == CHROMS
+    with pytest.raises(ValueError, match="chromsizes: chromosome 'chr1' has length 0; lengths must be positive integers"):
+        read_chrom_sizes({"chr1": 0}, argument="chromsizes")
+    with pytest.raises(ValueError, match="chromsizes has columns"):
+        read_chrom_sizes(pd.DataFrame({"x": [1]}), argument="chromsizes")
 
 
 @pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning")

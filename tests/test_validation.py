@@ -463,9 +463,9 @@ def test_start_cluster__listens_on_localhost_only():
 def test_pseudobulk_cluster__listens_on_localhost_only():
     import distributed
 
-    from p2g_dask.tl._pseudobulk_support import run_tasks
+    from p2g_dask._graph import executor as run_tasks
 
-    with run_tasks("dask", n_jobs=1, client=None, show_progress=False) as run:
+    with run_tasks("dask", n_jobs=1, client=None, progress=False) as run:
         client = distributed.get_client()
         assert run([dask.delayed(sum)([1, 2])]) == [3]
         assert _listening_hosts(client) == {"127.0.0.1"}

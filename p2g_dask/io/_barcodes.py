@@ -1,10 +1,15 @@
-"""Pairing ATAC and RNA cells by barcode: one check for every input path."""
+"""Barcodes: pairing ATAC and RNA cells (one check for every input path), and matching a fragment
+file's barcodes to the cells' obs names (as they are, or with the sample name as prefix/suffix)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from p2g_dask._logging import logger
+
+# Tried in this order when obs_names carry the sample name (longest separators first).
+_SEPARATORS = ("___", "__", "#", ":", "|", "_", "-", ".", "+")
 
 
 def check_unique_barcodes(names: pd.Index, argument: str) -> None:
@@ -43,3 +48,44 @@ def common_cells(atac_names: pd.Index, rna_names: pd.Index) -> pd.Index:
             atac_names.size, rna_names.size, common.size,
         )
     return common
+
+
+def _strip_rules(sample: str):
+    yield "as is", lambda names: names
+    for sep in _SEPARATORS:
+        pre, suf = f"{sample}{sep}", f"{sep}{sample}"
+        yield f"prefix {pre!r}", lambda names, pre=pre: [n[len(pre):] if n.startswith(pre) else None for n in names]
+        yield f"suffix {suf!r}", lambda names, suf=suf: [n[: -len(suf)] if n.endswith(suf) else None for n in names]
+
+
+def match_barcodes(cells: pd.DataFrame, sample: str, file_barcodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map a file's barcodes to group codes (-1: not a grouped cell of this sample) and obs names.
+
+    The obs names of the sample's cells are matched to the file's barcodes as they are, or with
+    the sample name stripped as a prefix or suffix; the rule that matches most cells wins.
+    """
+    mine = cells[cells["sample"] == sample]
+    names = list(mine.index)
+    index = pd.Index(file_barcodes)
+    best = ("as is", np.full(len(names), -1))
+    for rule, strip in _strip_rules(sample):
+        raw = strip(names)
+        hits = index.get_indexer([r if r is not None else "\0" for r in raw])
+        if (hits >= 0).sum() > (best[1] >= 0).sum():
+            best = (rule, hits)
+    rule, hits = best
+    dtype = np.int16 if len(cells["group"].cat.categories) < 2**15 else np.int32
+    lookup = np.full(len(file_barcodes), -1, dtype=dtype)
+    obs_names = np.full(len(file_barcodes), "", dtype=object)
+    found = hits >= 0
+    lookup[hits[found]] = mine["group"].cat.codes.to_numpy()[found]
+    obs_names[hits[found]] = np.asarray(names, dtype=object)[found]
+    if not found.any() and names:
+        logger.warning(
+            "sample %r: none of its %d cells is in its fragment file (obs names like %r, file barcodes like %r)",
+            sample, len(names), names[0], file_barcodes[0] if len(file_barcodes) else None,
+        )
+    else:
+        logger.info("sample %r: %d of %d cells found in the fragment file (obs names matched %s)",
+                    sample, int(found.sum()), len(names), rule)
+    return lookup, obs_names

@@ -7,9 +7,8 @@ Each source exposes ``obs``, ``var``, ``obsm`` and ``read_rows(sorted_rows) -> C
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -18,23 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from p2g_dask._logging import logger
-
-
-@dataclass
-class RowSource:
-    """One modality of an input, readable by blocks of cell rows."""
-
-    name: str
-    obs: pd.DataFrame
-    var: pd.DataFrame
-    read_rows: Callable[[np.ndarray], sp.csr_matrix]
-    obsm: dict[str, Any] = field(default_factory=dict)
-    uns: dict[str, Any] = field(default_factory=dict)
-    row_nnz: np.ndarray | None = None
-
-    @property
-    def n_vars(self) -> int:
-        return self.var.shape[0]
+from p2g_dask._modality import Modality
 
 
 def _h5_csr_reader(group: h5py.Group, n_vars: int):
@@ -58,7 +41,7 @@ def _h5_csr_reader(group: h5py.Group, n_vars: int):
     return read_rows, indptr
 
 
-def _read_anndata_h5(path: Path, prefix: str, name: str) -> tuple[RowSource, h5py.File]:
+def _read_anndata_h5(path: Path, prefix: str, name: str) -> tuple[Modality, h5py.File]:
     handle = h5py.File(path, "r")
     root = handle[prefix] if prefix else handle
     obs = ad.io.read_elem(root["obs"])
@@ -68,22 +51,22 @@ def _read_anndata_h5(path: Path, prefix: str, name: str) -> tuple[RowSource, h5p
     encoding = x.attrs.get("encoding-type", "array") if isinstance(x, h5py.Group) else "array"
     if encoding == "csr_matrix":
         reader, indptr = _h5_csr_reader(x, var.shape[0])
-        return RowSource(name, obs, var, reader, obsm, row_nnz=np.diff(indptr)), handle
+        return Modality(name, obs, var, obsm=obsm, reader=reader, row_nnz=np.diff(indptr)), handle
     if encoding == "csc_matrix":
         logger.warning(
             "%s: X of %s is stored column-major (CSC); it is loaded into memory once to read rows. "
             "Store X as CSR to stream it.", path, name,
         )
         matrix = sp.csr_matrix(ad.io.read_elem(x))
-        return RowSource(name, obs, var, lambda rows: matrix[rows], obsm), handle
+        return Modality(name, obs, var, X=matrix, obsm=obsm), handle
 
     def dense_rows(rows):
         return sp.csr_matrix(x[np.asarray(rows, dtype=np.int64)])
 
-    return RowSource(name, obs, var, dense_rows, obsm), handle
+    return Modality(name, obs, var, obsm=obsm, reader=dense_rows), handle
 
 
-def _read_10x_h5(path: Path) -> tuple[dict[str, RowSource], h5py.File]:
+def _read_10x_h5(path: Path) -> tuple[dict[str, Modality], h5py.File]:
     handle = h5py.File(path, "r")
     if "matrix" not in handle:
         handle.close()
@@ -124,34 +107,29 @@ def _read_10x_h5(path: Path) -> tuple[dict[str, RowSource], h5py.File]:
             span = sp.csr_matrix((data[keep], (row_of[keep], indices[keep])), shape=(hi - lo, width))
             return sp.csr_matrix(span[rows - lo])
 
-        sources[name] = RowSource(name, obs.copy(), var, read_rows)
+        sources[name] = Modality(name, obs.copy(), var, reader=read_rows)
     return sources, handle
 
 
 def open_sources(
     atac: Any, rna: Any, *, mod_atac: str = "atac", mod_rna: str = "rna"
-) -> tuple[RowSource, RowSource, list]:
+) -> tuple[Modality, Modality, list]:
     """Resolve the inputs of ``ingest`` into two row sources; returns open handles to close."""
     handles: list = []
-    try:
-        import mudata as md
-    except ImportError:  # pragma: no cover - mudata is a dependency
-        md = None
 
-    def from_anndata(adata: ad.AnnData, name: str) -> RowSource:
+    def from_anndata(adata: ad.AnnData, name: str) -> Modality:
         x = adata.X
         if x is None:
             raise ValueError(f"the {name} AnnData has no X matrix; put the counts in .X.")
         if isinstance(x, (ad.abc.CSRDataset, ad.abc.CSCDataset)):
             x = x.to_memory()
         matrix = sp.csr_matrix(x) if not sp.issparse(x) or x.format != "csr" else x
-        return RowSource(name, adata.obs, adata.var, lambda rows: matrix[rows], dict(adata.obsm),
-                         row_nnz=np.diff(matrix.indptr))
+        return Modality(name, adata.obs, adata.var, X=matrix, obsm=dict(adata.obsm), row_nnz=np.diff(matrix.indptr))
 
     def open_one(obj, name, mod):
         if isinstance(obj, ad.AnnData):
             return from_anndata(obj, name)
-        if md is not None and isinstance(obj, md.MuData):
+        if is_mudata(obj):
             require_modality(mod, obj.mod, argument=f"mod_{name}", where="the MuData")
             return from_anndata(obj.mod[mod], name)
         path = Path(os.fspath(obj))
@@ -178,7 +156,7 @@ def open_sources(
         single = rna is None
         if single:
             path = None if isinstance(atac, ad.AnnData) else atac
-            if md is not None and isinstance(atac, md.MuData):
+            if is_mudata(atac):
                 return open_one(atac, "atac", mod_atac), open_one(atac, "rna", mod_rna), handles
             if path is not None and str(path).lower().endswith(".h5") and not str(path).lower().endswith(".h5ad"):
                 sources, handle = _read_10x_h5(Path(path))
@@ -198,6 +176,13 @@ def open_sources(
         for handle in handles:
             handle.close()
         raise
+
+
+def is_mudata(obj: Any) -> bool:
+    """True for a ``mudata.MuData``: the one MuData test of the package."""
+    import mudata as md
+
+    return isinstance(obj, md.MuData)
 
 
 def require_modality(mod: str, mods, *, argument: str, where: str) -> None:

@@ -294,7 +294,9 @@ def read_annotation_tables(
     return genes, exon_out
 
 
-def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame | Any) -> dict[str, int]:
+def read_chrom_sizes(
+    sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame | pd.Series | Any, *, argument: str = "sizes"
+) -> dict[str, int]:
     """Chromosome lengths as ``{name: length}``, from whatever form they come in.
 
     Parameters
@@ -302,9 +304,11 @@ def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame
     sizes
         A mapping; a path to a two-column file (UCSC ``chrom.sizes``, or a FASTA ``.fai`` whose
         first two columns are used; ``#`` lines ignored; plain or gzip); a DataFrame with
-        ``chrom`` + ``size`` / ``length`` / ``end`` columns or exactly two columns; a PyRanges
-        (each chromosome's largest ``End``); a genome such as ``p2g.genome.hg38``, or its name
-        (``"hg38"``, ``"mm10"``) when no file of that name exists.
+        ``chrom`` + ``size`` / ``length`` / ``end`` columns or exactly two columns; a Series
+        indexed by name; a PyRanges (each chromosome's largest ``End``); a genome such as
+        ``p2g.genome.hg38``, or its name (``"hg38"``, ``"mm10"``) when no file of that name exists.
+    argument
+        The caller's name of ``sizes``, used in error messages (e.g. ``"chromsizes"``).
 
     Returns
     -------
@@ -329,13 +333,13 @@ def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame
             return genome.GENOMES[str(sizes)].chrom_sizes
         if not path.is_file():
             raise FileNotFoundError(
-                f"sizes={str(sizes)!r} is not a file; pass a chrom.sizes / .fai path, a dict, or a "
+                f"{argument}={str(sizes)!r} is not a file; pass a chrom.sizes / .fai path, a dict, or a "
                 f"genome name among {sorted(genome.GENOMES)}."
             )
         with open_text(path) as fh:
             table = pd.read_csv(fh, sep=r"\s+", header=None, comment="#", usecols=[0, 1], dtype={0: str})
         pairs = list(zip(table[0], table[1]))
-    elif isinstance(sizes, Mapping):
+    elif isinstance(sizes, (Mapping, pd.Series)):
         pairs = list(sizes.items())
     elif hasattr(sizes, "df") and hasattr(sizes, "chromosomes"):  # PyRanges
         ends = sizes.df.groupby("Chromosome", observed=True, sort=False)["End"].max()
@@ -347,13 +351,13 @@ def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame
         if name_col is None or size_col is None:
             if sizes.shape[1] != 2:
                 raise ValueError(
-                    f"sizes has columns {list(sizes.columns)}; name them chrom and size (or pass "
+                    f"{argument} has columns {list(sizes.columns)}; name them chrom and size (or pass "
                     "exactly two columns: name, length)."
                 )
             name_col, size_col = sizes.columns
         pairs = list(zip(sizes[name_col], sizes[size_col]))
     else:
-        raise TypeError(f"sizes must be a dict, path, DataFrame or PyRanges; got {type(sizes).__name__}.")
+        raise TypeError(f"{argument} must be a dict, path, DataFrame, Series or PyRanges; got {type(sizes).__name__}.")
 
     out: dict[str, int] = {}
     for name, length in pairs:
@@ -362,13 +366,13 @@ def read_chrom_sizes(sizes: Mapping[str, int] | str | os.PathLike | pd.DataFrame
         except (TypeError, ValueError):
             value = float("nan")
         if not np.isfinite(value) or value <= 0 or value % 1:
-            raise ValueError(f"sizes: chromosome {name!r} has length {length!r}; lengths must be positive integers.")
+            raise ValueError(f"{argument}: chromosome {name!r} has length {length!r}; lengths must be positive integers.")
         if str(name) in out and out[str(name)] != int(value):
             raise ValueError(
-                f"sizes: chromosome {name!r} appears twice with lengths {out[str(name)]} and "
+                f"{argument}: chromosome {name!r} appears twice with lengths {out[str(name)]} and "
                 f"{int(value)}; keep one."
             )
         out[str(name)] = int(value)
     if not out:
-        raise ValueError("sizes holds no chromosomes.")
+        raise ValueError(f"{argument} holds no chromosomes.")
     return out

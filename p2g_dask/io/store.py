@@ -13,6 +13,7 @@ of the lazy ``X`` are logical (any chunking can be read), chosen by a target of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -29,19 +30,28 @@ import zarr
 
 import p2g_dask
 from p2g_dask._atomic import atomic_path
+from p2g_dask._graph import StoreRange, row_bounds, store_array
 from p2g_dask._logging import logger, timed
+from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
-from p2g_dask.io._sources import RowSource, open_sources
+from p2g_dask._modality import Modality
+from p2g_dask.io._sources import open_sources
 
 #: Bytes of CSR (data + indices) per row chunk when none is given.
 DEFAULT_CHUNK_BYTES = 96 * 2**20
 _ZARR_ELEMENT_CHUNK = 2**20
 
-ad.settings.zarr_write_format = 3
-try:  # the setting exists from anndata 0.12; deciding it explicitly silences its warning
-    ad.settings.auto_shard_zarr_v3 = False
-except AttributeError:  # pragma: no cover
-    pass
+
+
+@contextlib.contextmanager
+def zarr_write_settings():
+    """anndata's settings for writing a store (Zarr v3, no auto-sharding), only while writing.
+
+    Applied as a context, not at import, so importing p2g_dask leaves the process's anndata
+    settings as the user set them. Deciding ``auto_shard_zarr_v3`` explicitly silences its warning.
+    """
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+        yield
 
 
 def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES, bytes_per_nnz: int = 8) -> int:
@@ -50,19 +60,8 @@ def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 
 
 def _validate_block(block: sp.csr_matrix, name: str, first_row: int) -> None:
-    data = block.data
-    if data.size and not np.isfinite(data).all():
-        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(~np.isfinite(data))[0], side="right") - 1)
-        raise ValueError(
-            f"{name} counts contain non-finite values (NaN or inf), first in cell row {row}; "
-            "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
-        )
-    if data.size and data.min() < 0:
-        row = first_row + int(np.searchsorted(block.indptr, np.flatnonzero(data < 0)[0], side="right") - 1)
-        raise ValueError(
-            f"{name} counts contain negative values (min {data.min()}), first in cell row {row}; "
-            "p2g_dask needs raw counts, not scaled or centred data (use adata.layers['counts'])."
-        )
+    # One block of an ingested modality; a module-level step so fault tests can stall it.
+    check_counts(block, f"{name} counts contain", first_row=first_row)
 
 
 def _compressors():
@@ -77,7 +76,7 @@ def _storage_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.int32) if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
 
 
-def _write_modality(group: zarr.Group, source: RowSource, rows: np.ndarray, chunk_cells: int) -> None:
+def _write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_cells: int) -> None:
     """Write one modality's X block by block, then obs/var/obsm with anndata's encoders."""
     n_obs, n_vars = rows.size, source.n_vars
     probe = source.read_rows(rows[: min(rows.size, 16)])
@@ -197,7 +196,7 @@ def ingest(
                 chunk_cells = chunk_cells_for(mean_nnz)
             if chunk_cells < 1:
                 raise ValueError(f"chunk_cells={chunk_cells} must be a positive number of cells.")
-            with atomic_path(path, overwrite=overwrite, argument="path") as tmp:
+            with atomic_path(path, overwrite=overwrite, argument="path") as tmp, zarr_write_settings():
                 root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
                 root.attrs.update(
                     {
@@ -233,7 +232,8 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
     staged = f"{_STAGED}{uuid.uuid4().hex[:8]}_{key}"
     target = folder / key
     try:
-        ad.io.write_elem(group, staged, value)
+        with zarr_write_settings():
+            ad.io.write_elem(group, staged, value)
         if target.exists():
             old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
             os.replace(target, old)
@@ -246,17 +246,8 @@ def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None
         raise
 
 
-def read_csr_raw(path: str, modality: str, start: int, stop: int, n_vars: int) -> tuple:
-    """Rows ``start:stop`` of a store matrix as ``(data, indices, indptr, n_vars)`` arrays."""
-    group = zarr.open_group(path, mode="r")[f"{modality}/X"]
-    indptr = group["indptr"][start : stop + 1]
-    lo, hi = int(indptr[0]), int(indptr[-1])
-    return group["data"][lo:hi], group["indices"][lo:hi], indptr - lo, n_vars
-
-
 def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
-    data, indices, indptr, _ = read_csr_raw(path, modality, start, stop, n_vars)
-    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_vars))
+    return StoreRange(path, modality, start, stop, n_vars).read().to_csr()
 
 
 class StoreModality:
@@ -286,8 +277,7 @@ class StoreModality:
 
     def row_chunks(self, chunk_cells: int | None = None) -> list[tuple[int, int]]:
         """``(start, stop)`` cell-row ranges of the chunks."""
-        step = chunk_cells or self.chunk_cells
-        return [(s, min(s + step, self.n_obs)) for s in range(0, self.n_obs, step)]
+        return row_bounds(self.n_obs, chunk_cells or self.chunk_cells)
 
     @property
     def X(self) -> da.Array:
@@ -295,15 +285,8 @@ class StoreModality:
         return self.lazy_X()
 
     def lazy_X(self, chunk_cells: int | None = None) -> da.Array:
-        bounds = self.row_chunks(chunk_cells)
-        token = dask.base.tokenize(self.path, self.name, bounds, os.path.getmtime(self.path))
-        name = f"p2g-read-{self.name}-{token}"
-        graph = {
-            (name, i, 0): (_read_csr_rows, self.path, self.name, s, e, self.n_vars) for i, (s, e) in enumerate(bounds)
-        }
-        chunks = (tuple(e - s for s, e in bounds) or (0,), (self.n_vars,))
-        meta = sp.csr_matrix((0, 0), dtype=self.dtype)
-        return da.Array(graph, name, chunks, meta=meta)
+        """Cells x features as a dask array of scipy CSR row chunks of ``chunk_cells`` rows."""
+        return store_array(self.path, self.name, self.n_vars, self.row_chunks(chunk_cells), self.dtype)
 
     @property
     def obsm(self) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.patches import Arc, Rectangle
 
+from p2g_dask import _graph
 from p2g_dask._logging import logger
 
 #: Depth of the widest arc in the arc track (ArchR's ``r``; the track's y axis runs 0 .. -R_MAX).
@@ -250,18 +251,29 @@ def _take_block(block, cols: np.ndarray, want_totals: bool):
     return sub, totals
 
 
-def read_columns(modality: Any, cols: np.ndarray, *, totals: bool = True) -> tuple[sp.csr_matrix, np.ndarray | None]:
+def _take_store_rows(block, cols: np.ndarray, want_totals: bool):
+    return _take_block(_graph.load(block).to_csr(), cols, want_totals)
+
+
+def read_columns(modality: Any, cols: np.ndarray, *, totals: bool = True,
+                 client: Any = None) -> tuple[sp.csr_matrix, np.ndarray | None]:
     """Columns ``cols`` of a modality's matrix (all cells) and, optionally, every cell's total.
 
-    In memory this is a slice; from a store it is one pass over the row chunks, where each task
-    keeps only the requested columns and the row sums, so memory stays ~ cells x len(cols).
+    In memory this is a slice; from a store it is one pass over the row chunks
+    (``p2g-trackcolumns-*`` tasks on ``client``, else the current client or the local
+    scheduler), where each task reads its rows and keeps only the requested columns and the row
+    sums, so memory stays ~ cells x len(cols).
     """
     cols = np.asarray(cols, dtype=np.int64)
     if modality.store is None:
         sub, tot = _take_block(modality.X, cols, totals)
         return sub, tot
-    parts = [dask.delayed(_take_block)(b, cols, totals) for b in modality.store.X.to_delayed().ravel()]
-    results = dask.compute(*parts)
+    store = modality.store
+    blocks = _graph.store_blocks(store.path, store.name, store.n_vars, store.row_chunks(), fused=True)
+    token = dask.base.tokenize([b.key for b in blocks], cols, totals)
+    parts = [dask.delayed(_take_store_rows, pure=True)(b, cols, totals, dask_key_name=f"p2g-trackcolumns-{token}-{i}")
+             for i, b in enumerate(blocks)]
+    results = _graph.compute(parts, client)
     sub = sp.vstack([r[0] for r in results], format="csr")
     tot = np.concatenate([r[1] for r in results]) if totals else None
     return sub, tot

@@ -18,6 +18,7 @@ import numpy as np
 import pybigtools
 
 from p2g_dask._atomic import atomic_path
+from p2g_dask.io.annotation import read_chrom_sizes
 from p2g_dask.io._bigwig_writer import runs_summary, write_runs_bigwig
 from p2g_dask.tl._coverage import Runs
 
@@ -35,6 +36,27 @@ def _check_runs(chrom: str, runs: Runs, length: int) -> None:
             f"coverage runs of {chrom} are not sorted, non-overlapping, finite intervals inside "
             f"[0, {length}]; this is a bug in p2g_dask, please report it."
         )
+
+
+def bigwig_chrom_sizes(chromsizes) -> dict[str, int]:
+    """Chromosome sizes for a BigWig (:func:`p2g_dask.io.read_chrom_sizes` forms), checked to fit
+    BigWig's 32-bit positions.
+
+    Examples
+    --------
+    >>> bigwig_chrom_sizes({"chr1": 2**32})
+    Traceback (most recent call last):
+    ...
+    ValueError: chromsizes: {'chr1': 4294967296} are 2**32 bp or longer, which BigWig's 32-bit positions cannot hold; split those sequences or leave them out of chromsizes.
+    """
+    sizes = read_chrom_sizes(chromsizes, argument="chromsizes")
+    too_long = {c: n for c, n in sizes.items() if n >= 2**32}
+    if too_long:
+        raise ValueError(
+            f"chromsizes: {dict(list(too_long.items())[:3])} are 2**32 bp or longer, which BigWig's 32-bit "
+            "positions cannot hold; split those sequences or leave them out of chromsizes."
+        )
+    return sizes
 
 
 def write_bigwig(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
+
+from p2g_dask._graph import Rows
 
 
 @numba.njit(cache=True, nogil=True)
@@ -39,8 +40,8 @@ def metacell_sum_block(
     Parameters
     ----------
     block
-        Cells x features for the block's rows: scipy CSR, dense, or a raw CSR tuple
-        ``(data, indices, indptr, n_features)`` (skips scipy's O(nnz) format check).
+        Cells x features for the block's rows: a :class:`p2g_dask._graph.Rows` (raw CSR arrays,
+        no scipy format check), or a scipy matrix / dense array (made into ``Rows``).
     member_indptr, member_cells
         The membership restricted to the block, as CSR (metacells x block cells): the block-local
         rows of metacell ``j`` are ``member_cells[member_indptr[j]:member_indptr[j+1]]``.
@@ -58,14 +59,9 @@ def metacell_sum_block(
     numpy.ndarray
         ``(n_metacells, n_columns)`` partial sums (``out`` itself when given).
     """
-    if isinstance(block, tuple):  # raw (data, indices, indptr, n_features) from the store reader
-        data, indices, indptr, n_features = block
-    else:
-        if not sp.issparse(block):
-            block = sp.csr_matrix(np.asarray(block))
-        elif block.format != "csr":
-            block = sp.csr_matrix(block)
-        data, indices, indptr, n_features = block.data, block.indices, block.indptr, block.shape[1]
+    if not isinstance(block, Rows):
+        block = Rows.of(block)
+    data, indices, indptr, n_features = block
     first, stop = columns if columns is not None else (0, n_features)
     if out is None:
         out = np.zeros((n_metacells, stop - first), dtype=dtype)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 
+from p2g_dask import _graph
 from p2g_dask.tl import _lsi_kernels as K
 
 #: Fan-in of the tree sums over chunks (bounds the partial results held at once).
@@ -90,27 +91,6 @@ class MemoryRows:
         return loadings, d, fitted[fit]
 
 
-def _sum_tree(parts: list, prefix: str, token: str) -> Any:
-    """Tree-sum of delayed arrays with a bounded fan-in; keys ``<prefix>-<token>``."""
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_sum_list, pure=True)(
-                parts[i : i + SPLIT_EVERY], dask_key_name=f"{prefix}-{tokenize(token, level, i)}"
-            )
-            for i in range(0, len(parts), SPLIT_EVERY)
-        ]
-        level += 1
-    return parts[0]
-
-
-def _sum_list(arrays: list[np.ndarray]) -> np.ndarray:
-    total = arrays[0].copy()
-    for array in arrays[1:]:
-        total += array
-    return total
-
-
 def _tfidf_dense(block, local_rows, col_pos, idf, scale_to, binarize):
     return K.tfidf_block(K.take_rows(block, local_rows), col_pos, idf, scale_to=scale_to,
                          binarize=binarize).toarray().astype(np.float32)
@@ -131,10 +111,8 @@ class DaskRows:
             raise ValueError(f"the ATAC matrix must have one chunk along features; it has {len(X.chunks[1])}.")
         return cls(list(X.to_delayed().ravel()), list(X.chunks[0]), X.shape[1], X.name, client)
 
-    def _compute(self, *tasks):
-        if self.client is not None:
-            return dask.compute(*tasks, scheduler=self.client)
-        return dask.compute(*tasks)
+    def _compute(self, *tasks) -> list:
+        return _graph.compute(list(tasks), self.client)
 
     def _map(self, func, prefix: str, *args, per_row: dict | None = None, **kwargs) -> tuple[list, str]:
         """One task ``func(block, *args, **kwargs)`` per block, keys ``p2g-lsi-<prefix>-<token>``.
@@ -156,7 +134,7 @@ class DaskRows:
         if wanted is None and binarize in self._feature_sums:
             return self._feature_sums[binarize]
         parts, token = self._map(K.feature_sums, "colsum", binarize=binarize, per_row={"wanted": wanted})
-        total = self._compute(_sum_tree(parts, "p2g-lsi-colsum-total", token))[0][0]
+        total = self._compute(_graph.tree_sum(parts, "lsi-colsum-total", token, split_every=SPLIT_EVERY))[0][0]
         if wanted is None:
             self._feature_sums[binarize] = total
         return total
@@ -197,7 +175,7 @@ class DaskRows:
 
     def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
         parts, token = self._map(_group_sums, "groupsum", n_groups, per_row={"labels": labels})
-        return self._compute(_sum_tree(parts, "p2g-lsi-groupsum-total", token))[0]
+        return self._compute(_graph.tree_sum(parts, "lsi-groupsum-total", token, split_every=SPLIT_EVERY))[0]
 
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
             scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,24 +10,15 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-import dask
 import numpy as np
 import scipy.sparse as sp
+from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
+from p2g_dask import _graph
 from p2g_dask._inputs import Modality
-from p2g_dask.io.store import chunk_cells_for, read_csr_raw
 from p2g_dask.tl._kernels import metacell_sum_block, normalize_log2
 from p2g_dask.tl.metacells import metacell_membership
-
-
-def _sum_partials(*partials: np.ndarray) -> np.ndarray:
-    if len(partials) == 1:
-        return partials[0]
-    total = partials[0] + partials[1]
-    for part in partials[2:]:
-        total += part
-    return total
 
 
 class ColumnBlock(NamedTuple):
@@ -41,10 +32,8 @@ class ColumnBlock(NamedTuple):
 def _add_block(accumulator, block, members, n_metacells, dtype, columns):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
     member_indptr, member_cells = members
-    if isinstance(block, StoreRows):
-        block = read_csr_raw(*block)
-    return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
-                              columns=columns)
+    return metacell_sum_block(_graph.load(block), member_indptr, member_cells, n_metacells, dtype,
+                              out=accumulator, columns=columns)
 
 
 def _default_lanes(client: Any) -> int:
@@ -56,10 +45,6 @@ def _default_lanes(client: Any) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _row_totals(sums: np.ndarray) -> np.ndarray:
-    return sums.sum(axis=1, dtype=np.float64)
-
-
 def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """The membership restricted to cells ``start:stop`` as CSR arrays with block-local cell indices."""
     block = sp.csr_matrix(membership[:, start:stop])
@@ -67,65 +52,7 @@ def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[
     return block.indptr.astype(np.int64), block.indices.astype(np.int64)
 
 
-def _row_slice(X, start: int, stop: int):
-    """Rows ``start:stop``; for CSR a raw ``(data, indices, indptr, n)`` view (no copy, no check)."""
-    if sp.issparse(X) and X.format == "csr":
-        lo, hi = X.indptr[start], X.indptr[stop]
-        return (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo, X.shape[1])
-    return X[start:stop]
-
-
-class StoreRows(NamedTuple):
-    """Rows ``start:stop`` of a store matrix, read by the task that sums them."""
-
-    path: str
-    modality: str
-    start: int
-    stop: int
-    n_vars: int
-
-
-def _input_chunks(modality: Modality, chunk_cells: int | None, client: Any,
-                  fuse_reads: bool = False) -> tuple[list, list[tuple[int, int]]]:
-    if modality.store is not None:
-        store = modality.store
-        bounds = store.row_chunks(chunk_cells)
-        token = dask.base.tokenize(store.path, store.name, bounds, os.path.getmtime(store.path))
-        if fuse_reads:
-            # One column block: the summing task reads its rows itself, so no chunk waits in
-            # worker memory between a read task and its sum (memory stays flat with cells).
-            return [delayed(StoreRows(store.path, store.name, s, e, store.n_vars),
-                            name=f"p2g-rows-{store.name}-{token}-{i}") for i, (s, e) in enumerate(bounds)], bounds
-        # Each task reads its own rows on the worker: nothing but a path crosses the network.
-        return [
-            delayed(read_csr_raw, pure=True)(store.path, store.name, s, e, store.n_vars,
-                                             dask_key_name=f"p2g-read-{store.name}-{token}-{i}")
-            for i, (s, e) in enumerate(bounds)
-        ], bounds
-    n_obs = modality.n_obs
-    if chunk_cells is None:
-        chunk_cells = chunk_cells_for(modality.nnz / max(1, n_obs))
-    bounds = [(s, min(s + chunk_cells, n_obs)) for s in range(0, n_obs, chunk_cells)]
-    slices = [_row_slice(modality.X, s, e) for s, e in bounds]
-    token = dask.base.tokenize(id(modality.X), modality.X.shape, modality.nnz, bounds)
-    # In-memory chunks go into the graph as literals (not scattered): the scheduler can then
-    # re-send them when a worker dies, so a lost worker never loses input data.
-    return [
-        delayed(x, name=f"p2g-input-{modality.name}-{token}-{i}") for i, x in enumerate(slices)
-    ], bounds
-
-
-def metacell_sums(
-    modality: Modality,
-    neighbours: np.ndarray,
-    *,
-    chunk_cells: int | None = None,
-    split_every: int = 4,
-    lanes: int | None = None,
-    block_bytes: int = 256 * 2**20,
-    dtype=np.float32,
-    client: Any = None,
-) -> tuple[list[ColumnBlock], Delayed]:
+def metacell_sums(modality: Modality, neighbours: np.ndarray, **options: Any) -> tuple[list[ColumnBlock], Delayed]:
     """Lazy metacell sums of a modality and their per-metacell totals.
 
     Parameters
@@ -134,19 +61,9 @@ def metacell_sums(
         Counts in memory or in a store (see ``p2g_dask._inputs.resolve_input``).
     neighbours
         ``(n_metacells, k)`` cell indices (from :func:`p2g_dask.tl.metacells`).
-    chunk_cells
-        Cells per task; from ~96 MiB of CSR per chunk when None.
-    split_every
-        Fan-in of the tree reduction of the lanes' accumulators.
-    lanes
-        Accumulators that chunks are folded into (default: the cluster's worker threads, or
-        the local cores up to 4); memory is ``lanes x metacells x features``.
-    block_bytes
-        Largest accumulator: features are summed in column blocks of about this many bytes.
-    dtype
-        Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
-    client
-        The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
+    **options
+        ``chunk_cells``, ``split_every``, ``lanes``, ``block_bytes``, ``dtype``, ``client``:
+        see :func:`membership_sums`.
 
     Returns
     -------
@@ -166,18 +83,77 @@ def metacell_sums(
     (array([[ 3.,  5.,  7.],
            [15., 17., 19.]], dtype=float32), array([15., 51.]))
     """
-    n_cells = modality.n_obs
-    n_metacells = int(np.asarray(neighbours).shape[0])
-    n_features = modality.n_vars
-    membership = sp.csc_matrix(metacell_membership(neighbours, n_cells))
+    neighbours = np.asarray(neighbours)
+    membership = metacell_membership(neighbours, modality.n_obs)
+    return membership_sums(modality, membership, token=tokenize(neighbours), **options)
+
+
+def membership_sums(
+    modality: Modality,
+    membership: sp.spmatrix,
+    *,
+    chunk_cells: int | None = None,
+    split_every: int = 4,
+    lanes: int | None = None,
+    block_bytes: int = 256 * 2**20,
+    dtype=np.float32,
+    client: Any = None,
+    token: str | None = None,
+) -> tuple[list[ColumnBlock], Delayed]:
+    """Lazy ``membership @ X`` (groups x features) in one streaming pass over the cell rows.
+
+    ``membership`` is any groups x cells 0/1 matrix: the metacells of one run, or several
+    memberships stacked by rows (``scipy.sparse.vstack``), which are then summed in the same
+    single pass and split by row ranges afterwards.
+
+    Parameters
+    ----------
+    modality
+        Counts in memory or in a store (see ``p2g_dask._inputs.resolve_input``).
+    membership
+        Groups x cells sparse matrix.
+    chunk_cells
+        Cells per task; from ~96 MiB of CSR per chunk when None.
+    split_every
+        Fan-in of the tree reduction of the lanes' accumulators.
+    lanes
+        Accumulators that chunks are folded into (default: the cluster's worker threads, or
+        the local cores up to 4); memory is ``lanes x groups x features``.
+    block_bytes
+        Largest accumulator: features are summed in column blocks of about this many bytes.
+    dtype
+        Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
+    client
+        The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
+    token
+        Names the membership in the task keys (hashed from it when None).
+
+    Returns
+    -------
+    (list of ColumnBlock, Delayed)
+        The column blocks of the sums (groups x features) and the group ``totals`` over all
+        features, in float64.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, pandas as pd
+    >>> from p2g_dask._inputs import Modality
+    >>> mod = Modality("rna", pd.DataFrame(index=list("abc")), pd.DataFrame(index=["g"]), X=sp.csr_matrix(np.ones((3, 1))))
+    >>> blocks, totals = membership_sums(mod, sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]])))
+    >>> totals.compute(scheduler="sync").tolist()
+    [2.0, 2.0]
+    """
+    n_metacells, n_features = int(membership.shape[0]), modality.n_vars
+    membership = sp.csc_matrix(membership)
     # Column blocks bound the size of every accumulator (so the scheduler can hold or spill
     # them one by one), however many metacells there are.
     width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
-    chunks, bounds = _input_chunks(modality, chunk_cells, client, fuse_reads=len(column_blocks) == 1)
-    token = dask.base.tokenize(modality.name, np.asarray(neighbours), bounds, str(dtype), column_blocks,
-                               [c.key for c in chunks])
-    prefix = f"p2g-metacell-sum-{modality.name}"
+    # One column block: the summing task reads its rows itself, so no chunk waits in worker
+    # memory between a read task and its sum (memory stays flat with cells).
+    chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
+    token = tokenize(modality.name, token if token is not None else membership, bounds, str(dtype),
+                     column_blocks, [c.key for c in chunks])
     # Chunks are folded into a few accumulators ("lanes") per column block, each a chain of
     # tasks that adds one chunk in place: memory is lanes x metacells x features at most,
     # whatever the number of cells.
@@ -194,22 +170,15 @@ def metacell_sums(
         for b, columns in enumerate(column_blocks):
             accumulators[b][lane] = delayed(_add_block, pure=True)(
                 accumulators[b][lane], chunk, members, n_metacells, dtype, columns,
-                dask_key_name=f"{prefix}-{token}-{b}-{i}",
+                dask_key_name=f"p2g-metacell-sum-{tokenize(token, b, i)}",
             )
-    split_every = max(2, int(split_every))
-    blocks = []
-    for b, columns in enumerate(column_blocks):
-        level, depth = accumulators[b], 0
-        while len(level) > 1:
-            depth += 1
-            level = [
-                delayed(_sum_partials, pure=True)(*level[i : i + split_every],
-                                                  dask_key_name=f"{prefix}-combine-{token}-{b}-{depth}-{i}")
-                for i in range(0, len(level), split_every)
-            ]
-        blocks.append(ColumnBlock(columns[0], columns[1], level[0]))
+    blocks = [
+        ColumnBlock(first, stop, _graph.tree_sum(accumulators[b], "metacell-sum-combine", tokenize(token, b),
+                                                 split_every=split_every))
+        for b, (first, stop) in enumerate(column_blocks)
+    ]
     totals = delayed(_total_of_blocks, pure=True)(*[block.sums for block in blocks],
-                                                 dask_key_name=f"p2g-metacell-totals-{modality.name}-{token}")
+                                                 dask_key_name=f"p2g-metacell-totals-{token}")
     return blocks, totals
 
 

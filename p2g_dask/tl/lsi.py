@@ -17,8 +17,10 @@ from dask.base import tokenize
 
 from p2g_dask._inputs import resolve_input
 from p2g_dask._logging import logger, timed
+from p2g_dask._variables import check_counts
 from p2g_dask.tl import _lsi_kernels as K
 from p2g_dask.tl._cluster_cells import leiden_clusters
+from p2g_dask.tl._lsi_params import LSIParams
 from p2g_dask.tl._lsi_stream import DaskRows, LSIModel, MemoryRows
 
 UNS_KEY = "iterative_lsi"
@@ -99,38 +101,8 @@ def _as_csr(X: Any, argument: str) -> sp.csr_matrix:
             f"{argument} must be a scipy sparse matrix, a 2-D numpy array or a dask array of CSR "
             f"chunks; got {type(X).__name__}."
         )
-    if X.nnz and X.data.min() < 0:
-        raise ValueError(
-            f"{argument} holds negative values (min {X.data.min()}); LSI needs raw counts, not "
-            "scaled or centred data (use adata.layers['counts'])."
-        )
+    check_counts(X, f"{argument} holds")
     return X
-
-
-def _validate(n_components, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
-              cor_cutoff, outlier_quantiles, filter_quantile, total_features, scale_to):
-    checks = [
-        (n_components >= 2, f"n_components={n_components} must be at least 2 (ArchR uses 30)."),
-        (iterations >= 1, f"iterations={iterations} must be at least 1 (ArchR uses 2)."),
-        (var_features > n_components, f"var_features={var_features} must exceed n_components={n_components}."),
-        (resolution > 0, f"resolution={resolution} must be positive, e.g. 0.5."),
-        (n_neighbors >= 2, f"n_neighbors={n_neighbors} must be at least 2, e.g. 30."),
-        (sample_cells_pre > n_components, f"sample_cells_pre={sample_cells_pre} must exceed n_components."),
-        (0 < cor_cutoff <= 1, f"cor_cutoff={cor_cutoff} must lie in (0, 1]; ArchR uses 0.75."),
-        (0 < filter_quantile <= 1, f"filter_quantile={filter_quantile} must lie in (0, 1]; ArchR uses 0.995."),
-        (total_features >= var_features, f"total_features={total_features} must be >= var_features={var_features}."),
-        (scale_to > 0, f"scale_to={scale_to} must be positive, e.g. 1e4."),
-    ]
-    if outlier_quantiles is not None:
-        lo, hi = (tuple(outlier_quantiles) + (None, None))[:2]
-        checks.append((
-            len(outlier_quantiles) == 2 and lo is not None and 0 <= lo < hi <= 1,
-            f"outlier_quantiles={outlier_quantiles} must be (low, high) with 0 <= low < high <= 1, "
-            "e.g. (0.02, 0.98), or None to fit on every sampled cell.",
-        ))
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 def _fit(sample, features, *, n_components, scale_to, binarize, outlier_quantiles, seed):
@@ -175,19 +147,20 @@ def _kept_components(coords, log_depth, *, scale_dims, cor_cutoff):
     return scaled, corr, kept
 
 
-def _iterate(source, log_depth, *, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
-             sample_cells_final, seed, scale_dims, cor_cutoff, filter_quantile, total_features,
-             max_sample_bytes, fit_kw):
+def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
     """ArchR's iteration loop; returns the last model, every cell's coordinates and a history."""
+    p, fit_kw = params, params.fit_kw()
     totals = source.feature_sums(binarize=False)
-    candidates = K.candidate_features(totals, total_features)
-    features = K.top_accessible(totals, var_features, filter_quantile=filter_quantile, total_features=total_features)
-    rng = np.random.default_rng(seed)
+    candidates = K.candidate_features(totals, p.total_features)
+    features = K.top_accessible(totals, p.var_features, filter_quantile=p.filter_quantile,
+                                total_features=p.total_features)
+    iterations = p.iterations
+    rng = np.random.default_rng(p.seed)
     history = {"n_features": [], "n_cells_sampled": [], "n_cells_fit": [], "n_clusters": []}
     for it in range(1, iterations + 1):
         last = it == iterations
         # A new sample every iteration, as ArchR; the last one takes all cells unless limited.
-        n_sample = (sample_cells_final or source.n_obs) if last else sample_cells_pre
+        n_sample = (p.sample_cells_final or source.n_obs) if last else p.sample_cells_pre
         rows = K.sample_cells(rng, log_depth, n_sample, fit_kw["outlier_quantiles"])
         sample = source.take(rows, max_bytes=max_sample_bytes)
         model = _fit(sample, features, **fit_kw)
@@ -200,13 +173,13 @@ def _iterate(source, log_depth, *, iterations, var_features, resolution, n_neigh
                         model.features.size, model.n_cells_fit, rows.size)
             break
         coords = _sample_coordinates(sample, model)
-        scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=scale_dims, cor_cutoff=cor_cutoff)
-        labels = leiden_clusters(scaled[:, kept], n_neighbors=n_neighbors, resolution=resolution, seed=seed)
+        scaled, _, kept = _kept_components(coords, log_depth[rows], scale_dims=p.scale_dims, cor_cutoff=p.cor_cutoff)
+        labels = leiden_clusters(scaled[:, kept], n_neighbors=p.n_neighbors, resolution=p.resolution, seed=p.seed)
         n_clusters = int(labels.max()) + 1
         history["n_clusters"].append(n_clusters)
         if n_clusters > 1:
-            features = K.variable_features(sample.group_sums(labels, n_clusters), candidates, var_features,
-                                           scale_to=fit_kw["scale_to"])
+            features = K.variable_features(sample.group_sums(labels, n_clusters), candidates, p.var_features,
+                                           scale_to=p.scale_to)
         else:  # as ArchR: carry on with the same features
             logger.warning("iterative_lsi %d/%d: one cluster only, keeping the features; raise resolution "
                            "or lower n_neighbors for more clusters", it, iterations)
@@ -319,10 +292,13 @@ def iterative_lsi(
     >>> sim.atac.obsm["X_iterative_lsi"].shape[0], emb.shape[1] <= 10
     (300, True)
     """
-    _validate(n_components, iterations, var_features, resolution, n_neighbors, sample_cells_pre,
-              cor_cutoff, outlier_quantiles, filter_quantile, total_features, scale_to)
-    if sample_cells_final is not None and sample_cells_final <= n_components:
-        raise ValueError(f"sample_cells_final={sample_cells_final} must exceed n_components, or be None (all cells).")
+    params = LSIParams(
+        n_components=n_components, iterations=iterations, var_features=var_features, resolution=resolution,
+        n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre, sample_cells_final=sample_cells_final,
+        depth_col=depth_col, seed=seed, scale_to=scale_to, binarize=binarize, scale_dims=scale_dims,
+        cor_cutoff=cor_cutoff, outlier_quantiles=outlier_quantiles, filter_quantile=filter_quantile,
+        total_features=total_features, key_added=key_added,
+    )
     modality, _, _ = resolve_input(atac, None, mod_atac=mod_atac)
     if modality.store is not None:
         if not overwrite and key_added in modality.store.obsm:
@@ -332,7 +308,7 @@ def iterative_lsi(
             )
         source = DaskRows.from_dask_array(modality.store.lazy_X(chunk_cells), client)
     else:
-        source = MemoryRows(_as_csr(modality.X, "atac.X"))
+        source = MemoryRows(sp.csr_matrix(modality.X))  # counts checked by resolve_input
     if max_sample_bytes is None:
         import psutil
 
@@ -340,32 +316,15 @@ def iterative_lsi(
     timings: dict = {}
     with timed("iterative_lsi", timings):
         log_depth = np.log10(_depth(modality.obs, depth_col, source) + 1.0)
-        model, coords, history = _iterate(
-            source, log_depth, iterations=iterations, var_features=var_features, resolution=resolution,
-            n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre, sample_cells_final=sample_cells_final,
-            seed=seed, scale_dims=scale_dims, cor_cutoff=cor_cutoff, filter_quantile=filter_quantile,
-            total_features=total_features, max_sample_bytes=max_sample_bytes,
-            fit_kw=dict(n_components=n_components, scale_to=scale_to, binarize=binarize,
-                        outlier_quantiles=outlier_quantiles, seed=seed),
-        )
+        model, coords, history = _iterate(source, log_depth, params, max_sample_bytes=max_sample_bytes)
         scaled, corr, kept = _kept_components(coords, log_depth, scale_dims=scale_dims, cor_cutoff=cor_cutoff)
         embedding = scaled[:, kept]
         if kept.size < n_components:
             dropped = np.setdiff1d(np.arange(n_components), kept) + 1
             logger.info("iterative_lsi: dropped component(s) %s with |r| > %s to log10(depth + 1)",
                         dropped.tolist(), cor_cutoff)
-    params = dict(n_components=n_components, iterations=iterations, var_features=var_features,
-                  resolution=resolution, n_neighbors=n_neighbors, sample_cells_pre=sample_cells_pre,
-                  depth_col=depth_col, seed=seed, scale_to=scale_to, binarize=binarize, scale_dims=scale_dims,
-                  cor_cutoff=cor_cutoff, filter_quantile=filter_quantile, total_features=total_features,
-                  key_added=key_added)
-    # anndata cannot store None: such parameters are left out.
-    if sample_cells_final is not None:
-        params["sample_cells_final"] = sample_cells_final
-    if outlier_quantiles is not None:
-        params["outlier_quantiles"] = np.asarray(outlier_quantiles, dtype=float)
     info = {
-        "params": params,
+        "params": params.record(),
         "components_kept": kept,
         "depth_correlation": corr,
         "features": np.asarray(modality.var.index[model.features], dtype=str),

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from p2g_dask._logging import logger
+from p2g_dask._variables import check_metacell_params, check_metacells
 
 
 def overlap_filter(neighbours: np.ndarray, max_shared: int) -> np.ndarray:
@@ -100,12 +101,7 @@ def metacells(
     n_cells = embedding.shape[0]
     if not np.isfinite(embedding).all():
         raise ValueError("the embedding (use_rep) contains NaN or inf; recompute it or drop those cells.")
-    if n_metacells < 1:
-        raise ValueError(f"n_metacells={n_metacells} must be >= 1.")
-    if k_neighbors < 2:
-        raise ValueError(f"k_neighbors={k_neighbors} must be >= 2.")
-    if not 0 < overlap_cutoff <= 1:
-        raise ValueError(f"overlap_cutoff={overlap_cutoff} must be in (0, 1].")
+    check_metacell_params(n_metacells, k_neighbors, overlap_cutoff)
     if k_neighbors > n_cells:
         logger.warning(
             "k_neighbors=%d exceeds the %d cells; using k_neighbors=%d (every metacell is then all cells)",
@@ -146,11 +142,7 @@ def metacell_membership(neighbours: np.ndarray, n_cells: int) -> sp.csr_matrix:
     array([[1., 0., 1.],
            [0., 1., 1.]], dtype=float32)
     """
-    neighbours = np.asarray(neighbours, dtype=np.int64)
-    if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= n_cells):
-        raise ValueError(
-            f"metacells index cells outside 0..{n_cells - 1}; the membership was made for other cells."
-        )
+    neighbours = check_metacells(neighbours, n_cells)
     n_metacells, k = neighbours.shape
     matrix = sp.csr_matrix(
         (np.ones(neighbours.size, dtype=np.float32), neighbours.ravel(), np.arange(0, neighbours.size + 1, k)),

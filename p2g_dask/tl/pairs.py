@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from p2g_dask._variables import check_max_distance
+
 
 def peak_centres(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Centre of 0-based half-open peaks, ``(start + end) // 2``."""
@@ -68,8 +70,7 @@ def candidate_pairs(
     >>> candidate_pairs(peaks, genes, max_distance=1000).to_dict("list")
     {'peak_index': [0], 'gene_index': [0], 'distance': [-850]}
     """
-    if max_distance is None or max_distance <= 0:
-        raise ValueError(f"max_distance={max_distance} must be a positive number of bp (ArchR: 250000).")
+    max_distance = check_max_distance(max_distance)
     centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
     tss = gene_tss(genes["start"].to_numpy(), genes["end"].to_numpy(), genes["strand"].to_numpy())
     peak_chrom = peaks["chrom"].astype(str).to_numpy()

@@ -2,18 +2,18 @@
 
 Graph (task key prefixes as they appear on the dashboard)::
 
-    p2g-read-{atac,rna}          row chunks of the store (or p2g-input-* in-memory slices)
-    p2g-metacell-sum-{atac,rna}  partial metacell sums per chunk, tree-reduced
+    p2g-read / p2g-rows          row chunks of the store (or p2g-input-* in-memory Rows)
+    p2g-metacell-sum             partial metacell sums per chunk, tree-reduced (_graph.tree_sum)
     p2g-feature-variance-*       variance of every normalised feature -> quantiles
-    p2g-columns-{atac,rna}       one chromosome's columns (only these move between workers)
+    p2g-columns                  one chromosome's columns (only these move between workers)
     p2g-correlate                one task per chromosome: candidate pairs, r, t, p
     p2g-links                    Benjamini-Hochberg over all pairs, the final table
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-import warnings
 from typing import Any
 
 import dask
@@ -22,10 +22,19 @@ import pandas as pd
 from dask.delayed import delayed
 
 import p2g_dask
+from p2g_dask import _graph
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask._inputs import Modality, get_obsm, obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
-from p2g_dask._variables import LINK_COLUMNS
+from p2g_dask._variables import (
+    check_max_distance,
+    check_metacell_params,
+    check_metacells,
+    LINK_COLUMNS,
+    check_params,
+    params_record,
+    params_token,
+)
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
 from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
@@ -35,6 +44,52 @@ from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import metacells as compute_metacells
 from p2g_dask.tl.pairs import gene_tss, pairs_within, peak_centres
 
+
+
+#: Marks a parameter that does not change the metacell sums (left out of their checkpoint key).
+_AFTER_SUMS = {"not_in": ("sums",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PeakToGeneParams:
+    """Every parameter of :func:`peak_to_gene` that shapes its result: validated on creation,
+    recorded in ``links.attrs['params']`` and hashed, field by field, into the checkpoint keys.
+
+    Examples
+    --------
+    >>> PeakToGeneParams(max_distance=1000).max_distance
+    1000
+    >>> PeakToGeneParams(k_neighbors=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: k_neighbors=1 must be >= 2.
+    """
+
+    use_rep: str = "X_iterative_lsi"
+    n_metacells: int = 500
+    k_neighbors: int = 100
+    max_distance: int = dataclasses.field(default=250_000, metadata=_AFTER_SUMS)
+    overlap_cutoff: float = 0.8
+    scale_to: float = dataclasses.field(default=1e4, metadata=_AFTER_SUMS)
+    seed: int = 1
+    gene_obsm: str | None = None
+    precomputed_metacells: bool = False
+    chunk_cells: int | None = None
+    split_every: int = 4
+
+    def __post_init__(self) -> None:
+        for name, kind in (("n_metacells", int), ("k_neighbors", int), ("overlap_cutoff", float),
+                           ("scale_to", float), ("seed", int), ("split_every", int),
+                           ("precomputed_metacells", bool)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        object.__setattr__(self, "max_distance", check_max_distance(self.max_distance))
+        check_metacell_params(self.n_metacells, self.k_neighbors, self.overlap_cutoff)
+        check_params([
+            (self.scale_to > 0, f"scale_to={self.scale_to} must be positive, e.g. 1e4 (ArchR's scaleTo)."),
+            (self.split_every >= 2, f"split_every={self.split_every} must be at least 2, e.g. 4."),
+            (self.chunk_cells is None or self.chunk_cells >= 1,
+             f"chunk_cells={self.chunk_cells} must be a positive number of cells, or None."),
+        ])
 
 
 def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
@@ -103,17 +158,6 @@ def _columns(blocks, columns: np.ndarray, key: str):
     needed = blocks_for(blocks, columns)
     return delayed(take_block_columns, pure=True)(columns, [b.first for b in needed], *[b.sums for b in needed],
                                                   dask_key_name=key)
-
-
-def _resolve_client(client):
-    if client is not None:
-        return client
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def peak_to_gene(
@@ -197,14 +241,11 @@ def peak_to_gene(
     >>> list(links.columns[:3]), bool(links["correlation"].abs().max() <= 1)
     (['peak', 'gene', 'chrom'], True)
     """
-    params = {
-        "use_rep": use_rep, "n_metacells": int(n_metacells), "k_neighbors": int(k_neighbors),
-        "max_distance": int(max_distance), "overlap_cutoff": float(overlap_cutoff),
-        "scale_to": float(scale_to), "seed": int(seed), "gene_obsm": gene_obsm,
-        "precomputed_metacells": metacells is not None,
-    }
-    if max_distance is None or max_distance <= 0:
-        raise ValueError(f"max_distance={max_distance} must be a positive number of bp (ArchR: 250000).")
+    params = PeakToGeneParams(
+        use_rep=use_rep, n_metacells=n_metacells, k_neighbors=k_neighbors, max_distance=max_distance,
+        overlap_cutoff=overlap_cutoff, scale_to=scale_to, seed=seed, gene_obsm=gene_obsm,
+        precomputed_metacells=metacells is not None, chunk_cells=chunk_cells, split_every=split_every,
+    )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     atac_mod, rna_mod, extra_obsm = resolve_input(
@@ -212,8 +253,6 @@ def peak_to_gene(
     )
     if gene_obsm is not None:
         rna_mod = _gene_modality(atac_mod, extra_obsm, gene_obsm, gene_names)
-    elif rna_mod is None:
-        raise ValueError("rna is required: pass rna=<AnnData of the same cells>, a store, or gene_obsm= with gene_names=.")
     n_cells = atac_mod.n_obs
 
     peaks = peak_table(atac_mod.var)
@@ -231,14 +270,11 @@ def peak_to_gene(
         if metacells is None:
             embedding = get_obsm(atac_mod, use_rep, extra_obsm)
             neighbours = compute_metacells(
-                embedding, n_metacells=n_metacells, k_neighbors=k_neighbors, overlap_cutoff=overlap_cutoff, seed=seed
+                embedding, n_metacells=params.n_metacells, k_neighbors=params.k_neighbors,
+                overlap_cutoff=params.overlap_cutoff, seed=params.seed,
             )
         else:
-            neighbours = np.asarray(metacells, dtype=np.int64)
-            if neighbours.ndim != 2 or neighbours.size == 0:
-                raise ValueError(f"metacells must be a (n_metacells, k) array of cell indices; got shape {neighbours.shape}.")
-            if neighbours.max() >= n_cells or neighbours.min() < 0:
-                raise ValueError(f"metacells index cells outside 0..{n_cells - 1}: they were made for other cells.")
+            neighbours = check_metacells(metacells, n_cells)
     n_kept = neighbours.shape[0]
     if n_kept < 3:
         raise ValueError(f"only {n_kept} metacells; correlations need at least 3. Lower k_neighbors or raise n_metacells.")
@@ -247,15 +283,17 @@ def peak_to_gene(
         len(peaks), len(genes), n_cells, n_kept, neighbours.shape[1],
     )
 
-    client = _resolve_client(client)
+    client = _graph.current_client(client)
     atac_blocks, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     ckpt = as_checkpoint(checkpoint)
     if ckpt is not None:
-        sums_key = ckpt.key(modality_token(atac_mod), modality_token(rna_mod), neighbours, chunk_cells, split_every)
+        # Keys hash every parameter field (all but those marked as not changing the sums).
+        sums_key = ckpt.key(modality_token(atac_mod), modality_token(rna_mod), neighbours,
+                            params_token(params, "sums"))
         atac_blocks, atac_totals = checkpointed_sums(atac_blocks, atac_totals, ckpt, ckpt.key(sums_key, "atac"))
         rna_blocks, rna_totals = checkpointed_sums(rna_blocks, rna_totals, ckpt, ckpt.key(sums_key, "rna"))
-    token = dask.base.tokenize(atac_totals.key, rna_totals.key, params)
+    token = dask.base.tokenize(atac_totals.key, rna_totals.key, params_token(params))
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
     if not set(peak_chrom) & set(gene_chrom):
@@ -266,7 +304,7 @@ def peak_to_gene(
     results, chrom_peaks, chrom_genes = [], [], []
     tss_all = genes["tss"].to_numpy()
     # Counting the pairs is cheap (a sorted search per chromosome): fail before the aggregation.
-    if not any(pairs_within(centres[peak_chrom == c], tss_all[gene_chrom == c], int(max_distance))[0].size
+    if not any(pairs_within(centres[peak_chrom == c], tss_all[gene_chrom == c], params.max_distance)[0].size
                for c in set(peak_chrom) & set(gene_chrom)):
         raise ValueError(
             f"no candidate peak-gene pairs within max_distance={max_distance} bp; check that peaks and "
@@ -277,16 +315,16 @@ def peak_to_gene(
         p_idx = np.flatnonzero(peak_chrom == chrom)
         g_idx = np.flatnonzero(gene_chrom == chrom)
         chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-atac-{chrom_token}")
-        rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-rna-{chrom_token}")
+        atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
+        rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
         task = delayed(correlate_chromosome, pure=True, nout=3)(
             atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
-            tss_all[g_idx], int(max_distance), scale_to,
+            tss_all[g_idx], params.max_distance, params.scale_to,
             dask_key_name=f"p2g-correlate-{chrom_token}",
         )
         if ckpt is not None:
-            task = checkpointed(task, ckpt, ckpt.key(sums_key, "correlate", chrom, p_idx, g_idx, rna_columns[g_idx],
-                                                     centres[p_idx], tss_all[g_idx], int(max_distance), float(scale_to)),
+            task = checkpointed(task, ckpt, ckpt.key(sums_key, params_token(params), "correlate", chrom, p_idx,
+                                                     g_idx, rna_columns[g_idx], centres[p_idx], tss_all[g_idx]),
                                 "tree", nout=3)
         results.append(task)
         chrom_peaks.append(p_idx)
@@ -294,18 +332,14 @@ def peak_to_gene(
     result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,
                                            dask_key_name=f"p2g-links-{token}")
     with timed("aggregate + correlate", timings):
-        links = _compute(result, client, show_progress)
-    if links.empty:
-        raise ValueError(
-            f"no candidate peak-gene pairs within max_distance={max_distance} bp; check that peaks and "
-            "genes come from the same genome build, or raise max_distance."
-        )
+        # Not empty: some chromosome has candidate pairs (checked above, before the graph ran).
+        links = _graph.compute(result, client, show_progress)
     n_sig = int((links["fdr"] < 0.05).sum())
     logger.info("peak_to_gene: %d candidate pairs, %d with FDR < 0.05", len(links), n_sig)
     timings["total"] = round(time.perf_counter() - started, 4)
     links.attrs.update(
         {
-            "params": params,
+            "params": params_record(params),
             "metacells": MetacellMembership(neighbours),
             "n_cells": int(n_cells),
             "obs_names_hash": obs_names_hash(atac_mod.obs.index),
@@ -314,22 +348,3 @@ def peak_to_gene(
         }
     )
     return links
-
-
-def _compute(result, client, show_progress: bool):
-    if client is not None:
-        with warnings.catch_warnings():
-            # In-memory inputs travel in the graph on purpose (a lost worker can be replayed).
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            future = client.compute(result)
-        if show_progress:
-            from distributed import progress
-
-            progress(future)
-        return future.result()
-    if show_progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return result.compute()
-    return result.compute()

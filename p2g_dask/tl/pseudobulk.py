@@ -24,24 +24,20 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
+from p2g_dask import _graph
 from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
 from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
 from p2g_dask.io._fragment_cache import FragmentCache, build_fragment_cache, read_cache_file
-from p2g_dask.tl._bigwig import WRITERS, write_bigwig
+from p2g_dask.tl._bigwig import write_bigwig
 from p2g_dask.tl._coverage import coverage_runs
-from p2g_dask.tl._pseudobulk_support import (
-    chrom_sizes_dict,
-    match_barcodes,
-    obs_of,
-    run_tasks,
-    sample_table,
-    write_group_bed,
-)
-
-STRATEGIES = ("cutsite", "fragment")
-EXECUTORS = ("dask", "thread", "process", "synchronous")
-
+from p2g_dask._inputs import get_obs
+from p2g_dask._variables import params_token
+from p2g_dask.io._barcodes import match_barcodes
+from p2g_dask.tl._bigwig import bigwig_chrom_sizes
+from p2g_dask.tl._cell_groups import sample_table
+from p2g_dask.tl._pseudobulk_params import EXECUTORS, STRATEGIES, PseudobulkParams  # noqa: F401 - public names
+from p2g_dask.tl._group_bed import write_group_bed
 
 def pseudobulk_with_fragments(
     input_data: Any,
@@ -160,25 +156,14 @@ def pseudobulk_with_fragments(
     >>> sorted(bws) == sorted(sim.atac.obs["lineage"].unique())
     True
     """
-    if bigwig_strategy not in STRATEGIES:
-        raise ValueError(f"bigwig_strategy={bigwig_strategy!r} is not known; use one of {STRATEGIES}.")
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor={executor!r} is not known; use one of {EXECUTORS}.")
-    if bigwig_writer not in WRITERS:
-        raise ValueError(f"bigwig_writer={bigwig_writer!r} is not known; use one of {WRITERS}.")
-    if not (isinstance(bin_size, (int, np.integer)) and bin_size >= 1):
-        raise ValueError(f"bin_size={bin_size!r} must be a positive integer (1 = base-pair resolution).")
-    if not (isinstance(n_jobs, (int, np.integer)) and n_jobs >= 1):
-        raise ValueError(f"n_jobs={n_jobs!r} must be a positive integer.")
-    try:
-        if len(shift) != 2:
-            raise ValueError
-        shift = (int(shift[0]), int(shift[1]))
-    except (TypeError, ValueError):
-        raise ValueError(f"shift={shift!r} must be two integers (left, right), e.g. (0, 0) or (4, -5).") from None
-    chrom_sizes = chrom_sizes_dict(chromsizes)
+    params = PseudobulkParams(
+        cluster_key=cluster_key, sample_id_col=sample_id_col, balance_clusters=balance_clusters, seed=seed,
+        bigwig_strategy=bigwig_strategy, shift=shift, bin_size=bin_size, normalize_bigwig=normalize_bigwig,
+        bigwig_writer=bigwig_writer, executor=executor, n_jobs=n_jobs,
+    )
+    chrom_sizes = bigwig_chrom_sizes(chromsizes)
     files = _fragment_files(path_to_fragments)
-    obs = obs_of(input_data, mod_atac)
+    obs = get_obs(input_data, mod_atac=mod_atac)
     cells = sample_table(obs, cluster_key=cluster_key, sample_id_col=sample_id_col, samples=list(files))
     if balance_clusters:
         cells = _balance(cells, seed)
@@ -196,7 +181,7 @@ def pseudobulk_with_fragments(
         tmp_cache = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}fragcache-", dir=bigwig_dir))
     cache_root = Path(cache_fragments) if cache_fragments is not None else tmp_cache
     try:
-        with run_tasks(executor, n_jobs=n_jobs, client=client, show_progress=show_progress) as run:
+        with _graph.executor(executor, n_jobs=n_jobs, client=client, progress=show_progress) as run:
             with timed("pseudobulk: fragment caches"):
                 cache_tasks = [
                     dask.delayed(build_fragment_cache, pure=False)(
@@ -208,10 +193,8 @@ def pseudobulk_with_fragments(
                 caches = dict(zip(files, run(cache_tasks)))
             lookups = {s: match_barcodes(cells, s, caches[s].barcodes()) for s in files}
             with timed(f"pseudobulk: {len(groups)} group BigWigs ({bigwig_strategy}, bin_size={bin_size})"):
-                tasks = _graph(groups, bw_files, bed_files, caches, lookups, chrom_sizes,
-                               strategy=bigwig_strategy, shift=shift, bin_size=bin_size,
-                               normalize=normalize_bigwig, overwrite=overwrite,
-                               checkpoint=as_checkpoint(checkpoint), writer=bigwig_writer)
+                tasks = _tasks(groups, bw_files, bed_files, caches, lookups, chrom_sizes, params,
+                               overwrite=overwrite, checkpoint=as_checkpoint(checkpoint))
                 stats = run(tasks)
         # Reads the cache (off-chromosome counts), so before a temporary cache is removed.
         _report(stats, groups, caches, lookups, chrom_sizes, bigwig_strategy)
@@ -302,8 +285,10 @@ def _bigwig_task(path, chrom_sizes, coverages, normalize, overwrite, writer="p2g
             "n_skipped": sum(c["n_skipped"] for c in coverages), **written}
 
 
-def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes, *,
-           strategy, shift, bin_size, normalize, overwrite, checkpoint=None, writer="p2g"):
+def _tasks(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookups, chrom_sizes,
+           params: PseudobulkParams, *, overwrite, checkpoint=None):
+    strategy, shift, bin_size = params.bigwig_strategy, params.shift, params.bin_size
+    normalize, writer = params.normalize_bigwig, params.bigwig_writer
     # The barcode -> group lookups become graph keys, so each is sent to a worker once.
     lookup_keys = {s: dask.delayed(lk, name=f"p2g-barcodes-{tokenize(lk)}") for s, (lk, _) in lookups.items()}
     names_keys = {s: dask.delayed(nm, name=f"p2g-barcodenames-{tokenize(nm)}") for s, (_, nm) in lookups.items()}
@@ -319,7 +304,8 @@ def _graph(groups, bw_files, bed_files, caches: dict[str, FragmentCache], lookup
     for code, group in enumerate(groups):
         coverages = []
         for chrom in chroms:
-            token = tokenize(group, chrom, splits[chrom].key, strategy, shift, bin_size, chrom_sizes[chrom])
+            # Every parameter field but those marked as not changing the pileups.
+            token = tokenize(group, chrom, splits[chrom].key, chrom_sizes[chrom], params_token(params, "pileup"))
             pileup = dask.delayed(_coverage_task, pure=True)(
                 splits[chrom], code, chrom, chrom_sizes[chrom], strategy, shift, bin_size,
                 dask_key_name=f"p2g-pileup-{token}")
