@@ -366,9 +366,11 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
         rows = np.asarray(rows)
         if rows.size == 0:
             return sp.csr_matrix((0, len(var)), dtype=np.float32)
-        b = int(rows.min()) // chunk
-        block = sp.load_npz(parts_dir / f"block-{b:06d}.npz")
-        return block[rows - b * chunk]
+        # The writer asks for one block at a time (chunk_cells = the block size), but its dtype
+        # probe may span a few blocks.
+        first, last = int(rows.min()) // chunk, int(rows.max()) // chunk
+        span = sp.vstack([sp.load_npz(parts_dir / f"block-{b:06d}.npz") for b in range(first, last + 1)], format="csr")
+        return span[rows - first * chunk]
 
     source = RowSource(name=key_added, obs=obs, var=var, read_rows=read_rows)
     target = Path(store_obj.path) / key_added
