@@ -91,12 +91,12 @@ def _score_cells(offsets, tiles, ceiling, w_indptr, w_indices, w_data, n_tiles, 
                     genes[n_seen] = g
                     n_seen += 1
                 acc[g] += v * w_data[p]
-        row = np.sort(genes[:n_seen])
+        # Column order within a row is left to finish_block's sort_indices (one C pass).
         if nnz + n_seen > indices.size:
             indices = _grow(indices, nnz + n_seen)
             data = _grow(data, nnz + n_seen)
         for j in range(n_seen):
-            g = row[j]
+            g = genes[j]
             if acc[g] != 0.0:
                 indices[nnz] = g
                 data[nnz] = acc[g]
@@ -105,6 +105,24 @@ def _score_cells(offsets, tiles, ceiling, w_indptr, w_indices, w_data, n_tiles, 
             seen[g] = False
         indptr[c + 1] = nnz
     return indptr, indices[:nnz].copy(), data[:nnz].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_cells(start, end, barcode_id, lookup, first, stop):  # pragma: no cover - numba
+    """The fragments whose cell row ``lookup[barcode_id]`` is in ``[first, stop)``, rows made local."""
+    n = 0
+    for i in range(barcode_id.size):
+        c = lookup[barcode_id[i]]
+        if c >= first and c < stop:
+            n += 1
+    out_start, out_end, out_cell = np.empty(n, start.dtype), np.empty(n, end.dtype), np.empty(n, np.int32)
+    n = 0
+    for i in range(barcode_id.size):
+        c = lookup[barcode_id[i]]
+        if c >= first and c < stop:
+            out_start[n], out_end[n], out_cell[n] = start[i], end[i], c - first
+            n += 1
+    return out_start, out_end, out_cell
 
 
 def read_block_fragments(sources, first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,11 +135,11 @@ def read_block_fragments(sources, first: int, stop: int) -> tuple[np.ndarray, np
     for file, lookup in sources:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS, columns=["start", "end", "barcode_id"],
                                                         use_threads=False):
-            cell = lookup[batch.column(2).to_numpy()]
-            keep = (cell >= first) & (cell < stop)
-            starts.append(batch.column(0).to_numpy()[keep])
-            ends.append(batch.column(1).to_numpy()[keep])
-            cells.append((cell[keep] - first).astype(np.int32))
+            start, end, cell = _select_cells(batch.column(0).to_numpy(), batch.column(1).to_numpy(),
+                                             batch.column(2).to_numpy(), lookup, first, stop)
+            starts.append(start)
+            ends.append(end)
+            cells.append(cell)
     if not starts:
         return np.empty(0, np.uint32), np.empty(0, np.uint32), np.empty(0, np.int32)
     return np.concatenate(starts), np.concatenate(ends), np.concatenate(cells)

@@ -63,7 +63,7 @@ def gene_scores(
     exclude_chr: tuple[str, ...] = _DEFAULTS.exclude_chr,
     blacklist: Any = None,
     sample_id_col: str | None = None,
-    chunk_cells: int = 5000,
+    chunk_cells: int = 10_000,
     cache_fragments: str | os.PathLike | None = None,
     mod_atac: str = "atac",
     client: Any = None,
@@ -136,8 +136,8 @@ def gene_scores(
         (``chrom, strand, tss, region_start, region_end, weight``, genomic order), the
         parameters in ``uns['gene_scores']``. With a store: the modality ``<store>/<key_added>``
         (same layout, read lazily; ``.var.index`` are the gene names); the same CSR is also
-        written to ``atac.obsm[key_added]`` with ``atac.uns[key_added]['gene_names']`` so that
-        ``peak_to_gene(store, gene_obsm=key_added, gene_names=...)`` uses it.
+        written to ``atac.obsm[key_added]`` (and ``atac.uns[key_added]`` names the modality) so
+        that ``peak_to_gene(store, gene_obsm=key_added, gene_names=result.var.index)`` uses it.
 
     Examples
     --------
@@ -226,6 +226,10 @@ def _check_free(store_obj, key_added: str, overwrite: bool) -> None:
 def _current_client(client):
     if client is not None:
         return client
+    import sys
+
+    if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~1 s
+        return None
     try:
         from distributed import get_client
 
@@ -390,8 +394,8 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
             os.replace(staged, obsm_dir / key_added)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-        store_obj.atac.write_uns(key_added, {"gene_names": var.index.to_numpy(dtype=str),
-                                             "modality": key_added, **{"params": params.as_dict()}})
+        # Gene names live in the modality's var (read them as result.var.index); uns only points there.
+        store_obj.atac.write_uns(key_added, {"modality": key_added, "n_genes": len(var), "params": params.as_dict()})
     result = StoreModality(store_obj.path, key_added)
     logger.info("gene scores: %r in %s: %d cells x %d genes, %d non-zeros", key_added, store_obj.path,
                 result.n_obs, result.n_vars, result.nnz)
