@@ -173,7 +173,13 @@ def main(argv=None):
         return
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="p2g-bench-genescores-", dir="/tmp"))
-    rows = []
+
+    class Rows(list):
+        def append(self, row):  # each row as soon as it is measured (a long run shows progress)
+            super().append(row)
+            print(row, f"load {psutil.getloadavg()[0]:.1f}", flush=True)
+
+    rows = Rows()
     n = int(args.n_fragments)
     common = ["--genes", args.genes, "--chunk-cells", str(args.chunk_cells)]
     try:

@@ -2,10 +2,10 @@
 
 Pure numpy/numba plus the parquet read, no Dask: :func:`chrom_block_scores` is one task of
 :func:`p2g_dask.tl.gene_scores` (one chromosome x one block of cells) and
-:func:`finish_block` the per-block normalisation. The product never builds the tiles x cells
-matrix: each cell's tiles are counted in a dense per-chromosome counter (reset after the cell),
-capped, and multiplied into a dense accumulator over the chromosome's genes, so the work is
-linear in the insertions and the memory is one chromosome's counters plus the block's output.
+:func:`finish_block` the per-block normalisation. Both steps are linear: a counting sort of the
+insertions by tile gives the capped tiles x cells counts (CSR by tile), then each gene sums its
+window's tiles into a per-cell accumulator; memory is one chromosome's insertions of the block
+plus the block's output, and memory access follows the genome.
 """
 
 from __future__ import annotations
@@ -19,34 +19,60 @@ _BATCH_ROWS = 1 << 20  # parquet rows read at a time: a cell block keeps only it
 
 
 @numba.njit(cache=True, nogil=True)
-def _bucket_tiles(start, end, cell, n_cells, tile_size, n_tiles):  # pragma: no cover - numba
-    """Both insertions' tiles grouped by cell: ``(offsets, tiles)``; tiles past ``n_tiles`` dropped.
+def _capped_tile_counts(start, end, cell, n_cells, tile_size, n_tiles, ceiling):  # pragma: no cover - numba
+    """Tiles x cells insertion counts, capped at ``ceiling`` (<= 0: none), as CSR by tile.
 
     ArchR's insertions of a 0-based half-open fragment ``[start, end)`` are ``start + 1`` and
-    ``end`` (1-based), each in tile ``trunc(pos / tile_size)``.
+    ``end`` (1-based), each in tile ``trunc(pos / tile_size)``; tiles past ``n_tiles`` (beyond
+    every gene window) are dropped. A counting sort by tile (fragments come sorted by start, so
+    the writes are nearly sequential), then per tile a per-cell counter that fits in cache.
     """
-    offsets = np.zeros(n_cells + 1, np.int64)
+    ptr = np.zeros(n_tiles + 1, np.int64)
     for i in range(start.size):
-        c = cell[i]
-        if (start[i] + 1) // tile_size < n_tiles:
-            offsets[c + 1] += 1
-        if end[i] // tile_size < n_tiles:
-            offsets[c + 1] += 1
-    for c in range(n_cells):
-        offsets[c + 1] += offsets[c]
-    fill = offsets[:-1].copy()
-    tiles = np.empty(offsets[n_cells], np.int32)
-    for i in range(start.size):
-        c = cell[i]
         t = (start[i] + 1) // tile_size
         if t < n_tiles:
-            tiles[fill[c]] = t
-            fill[c] += 1
+            ptr[t + 1] += 1
         t = end[i] // tile_size
         if t < n_tiles:
-            tiles[fill[c]] = t
-            fill[c] += 1
-    return offsets, tiles
+            ptr[t + 1] += 1
+    for t in range(n_tiles):
+        ptr[t + 1] += ptr[t]
+    fill = ptr[:-1].copy()
+    by_tile = np.empty(ptr[n_tiles], np.int32)
+    for i in range(start.size):
+        t = (start[i] + 1) // tile_size
+        if t < n_tiles:
+            by_tile[fill[t]] = cell[i]
+            fill[t] += 1
+        t = end[i] // tile_size
+        if t < n_tiles:
+            by_tile[fill[t]] = cell[i]
+            fill[t] += 1
+    counter = np.zeros(n_cells, np.int32)
+    touched = np.empty(max(1, n_cells), np.int32)
+    out_ptr = np.zeros(n_tiles + 1, np.int64)
+    out_cell = np.empty(by_tile.size, np.int32)
+    out_count = np.empty(by_tile.size, np.float64)
+    m = 0
+    for t in range(n_tiles):
+        n_touched = 0
+        for j in range(ptr[t], ptr[t + 1]):
+            c = by_tile[j]
+            if counter[c] == 0:
+                touched[n_touched] = c
+                n_touched += 1
+            counter[c] += 1
+        for j in range(n_touched):
+            c = touched[j]
+            v = counter[c]
+            counter[c] = 0
+            if ceiling > 0 and v > ceiling:
+                v = ceiling
+            out_cell[m] = c
+            out_count[m] = v
+            m += 1
+        out_ptr[t + 1] = m
+    return out_ptr, out_cell[:m], out_count[:m]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -57,54 +83,57 @@ def _grow(a, size):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def _score_cells(offsets, tiles, ceiling, w_indptr, w_indices, w_data, n_tiles, n_genes):  # pragma: no cover
-    """Cells x genes CSR of ``sum over tiles of min(count, ceiling) * weight`` (ceiling <= 0: none)."""
-    n_cells = offsets.size - 1
-    count = np.zeros(n_tiles, np.int32)
-    touched = np.empty(max(1, n_tiles), np.int32)
-    acc = np.zeros(n_genes, np.float64)
-    seen = np.zeros(n_genes, np.bool_)
-    genes = np.empty(max(1, n_genes), np.int32)
-    indptr = np.zeros(n_cells + 1, np.int64)
-    indices = np.empty(1024, np.int32)
-    data = np.empty(1024, np.float64)
+def _scores_by_gene(tile_ptr, tile_cell, tile_count, w_ptr, w_tile, w_data, n_cells):  # pragma: no cover
+    """Cells x genes CSR (columns sorted) of ``sum over a gene's tiles of capped count x weight``.
+
+    Gene by gene (weights as CSC: each gene's tiles are one contiguous run of the counts), with
+    a dense per-cell accumulator, so memory access follows the genome instead of jumping across
+    the chromosome for every cell.
+    """
+    n_genes = w_ptr.size - 1
+    acc = np.zeros(n_cells, np.float64)
+    seen = np.zeros(n_cells, np.bool_)
+    touched = np.empty(max(1, n_cells), np.int32)
+    row_nnz = np.zeros(n_cells + 1, np.int64)
+    coo_cell = np.empty(1024, np.int32)
+    coo_gene = np.empty(1024, np.int32)
+    coo_value = np.empty(1024, np.float64)
     nnz = 0
-    for c in range(n_cells):
+    for g in range(n_genes):
         n_touched = 0
-        for j in range(offsets[c], offsets[c + 1]):
-            t = tiles[j]
-            if count[t] == 0:
-                touched[n_touched] = t
-                n_touched += 1
-            count[t] += 1
-        n_seen = 0
+        for p in range(w_ptr[g], w_ptr[g + 1]):
+            k = w_tile[p]
+            w = w_data[p]
+            for j in range(tile_ptr[k], tile_ptr[k + 1]):
+                c = tile_cell[j]
+                if not seen[c]:
+                    seen[c] = True
+                    touched[n_touched] = c
+                    n_touched += 1
+                acc[c] += tile_count[j] * w
+        if nnz + n_touched > coo_cell.size:
+            coo_cell = _grow(coo_cell, nnz + n_touched)
+            coo_gene = _grow(coo_gene, nnz + n_touched)
+            coo_value = _grow(coo_value, nnz + n_touched)
         for j in range(n_touched):
-            t = touched[j]
-            v = count[t]
-            count[t] = 0
-            if ceiling > 0 and v > ceiling:
-                v = ceiling
-            for p in range(w_indptr[t], w_indptr[t + 1]):
-                g = w_indices[p]
-                if not seen[g]:
-                    seen[g] = True
-                    genes[n_seen] = g
-                    n_seen += 1
-                acc[g] += v * w_data[p]
-        # Column order within a row is left to finish_block's sort_indices (one C pass).
-        if nnz + n_seen > indices.size:
-            indices = _grow(indices, nnz + n_seen)
-            data = _grow(data, nnz + n_seen)
-        for j in range(n_seen):
-            g = genes[j]
-            if acc[g] != 0.0:
-                indices[nnz] = g
-                data[nnz] = acc[g]
+            c = touched[j]
+            if acc[c] != 0.0:
+                coo_cell[nnz], coo_gene[nnz], coo_value[nnz] = c, g, acc[c]
+                row_nnz[c + 1] += 1
                 nnz += 1
-            acc[g] = 0.0
-            seen[g] = False
-        indptr[c + 1] = nnz
-    return indptr, indices[:nnz].copy(), data[:nnz].copy()
+            acc[c] = 0.0
+            seen[c] = False
+    for c in range(n_cells):
+        row_nnz[c + 1] += row_nnz[c]
+    fill = row_nnz[:-1].copy()
+    indices = np.empty(nnz, np.int32)
+    data = np.empty(nnz, np.float64)
+    for i in range(nnz):  # genes were emitted in order, so each row's columns come out sorted
+        c = coo_cell[i]
+        indices[fill[c]] = coo_gene[i]
+        data[fill[c]] = coo_value[i]
+        fill[c] += 1
+    return row_nnz, indices, data
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,11 +186,12 @@ def tile_gene_scores(start, end, cell, n_cells: int, weights: sp.csr_matrix, til
     [[3.0]]
     """
     n_tiles, n_genes = weights.shape
-    offsets, tiles = _bucket_tiles(np.asarray(start, np.int64), np.asarray(end, np.int64),
-                                   np.asarray(cell, np.int32), n_cells, tile_size, n_tiles)
-    indptr, indices, data = _score_cells(offsets, tiles, -1 if ceiling is None else int(ceiling),
-                                         weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
-                                         weights.data.astype(np.float64), n_tiles, n_genes)
+    tile_ptr, tile_cell, tile_count = _capped_tile_counts(
+        np.asarray(start, np.int64), np.asarray(end, np.int64), np.asarray(cell, np.int32), n_cells, tile_size,
+        n_tiles, -1 if ceiling is None else int(ceiling))
+    by_gene = weights.tocsc()
+    indptr, indices, data = _scores_by_gene(tile_ptr, tile_cell, tile_count, by_gene.indptr.astype(np.int64),
+                                            by_gene.indices.astype(np.int32), by_gene.data.astype(np.float64), n_cells)
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
 
 
