@@ -151,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--cells", type=int, default=10_000)
     ap.add_argument("--cells-large", type=int, default=40_000, help="second cell count (0: skip)")
     ap.add_argument("--fresh-fragments", type=float, default=5e6, help="fresh-process run size (0: skip)")
-    ap.add_argument("--chunk-cells", type=int, default=5000)
+    ap.add_argument("--chunk-cells", type=int, default=10_000)
     ap.add_argument("--genes", default=str(DEFAULT_GENES))
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--workdir", default=None)

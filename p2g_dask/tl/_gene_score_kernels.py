@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-_BATCH_ROWS = 1 << 20  # parquet rows read at a time: a cell block keeps only its own fragments
 
 
 @numba.njit(cache=True, nogil=True)
@@ -158,12 +157,14 @@ def read_block_fragments(sources, first: int, stop: int) -> tuple[np.ndarray, np
     """Fragments of cells ``first <= cell < stop`` from one chromosome of every cache.
 
     ``sources`` holds ``(parquet file, lookup)`` pairs; ``lookup[barcode_id]`` is the cell's
-    row (-1: not a cell). Read in batches, so only this block's fragments are ever kept.
+    row (-1: not a cell). Read one row group (1 M rows) at a time, so only this block's
+    fragments are ever kept.
     """
     starts, ends, cells = [], [], []
     for file, lookup in sources:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS, columns=["start", "end", "barcode_id"],
-                                                        use_threads=False):
+        parquet = pq.ParquetFile(file, memory_map=True)
+        for group in range(parquet.num_row_groups):  # the cache writes 1 M-row groups
+            batch = parquet.read_row_group(group, columns=["start", "end", "barcode_id"], use_threads=False)
             start, end, cell = _select_cells(batch.column(0).to_numpy(), batch.column(1).to_numpy(),
                                              batch.column(2).to_numpy(), lookup, first, stop)
             starts.append(start)
@@ -206,6 +207,36 @@ def chrom_block_scores(sources, first: int, stop: int, weights: sp.csr_matrix, t
     return scores.data, scores.indices, scores.indptr
 
 
+@numba.njit(cache=True, nogil=True)
+def _join_scale_round(indptrs, data, indices, scale_to):  # pragma: no cover - numba
+    """Rows of the parts side by side, each row scaled to ``scale_to``, rounded to 3 decimals, zeros dropped.
+
+    ``indptrs[p]`` is part ``p``'s indptr into the concatenated ``data``/``indices`` (columns
+    already offset), so a row is its parts' runs in order. Rounding is numpy's
+    ``round(x, 3)``: ``rint(x * 1000) / 1000``.
+    """
+    n_parts, n_rows = indptrs.shape[0], indptrs.shape[1] - 1
+    totals = np.zeros(n_rows, np.float64)
+    for r in range(n_rows):
+        for p in range(n_parts):
+            for k in range(indptrs[p, r], indptrs[p, r + 1]):
+                totals[r] += data[k]
+    out_ptr = np.zeros(n_rows + 1, np.int64)
+    out_indices = np.empty(data.size, np.int32)
+    out_data = np.empty(data.size, np.float32)
+    m = 0
+    for r in range(n_rows):
+        for p in range(n_parts):
+            for k in range(indptrs[p, r], indptrs[p, r + 1]):
+                v = np.rint(scale_to * data[k] / totals[r] * 1000.0) / 1000.0
+                if v != 0.0:
+                    out_indices[m] = indices[k]
+                    out_data[m] = v
+                    m += 1
+        out_ptr[r + 1] = m
+    return out_ptr, out_indices[:m].copy(), out_data[:m].copy()
+
+
 def finish_block(parts, n_genes: list[int], scale_to: float) -> sp.csr_matrix:
     """Join one block's chromosome parts (genes in chromosome order), scale rows to ``scale_to``.
 
@@ -221,12 +252,12 @@ def finish_block(parts, n_genes: list[int], scale_to: float) -> sp.csr_matrix:
     [[5.0, 0.0, 5.0], [10.0, 0.0, 0.0]]
     """
     n_rows = parts[0][2].size - 1 if parts else 0
-    mats = [sp.csr_matrix(p, shape=(n_rows, n)) for p, n in zip(parts, n_genes)]
-    joined = sp.hstack(mats, format="csr", dtype=np.float64) if mats else sp.csr_matrix((n_rows, 0))
-    totals = np.asarray(joined.sum(axis=1)).ravel()
-    per_entry = np.repeat(totals, np.diff(joined.indptr))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        joined.data = np.round(scale_to * joined.data / per_entry, 3)
-    joined.eliminate_zeros()
-    joined.sort_indices()
-    return joined.astype(np.float32)
+    column_start = np.cumsum([0, *n_genes])
+    entry_start = np.cumsum([0, *(p[0].size for p in parts)])
+    data = np.concatenate([np.asarray(p[0], np.float64) for p in parts]) if parts else np.empty(0)
+    indices = (np.concatenate([np.asarray(p[1], np.int32) + np.int32(c) for p, c in zip(parts, column_start)])
+               if parts else np.empty(0, np.int32))
+    indptrs = (np.stack([np.asarray(p[2], np.int64) + e for p, e in zip(parts, entry_start)])
+               if parts else np.zeros((0, n_rows + 1), np.int64))
+    indptr, indices, data = _join_scale_round(indptrs, data, indices, float(scale_to))
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, int(column_start[-1])))
