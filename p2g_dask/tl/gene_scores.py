@@ -98,8 +98,9 @@ def gene_scores(
     key_added
         Name of the result in the store (modality and ``atac.obsm`` key).
     gene_model, extend_upstream, extend_downstream, gene_upstream, gene_downstream
-        ArchR's ``geneModel`` (an expression in ``x``, the signed distance in bp; names allowed:
-        exp, abs, log, sqrt, minimum, maximum, where), ``extendUpstream``/``extendDownstream``
+        ArchR's ``geneModel`` (an expression in ``x``, the signed distance in bp, parsed, not
+        executed: numbers, ``+ - * / **``, comparisons, exp, abs, log, sqrt, minimum, maximum,
+        where, pi, e), ``extendUpstream``/``extendDownstream``
         (minimum, maximum window beyond the gene), ``geneUpstream``/``geneDownstream``
         (extension of the gene body itself).
     use_gene_boundaries, use_tss, extend_tss, tile_size, ceiling, gene_scale_factor, scale_to
