@@ -75,11 +75,27 @@ class _Run:
             return
         iterative_lsi(self.store_path, client=self.client, overwrite=True, **params)
 
+    def gene_scores(self) -> None:
+        from p2g_dask.io import read_gene_annotation
+        from p2g_dask.tl import gene_scores
+
+        params = dict(self.config.get("gene_scores") or {})
+        params.setdefault("cache_fragments", str(self.out / "fragment_cache"))
+        genes = read_gene_annotation(self.inputs["gene_annotation"])[0]
+        result = gene_scores(self.inputs["fragments"], genes=genes, store=self.store_path, client=self.client,
+                             overwrite=self.overwrite, show_progress=self.progress, **params)
+        self.record["outputs"]["gene_scores"] = f"{self.store_path}/{result.name}"
+
     def peak_to_gene(self) -> None:
         from p2g_dask.io import read_gene_annotation, write_links
         from p2g_dask.tl import peak_to_gene
 
         params = dict(self.config.get("peak_to_gene") or {})
+        if params.get("gene_obsm") and params.get("gene_names") is None:
+            # Gene scores written by the gene_scores stage: their names are the modality's var.
+            from p2g_dask.io.store import StoreModality
+
+            params["gene_names"] = StoreModality(self.store_path, params["gene_obsm"]).var.index
         lsi = self.config.get("iterative_lsi")
         if lsi is not False:
             params.setdefault("use_rep", (lsi or {}).get("key_added", "X_iterative_lsi"))
@@ -188,6 +204,8 @@ def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) 
     stages = ["ingest"]
     if config.get("iterative_lsi", {}) is not False:
         stages.append("iterative_lsi")
+    if config.get("gene_scores"):
+        stages.append("gene_scores")
     stages.append("peak_to_gene")
     stages += [name for name in ("filter_links", "pseudobulk", "plots") if config.get(name)]
     for number, name in enumerate(stages, start=1):

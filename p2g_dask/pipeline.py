@@ -12,6 +12,8 @@ Config sections (all but ``inputs`` and ``output`` optional)::
     peak_to_gene:  peak_to_gene parameters
     filter_links:  filter_links cutoffs (writes links_filtered.parquet)
     pseudobulk:    pseudobulk_with_fragments parameters (needs inputs.fragments, inputs.chrom_sizes)
+    gene_scores:   gene_scores parameters (needs inputs.fragments and inputs.gene_annotation); written
+                   into the store; peak_to_gene uses them with peak_to_gene.gene_obsm: <key_added>
     plots:         genes (list), group_by, and plot_peak2gene options
 """
 
@@ -34,7 +36,7 @@ from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import logger
 
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
-            "filter_links", "pseudobulk", "plots")
+            "filter_links", "pseudobulk", "plots", "gene_scores")
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
               "mod_atac", "mod_rna", "truth")
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
@@ -111,6 +113,13 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         from p2g_dask.pl import plot_peak2gene
 
         _check_keys("plots", config["plots"], set(_PLOT_KEYS) | _function_keys(plot_peak2gene))
+    if isinstance(config.get("gene_scores"), Mapping):
+        from p2g_dask.tl import gene_scores
+
+        allowed = _function_keys(gene_scores) - {"fragments", "genes", "store", "cells"}
+        _check_keys("gene_scores", config["gene_scores"], allowed)
+    if config.get("gene_scores") and not (inputs.get("fragments") and inputs.get("gene_annotation")):
+        raise ValueError("config section 'gene_scores' needs inputs.fragments and inputs.gene_annotation.")
     if config.get("pseudobulk") and not (inputs.get("fragments") and inputs.get("chrom_sizes")):
         raise ValueError("config section 'pseudobulk' needs inputs.fragments and inputs.chrom_sizes.")
     return config

@@ -1,4 +1,5 @@
-"""Tools: metacells, peak-to-gene links, link filters, iterative LSI, pseudobulk coverage.
+"""Tools: metacells, peak-to-gene links, link filters, iterative LSI, pseudobulk coverage,
+gene scores.
 
 Public names resolve lazily to their module (``_EXPORTS``); the metacell aggregation of
 ``peak_to_gene`` (``p2g_dask.tl.aggregate``) is internal and not exported.
@@ -17,6 +18,7 @@ _EXPORTS = {
     "iterative_lsi": "lsi",
     "tfidf": "lsi",
     "pseudobulk_with_fragments": "pseudobulk",
+    "gene_scores": "gene_scores",
     "filter_links": "links",
     "links_per_gene": "links",
     "links_per_peak": "links",
@@ -27,4 +29,5 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 # the package attribute, so bind the functions eagerly instead.
 from p2g_dask.tl.metacells import metacells  # noqa: E402
 from p2g_dask.tl.peak_to_gene import peak_to_gene  # noqa: E402
+from p2g_dask.tl.gene_scores import gene_scores  # noqa: E402
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import stats
 
 from p2g_dask._graph import Rows
 
@@ -107,6 +106,8 @@ def variance_quantiles(variances: np.ndarray) -> np.ndarray:
     variances = np.asarray(variances, dtype=np.float64)
     if variances.size == 0:
         return variances
+    from scipy import stats  # here: scipy.stats costs about a second at start-up
+
     return np.trunc(stats.rankdata(variances, method="average")) / variances.size
 
 
@@ -153,6 +154,8 @@ def pair_correlation(
 def t_and_pvalue(correlation: np.ndarray, n_metacells: int) -> tuple[np.ndarray, np.ndarray]:
     """ArchR's t statistic ``r / sqrt(max(1 - r^2, 1e-17) / (m - 2))`` and two-sided p value."""
     dof = n_metacells - 2
+    from scipy import stats
+
     with np.errstate(invalid="ignore"):
         t = correlation / np.sqrt(np.maximum(1.0 - correlation**2, 1e-17) / dof)
         pval = 2.0 * stats.t.sf(np.abs(t), dof)
