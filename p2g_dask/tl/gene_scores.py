@@ -363,8 +363,8 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
     """Stream the block files into ``<store>/<key_added>`` and copy its X to ``atac.obsm[key_added]``."""
     import zarr
 
-    from p2g_dask.io._sources import RowSource
-    from p2g_dask.io.store import _STAGED, StoreModality, _write_modality
+    from p2g_dask._modality import Modality
+    from p2g_dask.io.store import _STAGED, StoreModality, _write_modality, zarr_write_settings
 
     chunk = blocks[0][1] - blocks[0][0] or 1
 
@@ -378,10 +378,10 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
         span = sp.vstack([sp.load_npz(parts_dir / f"block-{b:06d}.npz") for b in range(first, last + 1)], format="csr")
         return span[rows - first * chunk]
 
-    source = RowSource(name=key_added, obs=obs, var=var, read_rows=read_rows)
+    source = Modality(key_added, obs, var, reader=read_rows)
     target = Path(store_obj.path) / key_added
     with timed(f"gene scores: writing {key_added!r} into {store_obj.path}"):
-        with atomic_path(target, overwrite=overwrite, argument="key_added") as tmp:
+        with atomic_path(target, overwrite=overwrite, argument="key_added") as tmp, zarr_write_settings():
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             _write_modality(group, source, np.arange(len(obs)), chunk)
             ad.io.write_elem(group, "uns", {UNS_KEY: params.as_dict()})
