@@ -97,8 +97,10 @@ def differential_links(
         if sizes[g] <= 3:
             raise ValueError(f"group {g!r} has {sizes[g]:.1f} effective metacells; the z test needs more than 3.")
     keys = ["peak", "gene"]
-    first = data.loc[data["group"].astype(str) == str(group1), keys + ["chrom", "distance", "correlation"]]
-    second = data.loc[data["group"].astype(str) == str(group2), keys + ["correlation"]]
+    first = data.loc[data["group"].astype(str) == str(group1), keys + ["chrom", "distance", "correlation"]].copy()
+    second = data.loc[data["group"].astype(str) == str(group2), keys + ["correlation"]].copy()
+    # Plain tables: attrs with arrays (memberships) make pandas' attrs comparison in merge fail.
+    first.attrs, second.attrs = {}, {}
     table = first.merge(second, on=keys, suffixes=("_1", "_2"))
     r1, r2 = (np.clip(table[c].to_numpy(dtype=np.float64), -1 + 1e-12, 1 - 1e-12)
               for c in ("correlation_1", "correlation_2"))
