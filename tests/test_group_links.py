@@ -229,3 +229,50 @@ def test_peak_to_gene__groupby_real_pbmc_matches_numpy():
     assert_matches_numpy(links, atac, rna, genes)
     diff = p2g.tl.differential_links(links, "B", "T")
     assert len(diff) > 0 and diff["pval"].dropna().between(0, 1).all()
+
+
+@pytest.fixture(scope="module")
+def sim_links(sim):
+    with dask.config.set(scheduler="synchronous"):
+        return p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, **GROUPED)
+
+
+def test_write_links__group_column_bedpe_10x_and_parquet(sim_links, tmp_path):
+    sig = sim_links[sim_links["fdr"] < 0.05]
+    bedpe = p2g.io.write_links(sig, tmp_path / "l.bedpe", format="bedpe", header=False)
+    names = pd.read_csv(bedpe, sep="\t", header=None)[6]
+    assert sorted(names) == sorted(sig["gene"].astype(str) + "|" + sig["group"].astype(str))
+    one = sig[sig["group"] == sig["group"].iloc[0]]
+    tenx = pd.read_csv(p2g.io.write_links(one, tmp_path / "feature_linkage.bedpe", format="10x"), sep="\t",
+                       header=None)
+    assert tenx.shape == (len(one), 13) and (tenx[12] == "peak-gene").all()
+    merged = tenx.merge(one, left_on=[0, 1, 4], right_on=["chrom", "peak_start", "tss"])
+    np.testing.assert_allclose(merged[7], merged["correlation"], rtol=1e-5)
+    np.testing.assert_allclose(merged[10], -np.log10(merged["pval"]), rtol=1e-4)
+    np.testing.assert_array_equal(merged[11], np.abs((merged["peak_start"] + merged["peak_end"]) // 2 - merged["tss"]))
+    assert (merged[6] == "<" + merged["gene"] + np.where(merged[11] <= 1000, "_promoter", "_distal") + "><"
+            + merged["gene"] + ">").all()
+    back = p2g.io.read_links(p2g.io.write_links(sim_links, tmp_path / "l.parquet"))
+    assert set(back.attrs["metacells"]) == set(sim_links.attrs["metacells"])
+    for group, membership in sim_links.attrs["metacells"].items():
+        np.testing.assert_array_equal(np.asarray(back.attrs["metacells"][group]), np.asarray(membership))
+
+
+def test_plot_peak2gene__one_arc_track_per_group(sim, sim_links):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gene = sim.group_truth["gene"].iloc[0]
+    groups = list(sim_links.attrs["metacells"])[:2]
+    fig, axes = p2g.pl.plot_peak2gene(sim.atac, gene=gene, links=sim_links, gene_annotation=sim.genes,
+                                      groups=groups, fdr_cutoff=1.0, cor_cutoff=0.0)
+    assert list(axes["links_by_group"]) == groups
+    for group, ax in axes["links_by_group"].items():
+        expected = sim_links[(sim_links["gene"] == gene) & (sim_links["group"] == group)
+                             & sim_links["correlation"].notna()]
+        assert len([p for p in ax.patches if p.get_gid() == "arc"]) == len(expected)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="not groups of the links"):
+        p2g.pl.plot_peak2gene(sim.atac, gene=gene, links=sim_links, gene_annotation=sim.genes, groups=["nope"])
