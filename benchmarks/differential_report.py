@@ -84,24 +84,35 @@ def planted_recall(p2g) -> None:
           f"{np.mean(diff['pval'] < 0.05):.3f}, fdr < 0.05 {np.mean(diff['fdr'] < 0.05):.3f}")
 
 
-def pbmc(p2g) -> None:
+def pbmc_input(p2g):
+    """PBMC 1k ATAC (with a plain LSI in obsm['X_lsi'] and coarse B / T / myeloid labels in
+    obs['coarse'] from marker genes), RNA and the hg38 genes; None when the data folder is absent."""
     import anndata as ad
 
     if not (DATA / "pbmc_multiome_1k" / "atac.h5ad").exists():
-        print(f"PBMC 1k: {DATA} absent, skipped")
-        return
+        return None
     atac = ad.read_h5ad(DATA / "pbmc_multiome_1k" / "atac.h5ad")
     rna = ad.read_h5ad(DATA / "pbmc_multiome_1k" / "rna.h5ad")
     genes, _ = p2g.io.read_gene_annotation(DATA / "hg38" / "hg38_genes.tsv.gz")
     dense = (atac.X > 0).astype(np.float64).toarray()
     u, s, _ = np.linalg.svd(np.log1p(dense / np.maximum(dense.sum(1, keepdims=True), 1) * 1e4), full_matrices=False)
     atac.obsm["X_lsi"] = u[:, 1:11] * s[1:11]
+    # Marker scores: mean log CP10k of each lineage's markers; the highest wins.
     x = rna.X.toarray().astype(np.float64)
     x = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)
     markers = {"B": ["MS4A1", "CD79A", "BANK1", "TCL1A"], "T": ["IL7R", "TRAC", "LEF1", "BCL11B", "CD2"],
                "myeloid": ["LYZ", "CD14", "S100A8", "VCAN", "CST3"]}
     scores = np.stack([x[:, rna.var_names.get_indexer(g)].mean(1) for g in markers.values()], axis=1)
     atac.obs["coarse"] = np.array(list(markers))[scores.argmax(1)]
+    return atac, rna, genes
+
+
+def pbmc(p2g) -> None:
+    loaded = pbmc_input(p2g)
+    if loaded is None:
+        print(f"PBMC 1k: {DATA} absent, skipped")
+        return
+    atac, rna, genes = loaded
     print("PBMC 1k coarse labels:", atac.obs["coarse"].value_counts().to_dict())
     links = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=genes, use_rep="X_lsi", groupby="coarse",
                                 n_metacells={"B": 30, "T": 30, "myeloid": 30}, k_neighbors=20, min_metacells=10)

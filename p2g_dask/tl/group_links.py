@@ -189,7 +189,7 @@ def grouped_peak_to_gene(
 ) -> pd.DataFrame:
     """The grouped branch of :func:`p2g_dask.tl.peak_to_gene` (called from there; see its docs).
 
-    ``columns`` and ``assemble`` are peak_to_gene's column-gathering task and table assembly
+    ``columns`` and ``assemble`` are peak_to_gene's per-chromosome column tasks and table assembly
     (passed in so the two paths share them). Returns the links with a ``group`` column first.
     """
     n_cells = atac_mod.n_obs
@@ -227,11 +227,8 @@ def grouped_peak_to_gene(
     sample_results = {g: {s: [] for s in per_sample[g]} for g in per_sample} if replication else {}
     chrom_peaks, chrom_genes = [], []
     for chrom in pd.unique(np.concatenate([peak_chrom, gene_chrom])):
-        p_idx = np.flatnonzero(peak_chrom == chrom)
-        g_idx = np.flatnonzero(gene_chrom == chrom)
-        chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
-        rna_cols = columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+        p_idx, g_idx, chrom_token, atac_cols, rna_cols = columns(
+            chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns)
         args = (p_idx, centres[p_idx], g_idx, tss_all[g_idx], params.max_distance, params.scale_to)
         units = [(g, None, np.arange(offsets[i], offsets[i + 1])) for i, g in enumerate(names)]
         units += [(g, s, offsets[names.index(g)] + rows) for g in sample_results for s, rows in per_sample[g].items()]

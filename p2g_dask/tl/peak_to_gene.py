@@ -160,6 +160,16 @@ def _columns(blocks, columns: np.ndarray, key: str):
                                                   dask_key_name=key)
 
 
+def _chromosome_columns(chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns):
+    """A chromosome's peak and gene positions, its token and the tasks gathering their sums' columns."""
+    p_idx = np.flatnonzero(peak_chrom == chrom)
+    g_idx = np.flatnonzero(gene_chrom == chrom)
+    chrom_token = dask.base.tokenize(token, chrom)
+    atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
+    rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+    return p_idx, g_idx, chrom_token, atac_cols, rna_cols
+
+
 def peak_to_gene(
     atac: Any,
     *,
@@ -285,7 +295,7 @@ def peak_to_gene(
             atac_mod, rna_mod, extra_obsm, peaks, genes, rna_columns, centres, params, groupby=groupby,
             sample_key=sample_key, metacells=metacells, n_metacells=n_metacells, min_group_cells=min_group_cells,
             min_metacells=min_metacells, replication=replication, chunk_cells=chunk_cells,
-            split_every=split_every, client=client, show_progress=show_progress, columns=_columns,
+            split_every=split_every, client=client, show_progress=show_progress, columns=_chromosome_columns,
             assemble=_assemble,
         )
     with timed("metacells", timings):
@@ -334,11 +344,8 @@ def peak_to_gene(
         )
     # Every chromosome with peaks or genes gets a task: its features' variances feed the quantiles.
     for chrom in pd.unique(np.concatenate([peak_chrom, gene_chrom])):
-        p_idx = np.flatnonzero(peak_chrom == chrom)
-        g_idx = np.flatnonzero(gene_chrom == chrom)
-        chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
-        rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+        p_idx, g_idx, chrom_token, atac_cols, rna_cols = _chromosome_columns(
+            chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns)
         task = delayed(correlate_chromosome, pure=True, nout=3)(
             atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
             tss_all[g_idx], params.max_distance, params.scale_to,
