@@ -68,7 +68,8 @@ GROUPED = dict(use_rep="X_latent", groupby="cell_type", n_metacells=150, k_neigh
 @pytest.mark.parametrize("chunk_cells", [None, 97, 250])
 def test_peak_to_gene__groupby_matches_numpy_in_memory_sync(sim, chunk_cells):
     with dask.config.set(scheduler="synchronous"):
-        links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, chunk_cells=chunk_cells, **GROUPED)
+        links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, chunk_cells=chunk_cells,
+                                    **GROUPED)
     assert list(links.columns[:2]) == ["group", "peak"]
     assert set(links.attrs["metacells"]) == set(sim.atac.obs["cell_type"].astype(str))
     assert_matches_numpy(links, sim.atac, sim.rna, sim.genes)
@@ -157,6 +158,13 @@ def test_group_metacells__sample_aware_never_mix_samples(sim):
         assert (samples[neighbours] == samples[neighbours[:, :1]]).all()
         assert (groups[neighbours] == group).all()
         assert len(set(samples[neighbours[:, 0]])) == 2
+    # Without groupby: one group of all cells, still never mixing samples.
+    with dask.config.set(scheduler="synchronous"):
+        links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
+                                    sample_key="sample", n_metacells=100, k_neighbors=10, min_metacells=10)
+    (group, neighbours), = links.attrs["metacells"].items()
+    assert group == "all" and (samples[neighbours] == samples[neighbours[:, :1]]).all()
+    assert_matches_numpy(links, sim.atac, sim.rna, sim.genes)
 
 
 def test_peak_to_gene__replication_columns(sim):

@@ -297,8 +297,8 @@ def _plant_group_links(rng, atac_x, rna_x, n_links, within, cell_type, type_name
     gene_chrom = pd.Index(chrom_names).get_indexer(genes["chrom"])
     rows, used = [], set()
     for gene in rng.permutation(free_genes):
-        near = np.flatnonzero(free_peaks & (peak_chrom == gene_chrom[gene])
-                              & (np.abs(peak_centre - tss[gene]) >= 10_000) & (np.abs(peak_centre - tss[gene]) <= 200_000))
+        offset = np.abs(peak_centre - tss[gene])
+        near = np.flatnonzero(free_peaks & (peak_chrom == gene_chrom[gene]) & (offset >= 10_000) & (offset <= 200_000))
         near = [p for p in near if p not in used]
         if not near:
             continue

@@ -78,7 +78,8 @@ def differential_links(
     >>> out["peak"].tolist(), bool(out["pval"].iloc[0] < 1e-5)
     (['p1', 'p2'], True)
     """
-    require_columns(data, GROUP_LINKS, argument="data", columns=["group", "peak", "gene", "chrom", "distance", "correlation"])
+    require_columns(data, GROUP_LINKS, argument="data",
+                    columns=["group", "peak", "gene", "chrom", "distance", "correlation"])
     present = set(data["group"].astype(str))
     for name, value in (("group1", group1), ("group2", group2)):
         if str(value) not in present:
@@ -92,7 +93,8 @@ def differential_links(
         else:
             memberships = data.attrs.get("metacells")
             if not isinstance(memberships, dict) or g not in memberships:
-                raise ValueError(f"no metacells for group {g!r} in data.attrs['metacells']; pass n_effective={{{g!r}: n}}.")
+                raise ValueError(f"no metacells for group {g!r} in data.attrs['metacells']; "
+                                 f"pass n_effective={{{g!r}: n}}.")
             sizes[g] = effective_metacells(memberships[g])
         if sizes[g] <= 3:
             raise ValueError(f"group {g!r} has {sizes[g]:.1f} effective metacells; the z test needs more than 3.")

@@ -20,8 +20,9 @@ import scipy.sparse as sp
 from dask.delayed import delayed
 from scipy import stats
 
+import p2g_dask
 from p2g_dask import _graph
-from p2g_dask._inputs import get_obsm
+from p2g_dask._inputs import get_obsm, obs_names_hash
 from p2g_dask._logging import logger
 from p2g_dask._variables import check_metacells, params_record
 from p2g_dask.tl.aggregate import membership_sums
@@ -43,7 +44,7 @@ def group_metacells(
     obs: pd.DataFrame,
     embedding: np.ndarray,
     *,
-    groupby: str,
+    groupby: str | None,
     sample_key: str | None = None,
     n_metacells: int | dict = 500,
     k_neighbors: int = 100,
@@ -69,7 +70,8 @@ def group_metacells(
     embedding
         Cells x dimensions (the kNN space).
     groupby, sample_key
-        obs columns of the groups and of the samples.
+        obs columns of the groups and of the samples; ``groupby=None`` makes all cells one group
+        named ``"all"`` (metacells within each sample only).
     n_metacells, k_neighbors, overlap_cutoff, seed
         ArchR's metacell rules (see :func:`p2g_dask.tl.metacells`).
     min_group_cells, min_metacells
@@ -89,7 +91,7 @@ def group_metacells(
     >>> sorted(found), bool(np.isin(found["b"], np.arange(200, 300)).all())
     (['a', 'b'], True)
     """
-    groups = _labels(obs, groupby, "groupby")
+    groups = _labels(obs, groupby, "groupby") if groupby is not None else np.full(len(obs), "all")
     samples = _labels(obs, sample_key, "sample_key") if sample_key is not None else np.full(len(obs), "")
     min_cells = k_neighbors if min_group_cells is None else int(min_group_cells)
     if isinstance(n_metacells, dict):
@@ -185,19 +187,21 @@ def grouped_peak_to_gene(
     atac_mod, rna_mod, extra_obsm, peaks, genes, rna_columns, centres, params, *,
     groupby: str | None, sample_key: str | None, metacells: dict | None, n_metacells, min_group_cells,
     min_metacells: int, replication: bool, chunk_cells, split_every: int, client: Any, show_progress: bool,
-    columns, assemble,
+    columns, assemble, checkpoint: Any = None,
 ) -> pd.DataFrame:
     """The grouped branch of :func:`p2g_dask.tl.peak_to_gene` (called from there; see its docs).
 
     ``columns`` and ``assemble`` are peak_to_gene's per-chromosome column tasks and table assembly
     (passed in so the two paths share them). Returns the links with a ``group`` column first.
     """
+    if checkpoint is not None:
+        raise ValueError("checkpoint= is not supported with groupby=/sample_key= yet; run without checkpoint=.")
     n_cells = atac_mod.n_obs
     samples = _labels(atac_mod.obs, sample_key, "sample_key") if sample_key is not None else None
     if replication and sample_key is None:
         raise ValueError("replication=True needs sample_key= (the obs column naming each cell's sample).")
     if metacells is None:
-        if groupby is None:
+        if groupby is None and sample_key is None:
             raise ValueError("groupby= or metacells= (a dict group -> membership) is needed for grouped links.")
         memberships = group_metacells(
             atac_mod.obs, get_obsm(atac_mod, params.use_rep, extra_obsm), groupby=groupby, sample_key=sample_key,
@@ -258,5 +262,7 @@ def grouped_peak_to_gene(
                    "fdr_scope": "within group"},
         "metacells": {g: MetacellMembership(memberships[g]) for g in names},
         "n_cells": int(n_cells),
+        "obs_names_hash": obs_names_hash(atac_mod.obs.index),
+        "p2g_dask_version": p2g_dask.__version__,
     })
     return links

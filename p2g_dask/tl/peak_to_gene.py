@@ -242,7 +242,8 @@ def peak_to_gene(
         Links per group (an obs column; or ``metacells=`` as a dict group -> membership): metacells
         built within each group (and each sample with ``sample_key``), all groups summed in one
         pass, BH and variance quantiles within each group; ``n_metacells`` may be a dict group ->
-        int. ``replication=True`` adds per-sample replication columns. See
+        int. ``sample_key`` alone builds the metacells within each sample (one group ``"all"``).
+        ``replication=True`` adds per-sample replication columns. See
         :func:`p2g_dask.tl.group_links.grouped_peak_to_gene` and docs/groups.md.
 
     Returns
@@ -263,7 +264,8 @@ def peak_to_gene(
     (['peak', 'gene', 'chrom'], True)
     """
     params = PeakToGeneParams(
-        use_rep=use_rep, n_metacells=500 if isinstance(n_metacells, dict) else n_metacells, k_neighbors=k_neighbors, max_distance=max_distance,
+        use_rep=use_rep, n_metacells=500 if isinstance(n_metacells, dict) else n_metacells,  # dict: per group
+        k_neighbors=k_neighbors, max_distance=max_distance,
         overlap_cutoff=overlap_cutoff, scale_to=scale_to, seed=seed, gene_obsm=gene_obsm,
         precomputed_metacells=metacells is not None, chunk_cells=chunk_cells, split_every=split_every,
     )
@@ -287,7 +289,7 @@ def peak_to_gene(
     genes["tss"] = gene_tss(genes["start"].to_numpy(), genes["end"].to_numpy(), genes["strand"].to_numpy())
     centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
 
-    if groupby is not None or isinstance(metacells, dict):
+    if groupby is not None or sample_key is not None or isinstance(metacells, dict):
         # Links per group: all groups' metacells summed in the same single pass (tl/group_links.py).
         from p2g_dask.tl.group_links import grouped_peak_to_gene
 
@@ -296,7 +298,7 @@ def peak_to_gene(
             sample_key=sample_key, metacells=metacells, n_metacells=n_metacells, min_group_cells=min_group_cells,
             min_metacells=min_metacells, replication=replication, chunk_cells=chunk_cells,
             split_every=split_every, client=client, show_progress=show_progress, columns=_chromosome_columns,
-            assemble=_assemble,
+            assemble=_assemble, checkpoint=checkpoint,
         )
     with timed("metacells", timings):
         if metacells is None:
