@@ -62,6 +62,10 @@ LINKS = TableSchema("links", (
 ), fix="pass the table returned by p2g.tl.peak_to_gene (or read by p2g.io.read_links)")
 #: Columns of the links table of :func:`p2g_dask.tl.peak_to_gene`, in order.
 LINK_COLUMNS = LINKS.names
+#: Links per group (``peak_to_gene(..., groupby=...)``): a ``group`` column, then the links columns.
+GROUP_LINKS = TableSchema("group links", (Column("group", "O", "the group (obs value) whose metacells gave r"),)
+                          + LINKS.columns,
+                          fix="pass the table returned by p2g.tl.peak_to_gene(..., groupby=...)")
 
 COACCESSIBILITY = TableSchema("co-accessibility", (
     Column("peak1", "O", "first peak name"),

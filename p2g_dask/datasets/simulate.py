@@ -44,6 +44,9 @@ class SimulatedMultiome:
         Planted links: ``peak, gene, distance``.
     chrom_sizes
         Chromosome lengths of the simulated genome.
+    group_truth
+        Group-specific planted links (``n_group_links``): ``peak, gene, group, distance``; the
+        link is active only in the cells of ``group`` (a ``cell_type``).
     """
 
     atac: ad.AnnData
@@ -52,6 +55,8 @@ class SimulatedMultiome:
     exons: pd.DataFrame
     truth: pd.DataFrame
     chrom_sizes: dict[str, int] = field(default_factory=dict)
+    group_truth: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({"peak": [], "gene": [], "group": [], "distance": []}))
 
 
 def _place_genes(rng, n_genes, chrom_sizes):
@@ -103,6 +108,9 @@ def simulate_multiome(
     rna_density: float = 0.08,
     link_strength: float = 1.0,
     seed: int = 0,
+    n_group_links: int = 0,
+    n_samples: int = 1,
+    sample_effect: float = 0.0,
 ) -> SimulatedMultiome:
     """Simulate paired scATAC + scRNA counts with planted peak-gene links.
 
@@ -124,6 +132,15 @@ def simulate_multiome(
         Scale of the shared loading of a linked peak (0 removes the links).
     seed
         Seed of ``numpy.random.default_rng``; the same seed gives the same data.
+    n_group_links
+        Group-specific links: a peak and a gene without latent loadings that co-vary along a
+        within-group direction in the cells of one cell type only (types taken in turn); listed in
+        ``group_truth``. 0 (default) leaves the data of a seed unchanged.
+    n_samples, sample_effect
+        Cells are assigned to ``n_samples`` samples (``obs['sample']``); with ``sample_effect`` > 0
+        each sample thins each feature's counts by ``exp(-sample_effect * |N(0, 1)|)`` and shifts
+        the embedding ``X_latent`` by ``sample_effect * N(0, 0.3)`` per dimension (a batch
+        effect). These draws use their own generator, so the defaults change nothing.
 
     Returns
     -------
@@ -210,6 +227,19 @@ def simulate_multiome(
     rna_x = counts(gene_load, gene_base, rna_depth)
 
     type_names = np.array(CELL_TYPE_NAMES[:n_cell_types])
+    # Optional extras draw from their own generator: the outputs of existing seeds stay the same.
+    extra = np.random.default_rng([seed, 20])
+    group_truth = SimulatedMultiome.__dataclass_fields__["group_truth"].default_factory()
+    if n_group_links:
+        atac_x, rna_x, group_truth = _plant_group_links(
+            extra, atac_x, rna_x, n_group_links, latent - centres[cell_type], cell_type, type_names,
+            (peak_chrom, peak_centre, origin, peak_load, atac_depth), (genes, tss, gene_load, rna_depth),
+            np.asarray(peak_names, dtype=object), chrom_names,
+        )
+    sample = extra.integers(0, n_samples, n_cells) if n_samples > 1 else np.zeros(n_cells, dtype=np.int64)
+    if sample_effect > 0:
+        atac_x, rna_x = (_thin_by_sample(extra, x, sample, n_samples, sample_effect) for x in (atac_x, rna_x))
+        latent = latent + sample_effect * extra.normal(0, 0.3, (n_samples, latent_dim))[sample]
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical(type_names[cell_type], categories=type_names),
@@ -217,6 +247,8 @@ def simulate_multiome(
         },
         index=[f"cell{i:06d}-1" for i in range(n_cells)],
     )
+    if n_samples > 1:
+        obs["sample"] = pd.Categorical([f"S{i + 1}" for i in sample])
     atac_obs = obs.copy()
     atac_obs["n_fragment"] = np.asarray(atac_x.sum(1)).ravel().astype(np.int64)
     peak_var = pd.DataFrame(
@@ -242,4 +274,62 @@ def simulate_multiome(
         n_cells, n_peaks, 100 * atac_x.nnz / (n_cells * n_peaks), n_genes,
         100 * rna_x.nnz / (n_cells * n_genes), len(truth),
     )
-    return SimulatedMultiome(atac, rna, genes, _make_exons(rng, genes), truth, chrom_sizes)
+    return SimulatedMultiome(atac, rna, genes, _make_exons(rng, genes), truth, chrom_sizes, group_truth)
+
+
+def _replace_columns(x: sp.csr_matrix, columns: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
+    """``x`` with ``columns`` replaced by the dense ``values`` (cells x len(columns))."""
+    x = x.tocsr(copy=True)
+    x.data[np.isin(x.indices, columns)] = 0
+    x.eliminate_zeros()
+    rows, local = np.nonzero(values)
+    new = sp.csr_matrix((values[rows, local].astype(np.int32), (rows, columns[local])), shape=x.shape)
+    return (x + new).astype(np.int32).tocsr()
+
+
+def _plant_group_links(rng, atac_x, rna_x, n_links, within, cell_type, type_names, peak_info, gene_info,
+                       peak_names, chrom_names):
+    """Peaks and genes without loadings that co-vary within one cell type only."""
+    peak_chrom, peak_centre, origin, peak_load, atac_depth = peak_info
+    genes, tss, gene_load, rna_depth = gene_info
+    free_peaks = (origin < 0) & ~(peak_load != 0).any(1)
+    free_genes = np.flatnonzero(~(gene_load != 0).any(1))
+    gene_chrom = pd.Index(chrom_names).get_indexer(genes["chrom"])
+    rows, used = [], set()
+    for gene in rng.permutation(free_genes):
+        offset = np.abs(peak_centre - tss[gene])
+        near = np.flatnonzero(free_peaks & (peak_chrom == gene_chrom[gene]) & (offset >= 10_000) & (offset <= 200_000))
+        near = [p for p in near if p not in used]
+        if not near:
+            continue
+        peak = int(rng.choice(near))
+        used.add(peak)
+        rows.append((peak, int(gene), len(rows) % len(type_names)))
+        if len(rows) == n_links:
+            break
+    if len(rows) < n_links:
+        raise ValueError(f"n_group_links={n_links}: only {len(rows)} free peak-gene pairs; use fewer or more peaks.")
+    peaks, gene_idx, group = (np.array(c) for c in zip(*rows))
+    atac_new = atac_x[:, peaks].toarray()
+    rna_new = rna_x[:, gene_idx].toarray()
+    for j, (g, t) in enumerate(zip(group, group)):
+        cells = np.flatnonzero(cell_type == t)
+        # A within-type direction of the latent: its spread (sd ~1) drives both features.
+        direction = rng.normal(0, 1, within.shape[1])
+        u = within[cells] @ direction / (0.45 * np.linalg.norm(direction))
+        shared = np.exp(u - 0.5)
+        atac_new[cells, j] = rng.poisson(atac_depth[cells] * 0.4 * shared)
+        rna_new[cells, j] = rng.poisson(rna_depth[cells] * 1.0 * shared)
+    truth = pd.DataFrame({"peak": peak_names[peaks], "gene": genes["gene_name"].to_numpy()[gene_idx],
+                          "group": type_names[group], "distance": peak_centre[peaks] - tss[gene_idx]})
+    return _replace_columns(atac_x, peaks, atac_new), _replace_columns(rna_x, gene_idx, rna_new), truth
+
+
+def _thin_by_sample(rng, x, sample, n_samples, effect):
+    """Binomial thinning of every (sample, feature) by its own factor: a per-sample feature effect."""
+    factor = np.exp(-effect * np.abs(rng.normal(0, 1, (n_samples, x.shape[1]))))
+    x = x.tocsr(copy=True)
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    x.data = rng.binomial(x.data, factor[sample[rows], x.indices]).astype(np.int32)
+    x.eliminate_zeros()
+    return x

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from p2g_dask._atomic import atomic_path
 
 _META_KEY = b"p2g_dask"
-FORMATS = ("parquet", "bedpe", "interact", "longrange")
+FORMATS = ("parquet", "bedpe", "interact", "longrange", "10x")
 
 
 def _to_json(value: Any) -> Any:
@@ -39,6 +39,8 @@ def _from_json(value: Any, key: str | None = None) -> Any:
 
                 return MetacellMembership(array.astype(np.int64))
             return array
+        if key == "metacells":  # links per group: a dict group -> membership
+            return {k: _from_json(v, "metacells") for k, v in value.items()}
         return {k: _from_json(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_json(v) for v in value]
@@ -57,7 +59,8 @@ def write_links(
     path
         Output file.
     format
-        ``'parquet'`` (lossless), ``'bedpe'``, ``'interact'`` (UCSC) or ``'longrange'`` (WashU).
+        ``'parquet'`` (lossless), ``'bedpe'``, ``'interact'`` (UCSC), ``'longrange'`` (WashU) or
+        ``'10x'`` (Cell Ranger ARC's feature_linkage.bedpe, read by MultiVelo).
     overwrite
         Replace an existing file.
     options

@@ -31,7 +31,7 @@ def _prepare(links: pd.DataFrame, fmt: str) -> pd.DataFrame:
     finite = np.isfinite(links["correlation"].to_numpy(dtype=float))
     if not finite.all():
         logger.warning("write_links(format=%r): leaving out %d links with a NaN correlation", fmt, int((~finite).sum()))
-    out = links.loc[finite, _WRITTEN + [c for c in ("fdr", "distance") if c in links.columns]].copy()
+    out = links.loc[finite, _WRITTEN + [c for c in ("fdr", "distance", "pval", "group") if c in links.columns]].copy()
     for col in ("peak_start", "peak_end", "tss"):
         out[col] = out[col].astype(np.int64)
     out["chrom"] = out["chrom"].astype(str)
@@ -72,7 +72,8 @@ def write_links_bedpe(links: pd.DataFrame, path: str | os.PathLike, *, overwrite
 
     Columns: ``chrom1 start1 end1 chrom2 start2 end2 name score strand1 strand2 gene fdr
     distance`` with anchor 1 the peak, anchor 2 the TSS ``[tss, tss + 1)``, ``name`` =
-    ``gene|peak``, strands ``.``. ``fdr`` / ``distance`` are ``.`` when the table lacks them.
+    ``gene|peak`` (``gene|group`` for links per group), strands ``.``. ``fdr`` / ``distance``
+    are ``.`` when the table lacks them.
 
     Parameters
     ----------
@@ -102,7 +103,9 @@ def write_links_bedpe(links: pd.DataFrame, path: str | os.PathLike, *, overwrite
     table = pd.DataFrame({
         "chrom1": t["chrom"], "start1": t["peak_start"], "end1": t["peak_end"],
         "chrom2": t["chrom"], "start2": t["tss"], "end2": t["tss"] + 1,
-        "name": t["gene"].astype(str) + "|" + t["peak"].astype(str), "score": _fmt(t["correlation"]),
+        # Links per group (a ``group`` column) are named gene|group, so each group's arc is told apart.
+        "name": t["gene"].astype(str) + "|" + (t["group"] if "group" in t else t["peak"]).astype(str),
+        "score": _fmt(t["correlation"]),
         "strand1": ".", "strand2": ".", "gene": t["gene"].astype(str),
         "fdr": _fmt(t["fdr"]) if "fdr" in t else ".",
         "distance": t["distance"].astype(np.int64).astype(str) if "distance" in t else ".",
@@ -211,3 +214,56 @@ def write_links_longrange(links: pd.DataFrame, path: str | os.PathLike, *, overw
                              + "," + score})
     table = pd.concat([peak_side, tss_side], ignore_index=True).sort_values(["chrom", "start", "end"], kind="stable")
     return _write(table, path, overwrite=overwrite, gzip_ok=False)
+
+
+def write_links_10x(links: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write links in Cell Ranger ARC's ``feature_linkage.bedpe`` layout (read by MultiVelo).
+
+    13 tab-separated columns, no header: ``chrom1 start1 end1`` the peak, ``chrom2 start2 end2``
+    the TSS ``[tss, tss + 1)``, ``name`` = ``<GENE_promoter><GENE>`` when the peak centre lies
+    within 1 kb of the TSS else ``<GENE_distal><GENE>``, ``score`` = the correlation, strands
+    ``.``, ``significance`` = ``-log10(pval)`` (or of ``fdr`` without ``pval``), ``distance`` =
+    ``|peak centre - TSS|``, linkage type ``peak-gene``. Write one group at a time (the layout has
+    no group field).
+
+    Parameters
+    ----------
+    links
+        Links table (filter it first, e.g. ``fdr < 0.05`` and ``correlation > 0``).
+    path
+        Output file; ``.gz`` writes gzip.
+    overwrite
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> links = pd.DataFrame({"peak": ["chr1:100-601"], "gene": ["A"], "chrom": ["chr1"], "peak_start": [100],
+    ...                       "peak_end": [601], "tss": [5000], "correlation": [0.5], "pval": [0.001]})
+    >>> p = write_links_10x(links, tempfile.mkdtemp() + "/feature_linkage.bedpe")
+    >>> p.read_text().rstrip().split("\\t")
+    ['chr1', '100', '601', 'chr1', '5000', '5001', '<A_distal><A>', '0.5', '.', '.', '3', '4650', 'peak-gene']
+    """
+    t = _prepare(links, "10x")
+    if "group" in t and t["group"].nunique() > 1:
+        logger.warning("write_links(format='10x'): %d groups in one file (the layout has no group field); "
+                       "write one group at a time", t["group"].nunique())
+    p = t["pval"] if "pval" in t else (t["fdr"] if "fdr" in t else pd.Series(np.nan, index=t.index))
+    centre = (t["peak_start"] + t["peak_end"]) // 2
+    distance = np.abs(centre - t["tss"]).astype(np.int64)
+    kind = np.where(distance <= 1000, "_promoter", "_distal")
+    gene = t["gene"].astype(str)
+    with np.errstate(divide="ignore"):
+        significance = -np.log10(np.clip(p.to_numpy(dtype=float), 1e-300, 1.0)) + 0.0
+    table = pd.DataFrame({
+        "chrom1": t["chrom"], "start1": t["peak_start"], "end1": t["peak_end"],
+        "chrom2": t["chrom"], "start2": t["tss"], "end2": t["tss"] + 1,
+        "name": "<" + gene + kind + "><" + gene + ">", "score": _fmt(t["correlation"]),
+        "strand1": ".", "strand2": ".", "significance": _fmt(pd.Series(significance, index=t.index)),
+        "distance": distance.astype(str), "type": "peak-gene",
+    }).sort_values(["chrom1", "start1", "start2"], kind="stable")
+    return _write(table, path, overwrite=overwrite)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
 from p2g_dask.pl import _tracks
 from p2g_dask.tl.links import passing_links
 
@@ -131,6 +131,7 @@ def plot_peak2gene(
     positive_only: bool = False,
     pad_bp: int = 80_000,
     group_by: str | None = None,
+    groups: Sequence[str] | None = None,
     bigwig_files: Mapping[str, str | os.PathLike] | None = None,
     depth_col: str | None = None,
     mod_atac: str = "atac",
@@ -172,6 +173,9 @@ def plot_peak2gene(
     group_by
         obs column: one coverage row per group, the group's mean CP10k of each peak painted
         across the peak's width. Without ``group_by`` and ``bigwig_files``: one row of all cells.
+    groups
+        Links per group (``peak_to_gene(..., groupby=...)``): one arc track per listed group,
+        each with that group's passing links (``axes["links_by_group"]``).
     bigwig_files
         ``{group: path}``: coverage rows from BigWigs (e.g. from ``pseudobulk_with_fragments``),
         binned to the axes' pixel width. Exclusive with ``group_by``.
@@ -222,6 +226,14 @@ def plot_peak2gene(
     require_columns(links, LINKS, argument="links", columns=_DRAWN)
     genes, exons = load_annotations(gene_annotation, exon_annotation)
     gene_links = links[links["gene"] == gene]
+    if groups is not None:
+        require_columns(links, GROUP_LINKS, argument="links (groups=)", columns=["group"])
+        missing = sorted(set(map(str, groups)) - set(links["group"].astype(str)))
+        if missing:
+            raise ValueError(f"groups={list(groups)}: {missing} are not groups of the links; "
+                             f"choose from {sorted(links['group'].astype(str).unique())}.")
+        gene_links = gene_links[gene_links["group"].astype(str).isin(list(map(str, groups)))]
+    arc_groups = [str(g) for g in groups] if groups is not None else [None]
     gene_row = locate_gene(genes, gene)
     chrom = str(gene_row["chrom"])
     sel = gene_links[passing_links(gene_links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, var_cutoff_atac=None,
@@ -253,7 +265,8 @@ def plot_peak2gene(
     # Label widths in bp: 7 pt italic is ~0.68 em per character.
     bp_per_char = (hi - lo) / axes_w_in * (7.0 * 0.68 / 72)
     n_gene_rows = int(_tracks.pack_genes(near, (lo, hi), bp_per_char=bp_per_char).max()) + 1 if len(near) else 1
-    heights = [_COVERAGE_IN] * len(group_names) + [_PEAKS_IN, _ARCS_IN, _GENE_ROW_IN * n_gene_rows + 0.1]
+    heights = ([_COVERAGE_IN] * len(group_names) + [_PEAKS_IN] + [_ARCS_IN] * len(arc_groups)
+               + [_GENE_ROW_IN * n_gene_rows + 0.1])
     fig_h = sum(heights) + _AXIS_IN + 0.35 if figsize is None else figsize[1]
     if ax is None:
         fig = plt.figure(figsize=(width, fig_h))
@@ -265,7 +278,9 @@ def plot_peak2gene(
         ax.remove()
     gene_ax = fig.add_subplot(grid[-1])
     rows = [fig.add_subplot(grid[i], sharex=gene_ax) for i in range(len(heights) - 1)]
-    cov_axes, peak_ax, arc_ax = rows[:-2], rows[-2], rows[-1]
+    n_arcs = len(arc_groups)
+    cov_axes, peak_ax, arc_axes = rows[:-1 - n_arcs], rows[-1 - n_arcs], rows[-n_arcs:]
+    arc_ax = arc_axes[0]
     gene_ax.set_xlim(lo, hi)
 
     # Coverage rows, one shared y scale.
@@ -290,9 +305,11 @@ def plot_peak2gene(
     # Peaks, arcs, genes.
     _tracks.draw_peaks(peak_ax, peaks, np.asarray(peaks.index.isin(sel["peak"]), dtype=bool))
     norm, colormap = Normalize(-1.0, 1.0), plt.get_cmap(cmap)
-    centre = (sel["tss"] + sel["distance"]).to_numpy(dtype=float)
-    _tracks.draw_arcs(arc_ax, centre, sel["tss"].to_numpy(dtype=float), sel["correlation"].to_numpy(dtype=float),
-                      cmap=colormap, norm=norm)
+    for a, arc_group in zip(arc_axes, arc_groups):
+        drawn = sel if arc_group is None else sel[sel["group"].astype(str) == arc_group]
+        centre = (drawn["tss"] + drawn["distance"]).to_numpy(dtype=float)
+        _tracks.draw_arcs(a, centre, drawn["tss"].to_numpy(dtype=float), drawn["correlation"].to_numpy(dtype=float),
+                          cmap=colormap, norm=norm)
     if sel.empty:
         arc_ax.text(0.5, 0.5, f"no links of {gene} with FDR \u2264 {fdr_cutoff:g} and |r| \u2265 {cor_cutoff:g}",
                     transform=arc_ax.transAxes, ha="center", va="center", fontsize=8, color="#555555", gid="note")
@@ -302,7 +319,8 @@ def plot_peak2gene(
     cbar.set_label("r", fontsize=8, rotation=0, labelpad=4)
     _tracks.draw_gene_models(gene_ax, near, region_exons, region=(lo, hi), highlight=gene, bp_per_char=bp_per_char)
 
-    for label, a in (("Peaks", peak_ax), ("Links", arc_ax), ("Genes", gene_ax)):
+    arc_labels = [("Links" if g is None else f"Links\n{g}", a) for g, a in zip(arc_groups, arc_axes)]
+    for label, a in (("Peaks", peak_ax), *arc_labels, ("Genes", gene_ax)):
         a.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     for a in rows + [gene_ax]:
         a.set_yticks([])
@@ -319,4 +337,7 @@ def plot_peak2gene(
     gene_ax.set_xlabel(f"{chrom} (Mb)", fontsize=8)
     if show:
         plt.show()
-    return fig, {"coverage": cov_axes, "peaks": peak_ax, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}
+    axes = {"coverage": cov_axes, "peaks": peak_ax, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}
+    if groups is not None:
+        axes["links_by_group"] = dict(zip(arc_groups, arc_axes))
+    return fig, axes

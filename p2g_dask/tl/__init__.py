@@ -22,6 +22,8 @@ _EXPORTS = {
     "filter_links": "links",
     "links_per_gene": "links",
     "links_per_peak": "links",
+    "differential_links": "differential",
+    "group_metacells": "group_links",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -160,6 +160,16 @@ def _columns(blocks, columns: np.ndarray, key: str):
                                                   dask_key_name=key)
 
 
+def _chromosome_columns(chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns):
+    """A chromosome's peak and gene positions, its token and the tasks gathering their sums' columns."""
+    p_idx = np.flatnonzero(peak_chrom == chrom)
+    g_idx = np.flatnonzero(gene_chrom == chrom)
+    chrom_token = dask.base.tokenize(token, chrom)
+    atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
+    rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+    return p_idx, g_idx, chrom_token, atac_cols, rna_cols
+
+
 def peak_to_gene(
     atac: Any,
     *,
@@ -182,6 +192,11 @@ def peak_to_gene(
     client: Any = None,
     show_progress: bool = False,
     checkpoint: Any = None,
+    groupby: str | None = None,
+    sample_key: str | None = None,
+    min_group_cells: int | None = None,
+    min_metacells: int = 30,
+    replication: bool = False,
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
 
@@ -223,6 +238,13 @@ def peak_to_gene(
         and each chromosome's pair table are saved there, keyed by a hash of the data, the
         metacells and the parameters, so a rerun after a crash recomputes only what is missing
         (see docs/reliability.md). Changed inputs or parameters give new keys.
+    groupby, sample_key, min_group_cells, min_metacells, replication
+        Links per group (an obs column; or ``metacells=`` as a dict group -> membership): metacells
+        built within each group (and each sample with ``sample_key``), all groups summed in one
+        pass, BH and variance quantiles within each group; ``n_metacells`` may be a dict group ->
+        int. ``sample_key`` alone builds the metacells within each sample (one group ``"all"``).
+        ``replication=True`` adds per-sample replication columns. See
+        :func:`p2g_dask.tl.group_links.grouped_peak_to_gene` and docs/groups.md.
 
     Returns
     -------
@@ -242,7 +264,8 @@ def peak_to_gene(
     (['peak', 'gene', 'chrom'], True)
     """
     params = PeakToGeneParams(
-        use_rep=use_rep, n_metacells=n_metacells, k_neighbors=k_neighbors, max_distance=max_distance,
+        use_rep=use_rep, n_metacells=500 if isinstance(n_metacells, dict) else n_metacells,  # dict: per group
+        k_neighbors=k_neighbors, max_distance=max_distance,
         overlap_cutoff=overlap_cutoff, scale_to=scale_to, seed=seed, gene_obsm=gene_obsm,
         precomputed_metacells=metacells is not None, chunk_cells=chunk_cells, split_every=split_every,
     )
@@ -266,6 +289,17 @@ def peak_to_gene(
     genes["tss"] = gene_tss(genes["start"].to_numpy(), genes["end"].to_numpy(), genes["strand"].to_numpy())
     centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
 
+    if groupby is not None or sample_key is not None or isinstance(metacells, dict):
+        # Links per group: all groups' metacells summed in the same single pass (tl/group_links.py).
+        from p2g_dask.tl.group_links import grouped_peak_to_gene
+
+        return grouped_peak_to_gene(
+            atac_mod, rna_mod, extra_obsm, peaks, genes, rna_columns, centres, params, groupby=groupby,
+            sample_key=sample_key, metacells=metacells, n_metacells=n_metacells, min_group_cells=min_group_cells,
+            min_metacells=min_metacells, replication=replication, chunk_cells=chunk_cells,
+            split_every=split_every, client=client, show_progress=show_progress, columns=_chromosome_columns,
+            assemble=_assemble, checkpoint=checkpoint,
+        )
     with timed("metacells", timings):
         if metacells is None:
             embedding = get_obsm(atac_mod, use_rep, extra_obsm)
@@ -312,11 +346,8 @@ def peak_to_gene(
         )
     # Every chromosome with peaks or genes gets a task: its features' variances feed the quantiles.
     for chrom in pd.unique(np.concatenate([peak_chrom, gene_chrom])):
-        p_idx = np.flatnonzero(peak_chrom == chrom)
-        g_idx = np.flatnonzero(gene_chrom == chrom)
-        chrom_token = dask.base.tokenize(token, chrom)
-        atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
-        rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+        p_idx, g_idx, chrom_token, atac_cols, rna_cols = _chromosome_columns(
+            chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns)
         task = delayed(correlate_chromosome, pure=True, nout=3)(
             atac_cols, atac_totals, rna_cols, rna_totals, p_idx, centres[p_idx], g_idx,
             tss_all[g_idx], params.max_distance, params.scale_to,
