@@ -183,3 +183,31 @@ def test_write_links__coaccessibility_loops(tmp_path, fmt):
     else:
         assert lines[0] == ["chr1", "100", "101", "chr1:4000-4001,0.8"]
         assert len(lines) == 4
+
+
+def test_plot_peak2gene__coaccessibility_track(tiny):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim, atac, neighbours = tiny
+    t = sim.truth.merge(sim.genes, left_on="gene", right_on="gene_name")
+    coords = t.peak.str.split("[:-]")
+    links = pd.DataFrame({"peak": t.peak, "gene": t.gene, "chrom": t.chrom, "peak_start": coords.str[1].astype(int),
+                          "peak_end": coords.str[2].astype(int), "tss": np.where(t.strand == "+", t.start, t.end - 1),
+                          "distance": t.distance, "correlation": 0.8, "fdr": 1e-5})
+    with dask.config.set(scheduler="sync"):
+        table = p2g.tl.co_accessibility(atac, metacells=neighbours, max_distance=MAX_DISTANCE)
+    loops = p2g.tl.coaccessibility_loops(table, cor_cutoff=0.0)
+    fig, axes = p2g.pl.plot_peak2gene(atac, gene=links.gene[0], links=links, gene_annotation=sim.genes,
+                                      coaccessibility=loops, pad_bp=1_000_000)
+    lo, hi = axes["genes"].get_xlim()
+    chrom = links.chrom[0]
+    expected = ((loops["chrom"] == chrom) & (loops["start"] >= lo) & (loops["end"] < hi)).sum()
+    drawn = [p for p in axes["coaccessibility"].patches if p.get_gid() == "coaccess-arc"]
+    assert expected > 0 and len(drawn) == expected
+    assert not [p for p in axes["links"].patches if p.get_gid() == "coaccess-arc"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="coaccessibility="):
+        p2g.pl.plot_peak2gene(atac, gene=links.gene[0], links=links, gene_annotation=sim.genes, coaccessibility=table)
