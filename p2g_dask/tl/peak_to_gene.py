@@ -76,6 +76,8 @@ class PeakToGeneParams:
     precomputed_metacells: bool = False
     chunk_cells: int | None = None
     split_every: int = 4
+    #: Null p-values (p2g_dask.tl.link_nulls): extra columns only, the sums are unchanged.
+    empirical_pval: bool = dataclasses.field(default=False, metadata=_AFTER_SUMS)
 
     def __post_init__(self) -> None:
         for name, kind in (("n_metacells", int), ("k_neighbors", int), ("overlap_cutoff", float),
@@ -182,6 +184,7 @@ def peak_to_gene(
     client: Any = None,
     show_progress: bool = False,
     checkpoint: Any = None,
+    empirical_pval: bool = False,
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
 
@@ -223,6 +226,11 @@ def peak_to_gene(
         and each chromosome's pair table are saved there, keyed by a hash of the data, the
         metacells and the parameters, so a rerun after a crash recomputes only what is missing
         (see docs/reliability.md). Changed inputs or parameters give new keys.
+    empirical_pval
+        Add ArchR's empirical null p-values ``emp_pval`` and ``emp_fdr`` (correlations of up to
+        1000 peaks of the other chromosomes with each chromosome's genes; see
+        :mod:`p2g_dask.tl.link_nulls` and docs/coaccessibility.md); the null's summary is in
+        ``attrs['null']``.
 
     Returns
     -------
@@ -245,6 +253,7 @@ def peak_to_gene(
         use_rep=use_rep, n_metacells=n_metacells, k_neighbors=k_neighbors, max_distance=max_distance,
         overlap_cutoff=overlap_cutoff, scale_to=scale_to, seed=seed, gene_obsm=gene_obsm,
         precomputed_metacells=metacells is not None, chunk_cells=chunk_cells, split_every=split_every,
+        empirical_pval=empirical_pval,
     )
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -331,6 +340,14 @@ def peak_to_gene(
         chrom_genes.append(g_idx)
     result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,
                                            dask_key_name=f"p2g-links-{token}")
+    if params.empirical_pval:
+        from p2g_dask.tl import link_nulls
+
+        null = link_nulls.empirical_null(
+            atac_blocks, atac_totals, rna_blocks, rna_totals, peak_chrom=peak_chrom, centres=centres,
+            gene_chrom=gene_chrom, tss=tss_all, rna_columns=rna_columns, max_distance=params.max_distance,
+            scale_to=params.scale_to, seed=params.seed, token=token)
+        result = delayed(link_nulls.add_empirical, pure=True)(result, null, dask_key_name=f"p2g-empirical-{token}")
     with timed("aggregate + correlate", timings):
         # Not empty: some chromosome has candidate pairs (checked above, before the graph ran).
         links = _graph.compute(result, client, show_progress)

@@ -1,0 +1,83 @@
+"""Null p-values of peak_to_gene against an independent numpy/scipy recomputation."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import p2g_dask as p2g
+from p2g_dask.tl import link_nulls
+
+MAX_DISTANCE = 200_000
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    sim = p2g.datasets.simulate_multiome(n_cells=240, n_peaks=800, n_genes=80, n_linked_genes=8, n_chromosomes=3,
+                                         seed=11)
+    neighbours = p2g.tl.metacells(sim.atac.obsm["X_latent"], n_metacells=40, k_neighbors=15, seed=2)
+    return sim, neighbours
+
+
+def _normalised(X, neighbours):
+    X = X.toarray().astype(np.float64)
+    sums = np.stack([X[row].sum(axis=0) for row in neighbours])
+    return np.log2(sums / sums.sum(axis=1, keepdims=True) * 1e4 + 1)
+
+
+@pytest.mark.parametrize("n_null_peaks", [1000, 60])
+def test_peak_to_gene__empirical_null_matches_numpy(tiny, monkeypatch, n_null_peaks):
+    sim, neighbours = tiny
+    monkeypatch.setattr(link_nulls, "NULL_PEAKS", n_null_peaks)
+    with dask.config.set(scheduler="sync"):
+        plain = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours,
+                                    max_distance=MAX_DISTANCE, chunk_cells=97)
+        links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours,
+                                    max_distance=MAX_DISTANCE, chunk_cells=97, empirical_pval=True, seed=5)
+    # The default output is unchanged; the option only adds columns.
+    pd.testing.assert_frame_equal(links[plain.columns], plain)
+    atac = _normalised(sim.atac.X, neighbours)
+    rna_mat = _normalised(sim.rna.X, neighbours)
+    peak_chrom = sim.atac.var["chrom"].astype(str).to_numpy()
+    gene_pos = pd.Series(np.arange(sim.rna.n_vars), index=sim.rna.var_names)
+    pooled, per_chrom = [], {}
+    for index, chrom in enumerate(pd.unique(peak_chrom)):
+        genes = links.loc[links["chrom"] == chrom, "gene"].unique()
+        if genes.size == 0:
+            continue
+        sampled = link_nulls.null_peaks(peak_chrom, chrom, 5, index)
+        other = np.flatnonzero(peak_chrom != chrom)
+        assert sampled.size == min(n_null_peaks, other.size) and np.isin(sampled, other).all()
+        assert np.unique(sampled).size == sampled.size
+        a, g = atac[:, sampled], rna_mat[:, gene_pos[genes].to_numpy()]
+        r = np.array([[np.corrcoef(a[:, i], g[:, j])[0, 1] if a[:, i].std() > 0 and g[:, j].std() > 0 else np.nan
+                       for j in range(g.shape[1])] for i in range(a.shape[1])]).ravel()
+        r = r[~np.isnan(r)]
+        per_chrom[chrom] = (r.mean(), r.std(ddof=1), np.median(r), r.size)
+        pooled.append(r)
+    pooled = np.concatenate(pooled)
+    record = links.attrs["null"]
+    got = {row["chrom"]: (row["mean"], row["sd"], row["median"], row["n"]) for row in record["per_chromosome"]}
+    assert set(got) == set(per_chrom)
+    for chrom, want in per_chrom.items():
+        np.testing.assert_allclose(got[chrom], want, rtol=1e-6, atol=1e-9)
+    assert record["mean"] == pytest.approx(pooled.mean(), abs=1e-9)
+    assert record["sd"] == pytest.approx(pooled.std(ddof=1), rel=1e-6)
+    # emp_pval from the stored null mean/sd, emp_fdr its BH.
+    z = (links["correlation"].to_numpy() - record["mean"]) / record["sd"]
+    np.testing.assert_allclose(links["emp_pval"], 2 * stats.norm.cdf(-np.abs(z)), rtol=1e-10)
+    valid = links["emp_pval"].notna().to_numpy()
+    assert valid.sum() > 100 and links.loc[~valid, "correlation"].isna().all()
+    np.testing.assert_allclose(links.loc[valid, "emp_fdr"],
+                               stats.false_discovery_control(links.loc[valid, "emp_pval"], method="bh"), rtol=1e-10)
+
+
+def test_null_peaks__seeded_and_off_chromosome():
+    chrom = np.repeat(["chr1", "chr2", "chr3"], [500, 700, 900])
+    a = link_nulls.null_peaks(chrom, "chr2", seed=3, index=1)
+    assert a.size == 1000 and not (chrom[a] == "chr2").any()
+    np.testing.assert_array_equal(a, link_nulls.null_peaks(chrom, "chr2", seed=3, index=1))
+    assert not np.array_equal(a, link_nulls.null_peaks(chrom, "chr2", seed=4, index=1))
