@@ -81,3 +81,86 @@ def test_null_peaks__seeded_and_off_chromosome():
     assert a.size == 1000 and not (chrom[a] == "chr2").any()
     np.testing.assert_array_equal(a, link_nulls.null_peaks(chrom, "chr2", seed=3, index=1))
     assert not np.array_equal(a, link_nulls.null_peaks(chrom, "chr2", seed=4, index=1))
+
+
+def _reference_permutation(sim, neighbours, links, permute, n_perm, seed):
+    """Enumerate every permuted p (dense numpy, scipy), then the pooled estimator from its definition."""
+    from p2g_dask.tl import _link_permutations as perms
+
+    m = neighbours.shape[0]
+    atac = _normalised(sim.atac.X, neighbours)
+    gene_pos = pd.Series(np.arange(sim.rna.n_vars), index=sim.rna.var_names)
+    peak_pos = pd.Series(np.arange(sim.atac.n_vars), index=sim.atac.var_names)
+    pi, gi = peak_pos[links["peak"]].to_numpy(), gene_pos[links["gene"]].to_numpy()
+    if permute == "cells":
+        mats = [(atac, _normalised(sim.rna.X, nb))
+                for nb in perms.permuted_neighbours(neighbours, sim.atac.n_obs, n_perm, seed)]
+    else:
+        rna_mat = _normalised(sim.rna.X, neighbours)
+        mats = [(atac[order], rna_mat) for order in perms.metacell_orders(m, n_perm, seed)]
+    null = []
+    for a, g in mats:
+        for i, j in zip(pi, gi):
+            if a[:, i].std() > 0 and g[:, j].std() > 0:
+                r = np.corrcoef(a[:, i], g[:, j])[0, 1]
+                t = r / np.sqrt(max(1 - r**2, 1e-17) / (m - 2))
+                null.append(2 * stats.t.sf(abs(t), m - 2))
+    null = np.sort(null)
+    obs = links["pval"].to_numpy()
+    valid = ~np.isnan(obs)
+    p = obs[valid]
+    # A permuted p within round-off of an observed p may count either way (numba vs corrcoef).
+    low = np.array([(null <= x * (1 - 1e-9)).sum() for x in p])
+    high = np.array([(null <= x * (1 + 1e-9)).sum() for x in p])
+    n_obs = np.array([(p <= x).sum() for x in p])
+    fdr = [np.array([min(1.0, ((c / n_perm) / n_obs)[p >= x].min()) for x in p]) for c in (low, high)]
+    return valid, low, high, fdr, null.size
+
+
+@pytest.mark.parametrize("permute", ["cells", "metacells"])
+def test_peak_to_gene__permutation_counts_match_enumeration(tiny, permute):
+    sim, neighbours = tiny
+    kwargs = dict(rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours, max_distance=60_000, seed=3)
+    with dask.config.set(scheduler="sync"):
+        plain = p2g.tl.peak_to_gene(sim.atac, chunk_cells=50, **kwargs)
+        links = p2g.tl.peak_to_gene(sim.atac, chunk_cells=50, n_permutations=6, permute=permute, **kwargs)
+    assert 20 < len(links) < 3000
+    pd.testing.assert_frame_equal(links[plain.columns], plain, check_exact=False, rtol=1e-9, atol=1e-12)
+    valid, low, high, want_fdr, n_null = _reference_permutation(sim, neighbours, links, permute, 6, 3)
+    count = np.rint(links.loc[valid, "perm_pval"].to_numpy() * (1 + n_null) - 1)
+    assert ((count >= low) & (count <= high)).all()
+    assert (low == high).mean() > 0.8
+    got_fdr = links.loc[valid, "perm_fdr"].to_numpy()
+    assert ((got_fdr >= want_fdr[0] - 1e-12) & (got_fdr <= want_fdr[1] + 1e-12)).all()
+    exact = want_fdr[0] == want_fdr[1]
+    assert exact.mean() > 0.8
+    np.testing.assert_allclose(got_fdr[exact], want_fdr[0][exact], rtol=1e-9)
+    assert links.loc[~valid, "perm_pval"].isna().all()
+    assert links.attrs["permutation"] == {"permute": permute, "n_permutations": 6, "n_null_pvalues": n_null}
+
+
+def test_peak_to_gene__permutations_cost_one_rna_pass(tiny, monkeypatch, local_client):
+    from p2g_dask._modality import Modality
+
+    sim, neighbours = tiny
+    calls = []
+    original = Modality.blocks
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Modality, "blocks", counting)
+    links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours,
+                                max_distance=60_000, n_permutations=9, chunk_cells=64, client=local_client)
+    assert calls.count("rna") == 1 and calls.count("atac") == 1
+    assert links["perm_fdr"].dropna().between(0, 1).all() and links["perm_fdr"].notna().sum() > 50
+    keys = set(local_client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.task_prefixes]))
+    assert "p2g-permute" in keys
+
+
+def test_peak_to_gene__bad_permute_names_argument(tiny):
+    sim, neighbours = tiny
+    with pytest.raises(ValueError, match="permute='rows'"):
+        p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours,
+                            n_permutations=3, permute="rows")
