@@ -29,7 +29,7 @@ def _normalised(X, neighbours):
 
 
 @pytest.mark.parametrize("n_null_peaks", [1000, 60])
-def test_peak_to_gene__empirical_null_matches_numpy(tiny, monkeypatch, n_null_peaks):
+def test_peak_to_gene__empirical_null_matches_numpy(tiny, monkeypatch, n_null_peaks, tmp_path):
     sim, neighbours = tiny
     monkeypatch.setattr(link_nulls, "NULL_PEAKS", n_null_peaks)
     with dask.config.set(scheduler="sync"):
@@ -66,6 +66,9 @@ def test_peak_to_gene__empirical_null_matches_numpy(tiny, monkeypatch, n_null_pe
         np.testing.assert_allclose(got[chrom], want, rtol=1e-6, atol=1e-9)
     assert record["mean"] == pytest.approx(pooled.mean(), abs=1e-9)
     assert record["sd"] == pytest.approx(pooled.std(ddof=1), rel=1e-6)
+    # The record survives a parquet round trip (plain floats, not arrays).
+    p2g.io.write_links(links, tmp_path / "links.parquet")
+    assert p2g.io.read_links(tmp_path / "links.parquet").attrs["null"] == record
     # emp_pval from the stored null mean/sd, emp_fdr its BH.
     z = (links["correlation"].to_numpy() - record["mean"]) / record["sd"]
     np.testing.assert_allclose(links["emp_pval"], 2 * stats.norm.cdf(-np.abs(z)), rtol=1e-10)
@@ -164,3 +167,22 @@ def test_peak_to_gene__bad_permute_names_argument(tiny):
     with pytest.raises(ValueError, match="permute='rows'"):
         p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours,
                             n_permutations=3, permute="rows")
+
+
+def test_plot_link_calibration__draws_each_statistic_present():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(1)
+    links = pd.DataFrame({"pval": rng.uniform(size=400) ** 3, "emp_pval": rng.uniform(size=400)})
+    links["fdr"] = stats.false_discovery_control(links["pval"])
+    links["emp_fdr"] = stats.false_discovery_control(links["emp_pval"])
+    fig, axes = p2g.pl.plot_link_calibration(links, fdr_cutoff=0.05)
+    assert sorted(line.get_gid() for line in axes[0].lines if line.get_gid()) == ["qq:emp_pval", "qq:pval"]
+    heights = [bar.get_height() for bar in axes[2].patches]
+    np.testing.assert_allclose(heights, [100 * (links["fdr"] < 0.05).mean(), 100 * (links["emp_fdr"] < 0.05).mean()])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="pval"):
+        p2g.pl.plot_link_calibration(pd.DataFrame({"x": [1.0]}))

@@ -6,6 +6,7 @@ from p2g_dask._lazy import lazy_exports
 _EXPORTS = {
     "plot_peak2gene": "browser",
     "plot_link_summary": "summary",
+    "plot_link_calibration": "calibration",
     "plot_peak2gene_heatmap": "heatmap",
     "plot_set": "style",
     "plot_style": "style",

@@ -180,7 +180,7 @@ def pooled_permutation_fdr(pval: np.ndarray, counts: np.ndarray, n_permutations:
     --------
     >>> pv, fdr = pooled_permutation_fdr(np.array([0.01, 0.5]), np.array([0, 2, 2]), 2)
     >>> pv.tolist(), fdr.tolist()
-    [[0.2, 0.6], [0.0, 0.5]]
+    ([0.2, 0.6], [0.0, 0.5])
     """
     pval = np.asarray(pval, dtype=np.float64)
     valid = np.flatnonzero(np.isfinite(pval))

@@ -69,7 +69,8 @@ def _null_record(summaries: list[dict], chroms: list[str]) -> dict:
         n = s["n"]
         mean = s["sum"] / n if n else np.nan
         sd = np.sqrt(max(s["sum_squares"] - n * mean**2, 0.0) / (n - 1)) if n > 1 else np.nan
-        rows.append({"chrom": str(chrom), "mean": mean, "sd": sd, "median": s["median"], "n": n})
+        rows.append({"chrom": str(chrom), "mean": float(mean), "sd": float(sd), "median": float(s["median"]),
+                     "n": int(n)})
     n = sum(s["n"] for s in summaries)
     total, squares = sum(s["sum"] for s in summaries), sum(s["sum_squares"] for s in summaries)
     mean = total / n if n else np.nan
