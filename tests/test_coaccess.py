@@ -211,3 +211,13 @@ def test_plot_peak2gene__coaccessibility_track(tiny):
     plt.close(fig)
     with pytest.raises(ValueError, match="coaccessibility="):
         p2g.pl.plot_peak2gene(atac, gene=links.gene[0], links=links, gene_annotation=sim.genes, coaccessibility=table)
+
+
+def test_co_accessibility__checkpoint_resumes_to_same_table(tiny, tmp_path):
+    sim, atac, neighbours = tiny
+    with dask.config.set(scheduler="sync"):
+        first = p2g.tl.co_accessibility(atac, metacells=neighbours, max_distance=MAX_DISTANCE, checkpoint=tmp_path)
+        saved = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+        again = p2g.tl.co_accessibility(atac, metacells=neighbours, max_distance=MAX_DISTANCE, checkpoint=tmp_path)
+    assert saved and sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == saved
+    pd.testing.assert_frame_equal(first, again)
