@@ -5,7 +5,8 @@ the peak ``[peak_start, peak_end)`` (the source) and the gene's TSS as a 1 bp in
 ``[tss, tss + 1)`` (the target). Rows are sorted by chromosome name then start (the order
 ``bedToBigBed`` and ``tabix`` need). Pairs with a NaN correlation (a constant feature) cannot be
 scored and are left out with a logged warning. The writers write what they are given: filter
-the table first (e.g. ``links[links.fdr <= 0.05]``).
+the table first (e.g. ``links[links.fdr <= 0.05]``). Co-accessibility loops
+(``p2g_dask.tl.coaccessibility_loops``) are written the same way, their two ends as 1 bp anchors.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ _WRITTEN = ["peak", "gene", "chrom", "peak_start", "peak_end", "tss", "correlati
 POSITIVE_COLOR, NEGATIVE_COLOR = "#B2182B", "#2166AC"
 
 
+def _loops_as_links(loops: pd.DataFrame) -> pd.DataFrame:
+    """Co-accessibility loops (``p2g_dask.tl.coaccessibility_loops``) as links: anchor 1 the 1 bp
+    ``[start, start + 1)`` named by ``peak1``, anchor 2 ``[end, end + 1)`` named by ``peak2``."""
+    out = loops.rename(columns={"peak1": "peak", "peak2": "gene"})
+    out["peak_start"], out["peak_end"], out["tss"] = loops["start"], loops["start"] + 1, loops["end"]
+    out["distance"] = loops["end"] - loops["start"]
+    return out
+
+
 def _prepare(links: pd.DataFrame, fmt: str) -> pd.DataFrame:
+    if isinstance(links, pd.DataFrame) and {"peak1", "peak2", "start", "end"} <= set(links.columns):
+        links = _loops_as_links(links)
     require_columns(links, LINKS, argument=f"links (format={fmt!r})", columns=_WRITTEN)
     finite = np.isfinite(links["correlation"].to_numpy(dtype=float))
     if not finite.all():

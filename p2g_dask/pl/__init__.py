@@ -7,6 +7,7 @@ _EXPORTS = {
     "plot_peak2gene": "browser",
     "plot_link_summary": "summary",
     "plot_differential_links": "differential",
+    "plot_link_calibration": "calibration",
     "plot_peak2gene_heatmap": "heatmap",
     "plot_set": "style",
     "plot_style": "style",

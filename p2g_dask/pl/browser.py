@@ -129,6 +129,7 @@ def plot_peak2gene(
     fdr_cutoff: float = 0.01,
     cor_cutoff: float = 0.3,
     positive_only: bool = False,
+    coaccessibility: pd.DataFrame | None = None,
     pad_bp: int = 80_000,
     group_by: str | None = None,
     groups: Sequence[str] | None = None,
@@ -168,6 +169,9 @@ def plot_peak2gene(
         cut-offs): ``fdr <= fdr_cutoff`` and ``|correlation| >= cor_cutoff`` (``correlation >=
         cor_cutoff`` with ``positive_only``). The old names ``fdr_thresh`` / ``min_abs_r`` (and
         ``atac`` for ``data``) still work for one release, with a FutureWarning.
+    coaccessibility
+        Co-accessibility loops (:func:`p2g_dask.tl.coaccessibility_loops`) drawn as a second arc
+        track below the links, as ArchR's browser does (loops with both ends in the region).
     pad_bp
         Padding around the gene and its passing links, in bp.
     group_by
@@ -265,7 +269,9 @@ def plot_peak2gene(
     # Label widths in bp: 7 pt italic is ~0.68 em per character.
     bp_per_char = (hi - lo) / axes_w_in * (7.0 * 0.68 / 72)
     n_gene_rows = int(_tracks.pack_genes(near, (lo, hi), bp_per_char=bp_per_char).max()) + 1 if len(near) else 1
+    n_coaccess = 0 if coaccessibility is None else 1
     heights = ([_COVERAGE_IN] * len(group_names) + [_PEAKS_IN] + [_ARCS_IN] * len(arc_groups)
+               + [_ARCS_IN] * n_coaccess
                + [_GENE_ROW_IN * n_gene_rows + 0.1])
     fig_h = sum(heights) + _AXIS_IN + 0.35 if figsize is None else figsize[1]
     if ax is None:
@@ -278,6 +284,7 @@ def plot_peak2gene(
         ax.remove()
     gene_ax = fig.add_subplot(grid[-1])
     rows = [fig.add_subplot(grid[i], sharex=gene_ax) for i in range(len(heights) - 1)]
+    coaccess_ax = rows.pop() if n_coaccess else None
     n_arcs = len(arc_groups)
     cov_axes, peak_ax, arc_axes = rows[:-1 - n_arcs], rows[-1 - n_arcs], rows[-n_arcs:]
     arc_ax = arc_axes[0]
@@ -317,6 +324,9 @@ def plot_peak2gene(
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cbar_ax, ticks=[-1, 0, 1])
     cbar.ax.tick_params(labelsize=7, length=2)
     cbar.set_label("r", fontsize=8, rotation=0, labelpad=4)
+    if coaccess_ax is not None:
+        _draw_coaccessibility(coaccess_ax, coaccessibility, chrom, lo, hi, colormap, norm)
+        rows.append(coaccess_ax)
     _tracks.draw_gene_models(gene_ax, near, region_exons, region=(lo, hi), highlight=gene, bp_per_char=bp_per_char)
 
     arc_labels = [("Links" if g is None else f"Links\n{g}", a) for g, a in zip(arc_groups, arc_axes)]
@@ -340,4 +350,19 @@ def plot_peak2gene(
     axes = {"coverage": cov_axes, "peaks": peak_ax, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}
     if groups is not None:
         axes["links_by_group"] = dict(zip(arc_groups, arc_axes))
+    if coaccess_ax is not None:
+        axes["coaccessibility"] = coaccess_ax
     return fig, axes
+
+
+def _draw_coaccessibility(ax: Any, loops: pd.DataFrame, chrom: str, lo: int, hi: int, cmap: Any, norm: Any) -> None:
+    """The co-accessibility arc track: loops with both ends in ``[lo, hi)``, gid ``coaccess-arc``."""
+    if not isinstance(loops, pd.DataFrame) or not {"chrom", "start", "end", "correlation"} <= set(loops.columns):
+        raise ValueError("coaccessibility= must be a loops table with chrom, start, end, correlation columns; "
+                         "pass p2g_dask.tl.coaccessibility_loops(co_accessibility(...)).")
+    inside = loops[(loops["chrom"].astype(str) == chrom) & (loops["start"] >= lo) & (loops["end"] < hi)]
+    arcs = _tracks.draw_arcs(ax, inside["start"].to_numpy(dtype=float), inside["end"].to_numpy(dtype=float),
+                             inside["correlation"].to_numpy(dtype=float), cmap=cmap, norm=norm)
+    for arc in arcs:
+        arc.set_gid("coaccess-arc")
+    ax.set_ylabel("Co-access.", rotation=0, ha="right", va="center", fontsize=8)

@@ -15,6 +15,8 @@ _EXPORTS = {
     "correlate_pairs": "correlate",
     "benjamini_hochberg": "correlate",
     "peak_to_gene": "peak_to_gene",
+    "co_accessibility": "coaccess",
+    "coaccessibility_loops": "coaccess",
     "iterative_lsi": "lsi",
     "tfidf": "lsi",
     "pseudobulk_with_fragments": "pseudobulk",

@@ -76,11 +76,15 @@ class PeakToGeneParams:
     precomputed_metacells: bool = False
     chunk_cells: int | None = None
     split_every: int = 4
+    #: Null p-values (p2g_dask.tl.link_nulls): extra columns only, the sums are unchanged.
+    empirical_pval: bool = dataclasses.field(default=False, metadata=_AFTER_SUMS)
+    n_permutations: int = 0
+    permute: str = "cells"
 
     def __post_init__(self) -> None:
         for name, kind in (("n_metacells", int), ("k_neighbors", int), ("overlap_cutoff", float),
                            ("scale_to", float), ("seed", int), ("split_every", int),
-                           ("precomputed_metacells", bool)):
+                           ("precomputed_metacells", bool), ("n_permutations", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
         object.__setattr__(self, "max_distance", check_max_distance(self.max_distance))
         check_metacell_params(self.n_metacells, self.k_neighbors, self.overlap_cutoff)
@@ -89,6 +93,8 @@ class PeakToGeneParams:
             (self.split_every >= 2, f"split_every={self.split_every} must be at least 2, e.g. 4."),
             (self.chunk_cells is None or self.chunk_cells >= 1,
              f"chunk_cells={self.chunk_cells} must be a positive number of cells, or None."),
+            (int(self.n_permutations) >= 0, f"n_permutations={self.n_permutations} must be >= 0, e.g. 100."),
+            (self.permute in ("cells", "metacells"), f"permute={self.permute!r} must be 'cells' or 'metacells'."),
         ])
 
 
@@ -197,6 +203,9 @@ def peak_to_gene(
     min_group_cells: int | None = None,
     min_metacells: int = 30,
     replication: bool = False,
+    empirical_pval: bool = False,
+    n_permutations: int = 0,
+    permute: str = "cells",
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
 
@@ -245,6 +254,17 @@ def peak_to_gene(
         int. ``sample_key`` alone builds the metacells within each sample (one group ``"all"``).
         ``replication=True`` adds per-sample replication columns. See
         :func:`p2g_dask.tl.group_links.grouped_peak_to_gene` and docs/groups.md.
+    empirical_pval
+        Add ArchR's empirical null p-values ``emp_pval`` and ``emp_fdr`` (correlations of up to
+        1000 peaks of the other chromosomes with each chromosome's genes; see
+        :mod:`p2g_dask.tl.link_nulls` and docs/coaccessibility.md); the null's summary is in
+        ``attrs['null']``.
+    n_permutations, permute
+        With ``n_permutations > 0``, add ``perm_pval`` and a pooled ``perm_fdr`` from that many
+        seeded permutations: ``"cells"`` shuffles which cell's RNA profile belongs to which cell
+        (valid when metacells overlap; all permutations are summed in the same single pass over
+        the RNA matrix), ``"metacells"`` shuffles the ATAC metacell order (ArchR's approach).
+        See docs/coaccessibility.md for the memory cost.
 
     Returns
     -------
@@ -268,6 +288,7 @@ def peak_to_gene(
         k_neighbors=k_neighbors, max_distance=max_distance,
         overlap_cutoff=overlap_cutoff, scale_to=scale_to, seed=seed, gene_obsm=gene_obsm,
         precomputed_metacells=metacells is not None, chunk_cells=chunk_cells, split_every=split_every,
+        empirical_pval=empirical_pval, n_permutations=n_permutations, permute=permute,
     )
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -319,7 +340,16 @@ def peak_to_gene(
 
     client = _graph.current_client(client)
     atac_blocks, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
-    rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
+    if params.n_permutations and params.permute == "cells":
+        from p2g_dask.tl import _link_permutations
+
+        # The real and the permuted RNA sums in one pass; columns become positions in rna_columns.
+        rna_blocks, rna_totals, stacked_blocks, stacked_totals = _link_permutations.stacked_rna_sums(
+            rna_mod, rna_columns, neighbours, params.n_permutations, params.seed, chunk_cells=chunk_cells,
+            split_every=split_every, client=client)
+        rna_columns = np.arange(rna_columns.size)
+    else:
+        rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
     ckpt = as_checkpoint(checkpoint)
     if ckpt is not None:
         # Keys hash every parameter field (all but those marked as not changing the sums).
@@ -362,6 +392,24 @@ def peak_to_gene(
         chrom_genes.append(g_idx)
     result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,
                                            dask_key_name=f"p2g-links-{token}")
+    if params.empirical_pval:
+        from p2g_dask.tl import link_nulls
+
+        null = link_nulls.empirical_null(
+            atac_blocks, atac_totals, rna_blocks, rna_totals, peak_chrom=peak_chrom, centres=centres,
+            gene_chrom=gene_chrom, tss=tss_all, rna_columns=rna_columns, max_distance=params.max_distance,
+            scale_to=params.scale_to, seed=params.seed, token=token)
+        result = delayed(link_nulls.add_empirical, pure=True)(result, null, dask_key_name=f"p2g-empirical-{token}")
+    if params.n_permutations:
+        from p2g_dask.tl import _link_permutations
+
+        cells = params.permute == "cells"
+        result = _link_permutations.permutation_null(
+            result, atac_blocks, atac_totals, stacked_blocks if cells else rna_blocks,
+            stacked_totals if cells else rna_totals, peak_chrom=peak_chrom, centres=centres, gene_chrom=gene_chrom,
+            tss=tss_all, rna_columns=rna_columns, n_metacells=n_kept, n_permutations=params.n_permutations,
+            permute=params.permute, max_distance=params.max_distance, scale_to=params.scale_to, seed=params.seed,
+            token=token, split_every=split_every)
     with timed("aggregate + correlate", timings):
         # Not empty: some chromosome has candidate pairs (checked above, before the graph ran).
         links = _graph.compute(result, client, show_progress)
