@@ -229,6 +229,47 @@ def check_counts(x, subject: str, *, obs_names=None, first_row: int = 0) -> None
         )
 
 
+def csr_block_problem(indptr, indices, n_vars: int, nnz: int) -> str | None:
+    """What breaks the CSR invariants of a block read from a store, in plain words, or None.
+
+    ``indptr`` (rebased to start at 0) must be non-decreasing and end at ``nnz`` (the entries
+    read); ``indices`` sorted and unique within each row, and in ``[0, n_vars)``. One pass of
+    numpy over the block, so a damaged or misplaced chunk is caught before it is used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> csr_block_problem(np.array([0, 2, 3]), np.array([1, 4, 0]), 5, 3) is None
+    True
+    >>> csr_block_problem(np.array([0, 2, 3]), np.array([1, 1, 0]), 5, 3)
+    'indices not sorted and unique within a row (row 0 of the block)'
+    """
+    import numpy as np
+
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    if indptr.size == 0 or indptr[0] != 0:
+        return "indptr does not start at the block's first entry"
+    steps = np.diff(indptr)
+    if steps.size and steps.min() < 0:
+        return f"indptr decreases (row {int(np.argmax(steps < 0))} of the block)"
+    if int(indptr[-1]) != nnz or indices.size != nnz:
+        return f"indptr ends at {int(indptr[-1])}, but the block holds {indices.size} entries"
+    if nnz == 0:
+        return None
+    if int(indices.min()) < 0 or int(indices.max()) >= n_vars:
+        return f"feature indices out of range (min {int(indices.min())}, max {int(indices.max())}, n_vars {n_vars})"
+    rising = np.diff(indices) > 0
+    # Positions where a new row starts may go down; inside a row indices must rise.
+    starts = indptr[1:-1]
+    starts = starts[(starts > 0) & (starts < nnz)]
+    rising[starts - 1] = True
+    if not rising.all():
+        bad = int(np.argmin(rising)) + 1
+        return f"indices not sorted and unique within a row (row {int(np.searchsorted(indptr, bad, side='right')) - 1} of the block)"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``p2g`` command line: demo, ingest, run (config file), bigwig, plot."""
+"""The ``p2g`` command line: demo, ingest, run (config file), bigwig, verify, plot."""
 
 from __future__ import annotations
 
@@ -125,6 +125,13 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from p2g_dask.io._integrity import verify_store
+
+    print(f"{args.store}: {verify_store(args.store)}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from p2g_dask._atomic import atomic_path, check_overwrite
     from p2g_dask.io import read_gene_annotation, read_links
@@ -161,6 +168,7 @@ class _RenamedOption(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2g", description="Peak-to-gene links for single-cell multiome data, on Dask.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on simulated data (offline)")
@@ -200,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BigWig writer: p2g_dask's (fast, default) or pybigtools'")
     bw.add_argument("--overwrite", action="store_true")
     bw.set_defaults(func=cmd_bigwig)
+
+    ver = sub.add_parser("verify", help="check a store's chunks (presence, checksums, CSR) and print its state")
+    ver.add_argument("store")
+    ver.set_defaults(func=cmd_verify)
 
     plot = sub.add_parser("plot", help="browser track of one gene's links (PNG/PDF/SVG)")
     plot.add_argument("input", help="store, .h5ad or .h5mu (peak matrix for --group-by)")
@@ -268,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as err:
-        logger.debug("error", exc_info=True)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"p2g {args.command}: error: {message}", file=sys.stderr)
+        # One line: the error, never a traceback (``--debug`` shows it).
+        print(f"p2g {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
