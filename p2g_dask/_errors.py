@@ -20,6 +20,7 @@ _KINDS = {
     "bigwig": ("a BigWig file", (0x888FFC26).to_bytes(4, "little")),
     "gzip": ("a gzip file", b"\x1f\x8b"),
     "text": ("a text file", b""),
+    "lines": ("a text file", b""),
 }
 # The 28-byte empty block that ends every complete BGZF (bgzip) file.
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -68,7 +69,8 @@ def check_input_file(path: str | os.PathLike, *, argument: str, kind: str) -> No
 
     Reads only the first and last bytes: ``kind`` is ``"hdf5"``, ``"parquet"`` (magic at both
     ends, so a cut file is seen), ``"bigwig"``, ``"gzip"`` (a bgzip file must end with its EOF
-    block) or ``"text"`` (a gzip or plain text file; only presence and size are checked).
+    block), ``"text"`` (a gzip or plain text file; only presence and size are checked) or ``"lines"``
+    (as ``"text"``, and a plain file must end with a line end).
 
     Examples
     --------
@@ -91,9 +93,13 @@ def check_input_file(path: str | os.PathLike, *, argument: str, kind: str) -> No
         head = fh.read(max(len(magic), 18))
         fh.seek(max(0, size - 28))
         tail = fh.read()
-    if kind == "text":
+    if kind in ("text", "lines"):
         if head[:2] == b"\x1f\x8b":
             kind, magic = "gzip", _KINDS["gzip"][1]
+        elif kind == "lines" and not tail.endswith(b"\n"):
+            # Tables written by tools end with a line end; a cut copy ends mid-line.
+            raise InputFileError(argument, path, f"is truncated ({size:,} bytes; its last line has no line end)",
+                                 _fix_for(kind))
         else:
             return
     if not head.startswith(magic):
