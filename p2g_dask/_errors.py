@@ -90,7 +90,7 @@ def check_input_file(path: str | os.PathLike, *, argument: str, kind: str) -> No
         raise InputFileError(argument, path, "is empty (0 bytes)", _fix_for(kind))
     what, magic = _KINDS[kind]
     with open(path, "rb") as fh:
-        head = fh.read(max(len(magic), 18))
+        head = fh.read(64)
         fh.seek(max(0, size - 28))
         tail = fh.read()
     if kind in ("text", "lines"):
@@ -104,6 +104,15 @@ def check_input_file(path: str | os.PathLike, *, argument: str, kind: str) -> No
             return
     if not head.startswith(magic):
         raise InputFileError(argument, path, f"is not {what} (its first bytes are {head[:8]!r})", _fix_for(kind))
+    if kind == "bigwig" and not tail.endswith(magic):
+        raise InputFileError(argument, path, f"is truncated ({size:,} bytes; a BigWig ends with its signature)",
+                             _fix_for(kind))
+    if kind == "bigwig" and len(head) >= 40:
+        # The header points at the chromosome tree, the data and the index: all inside a whole file.
+        offsets = [int.from_bytes(head[i : i + 8], "little") for i in (8, 16, 24)]
+        if max(offsets) >= size:
+            raise InputFileError(argument, path, f"is truncated ({size:,} bytes; its header points at byte "
+                                 f"{max(offsets):,})", _fix_for(kind))
     if kind == "parquet" and not tail.endswith(b"PAR1"):
         raise InputFileError(argument, path, f"is truncated ({size:,} bytes; a parquet file ends with its footer)",
                              _fix_for(kind))
