@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from p2g_dask._errors import InputFileError, check_input_file, reading
+from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask._variables import EXONS, GENE_COLUMNS, GENES, require_columns
 from p2g_dask.io._gff import EXON_MODELS, open_text, parse_gff, sniff_format
@@ -134,11 +134,10 @@ def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
         return Path(obj.annotation)  # downloads GENCODE once
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{argument}={str(obj)!r} is not a file; pass a GFF3/GTF (plain or .gz), a gene "
-                "table, a DataFrame with gene_name/chrom/start/end/strand, or "
-                "p2g.genome.hg38.annotation (downloads GENCODE)."
+        if not path.is_file() and not path.is_dir():
+            raise InputFileNotFoundError(
+                argument, obj, "is not a file", "pass a GFF3/GTF (plain or .gz), a gene table, a DataFrame "
+                "with gene_name/chrom/start/end/strand, or p2g.genome.hg38.annotation (downloads GENCODE)"
             )
         check_input_file(path, argument=argument, kind="text")
         return path
@@ -343,10 +342,10 @@ def read_chrom_sizes(
         path = Path(sizes).expanduser()
         if not path.is_file() and str(sizes) in genome.GENOMES:
             return genome.GENOMES[str(sizes)].chrom_sizes
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{argument}={str(sizes)!r} is not a file; pass a chrom.sizes / .fai path, a dict, or a "
-                f"genome name among {sorted(genome.GENOMES)}."
+        if not path.is_file() and not path.is_dir():
+            raise InputFileNotFoundError(
+                argument, sizes, "is not a file", "pass a chrom.sizes / .fai path, a dict, or a genome name "
+                f"among {sorted(genome.GENOMES)}"
             )
         check_input_file(path, argument=argument, kind="lines")
         with reading(path, argument=argument, kind="text"), open_text(path) as fh:
