@@ -134,13 +134,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from p2g_dask._atomic import atomic_path, check_overwrite
+    from p2g_dask._errors import check_input_file
     from p2g_dask.io import read_gene_annotation, read_links
     from p2g_dask.pl import plot_peak2gene, plot_style
 
     check_overwrite(args.out, args.overwrite, argument="--out")  # before the work, not after it
-    links = read_links(args.links)
-    genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     bigwigs = dict(item.split("=", 1) for item in args.bigwig) if args.bigwig else None
+    for path in (bigwigs or {}).values():
+        check_input_file(path, argument="--bigwig", kind="bigwig")  # a cut BigWig fails before the plot
+    links = read_links(args.links, argument="--links")
+    genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     with plot_style():
         fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
                                 exon_annotation=exons if len(exons) else None, group_by=args.group_by,

@@ -40,7 +40,10 @@ def real(shared_data, tmp_path_factory):
         md.MuData({"atac": atac, "rna": ad.read_h5ad(pbmc / "rna.h5ad")}).write_h5mu(folder / "pbmc.h5mu")
     store = p2g.io.ingest(pbmc / "atac.h5ad", pbmc / "rna.h5ad", folder / "pbmc.zarr")
     peaks = atac.var_names[:20]
-    links = pd.DataFrame({"peak": peaks, "gene": "CD74", "correlation": np.linspace(-1, 1, peaks.size)})
+    from p2g_dask._variables import LINK_COLUMNS
+
+    links = pd.DataFrame({c: np.linspace(0, 1, peaks.size) for c in LINK_COLUMNS})
+    links = links.assign(peak=peaks, gene="CD74", chrom="chr5", peak_start=0, peak_end=1, tss=1, distance=0)
     p2g.io.write_links(links, folder / "links.parquet")
     sizes = p2g.io.read_chrom_sizes(hg38 / "hg38.chrom.sizes")
     pybigtools.open(str(folder / "a.bw"), "w").write(
@@ -258,3 +261,25 @@ def test_input_file_error__pickles_with_its_message():
     err = InputFileError("store", "/x.zarr", "is damaged: chunk atac/X/data/c/3 is missing", "re-ingest")
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is InputFileError and str(back) == str(err) and back.path == "/x.zarr"
+
+
+@pytest.mark.slow
+def test_p2g_bigwig__bad_line_mid_file_prints_one_error_line(real, tmp_path):
+    # The first lines are fine (the up-front check passes): the error comes from a task on the
+    # LocalCluster, whose worker log and shutdown must not reach stderr.
+    import gzip
+
+    with gzip.open(real["fragments"], "rt") as fh:
+        text = fh.readlines()
+    bad = tmp_path / "mid.tsv.gz"
+    with gzip.open(bad, "wt", compresslevel=1) as fh:
+        fh.writelines(text[: len(text) // 2])
+        fh.write("garbage line here\n")
+        fh.writelines(text[len(text) // 2 :])
+    argv = _cli("fragments", real, bad, tmp_path)
+    done = _run_cli([*argv[:-2], "--jobs", "2"], tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("p2g bigwig: error: path_to_fragments=")
+    assert "garbage line here" in lines[0] and str(bad) in lines[0]
