@@ -306,6 +306,56 @@ def check_metacell_params(n_metacells: int, k_neighbors: int, overlap_cutoff: fl
     ])
 
 
+#: Above this mean number of metacells per cell the metacells overlap so much that they are
+#: nearly copies of each other (ArchR's defaults, 500 x 100, are meant for >= ~10,000 cells).
+SMALL_DATA_OVERLAP = 10.0
+
+
+def warn_small_data(n_cells: int, n_metacells: int, k_neighbors: int, *, tool: str = "peak_to_gene") -> bool:
+    """Log a warning with advice when ``n_metacells * k_neighbors`` exceeds ~10x the cells.
+
+    Each cell then sits in ``n_metacells * k_neighbors / n_cells`` metacells on average: the
+    metacells share most of their cells, the correlations are computed over near-duplicates
+    and look stronger than they are. Suggested: ``n_metacells ~ n_cells / 10`` and
+    ``k_neighbors`` 20-50. Shared by every tool that builds kNN metacells.
+
+    Parameters
+    ----------
+    n_cells, n_metacells, k_neighbors
+        The data's cells and the requested metacells and cells per metacell.
+    tool
+        Names the caller in the warning.
+
+    Returns
+    -------
+    bool
+        True when the warning was logged.
+
+    Examples
+    --------
+    >>> warn_small_data(1000, 500, 100)
+    True
+    >>> warn_small_data(1000, 100, 20)
+    False
+    """
+    per_cell = n_metacells * k_neighbors / max(1, n_cells)
+    if per_cell <= SMALL_DATA_OVERLAP:
+        return False
+    import logging
+
+    suggested_n = max(3, round(n_cells / 10))
+    # The small end of 20-50 on a few thousand cells keeps ~2-5 metacells per cell.
+    suggested_k = 20 if n_cells < 5_000 else 50
+    logging.getLogger("p2g_dask").warning(
+        "%s: small data for n_metacells=%d x k_neighbors=%d: each of the %d cells is in %.1f metacells on "
+        "average (more than %g), so metacells are near-copies and correlations look stronger than they are. "
+        "For %d cells use n_metacells ~ %d (cells / 10) and k_neighbors ~ 20-50 (e.g. n_metacells=%d, "
+        "k_neighbors=%d).", tool, n_metacells, k_neighbors, n_cells, per_cell, SMALL_DATA_OVERLAP, n_cells,
+        suggested_n, suggested_n, suggested_k,
+    )
+    return True
+
+
 def check_metacells(neighbours, n_cells: int):
     """A ``(n_metacells, k)`` membership of cells ``0..n_cells - 1`` as an int64 array.
 

@@ -283,3 +283,22 @@ def test_p2g_bigwig__bad_line_mid_file_prints_one_error_line(real, tmp_path):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("p2g bigwig: error: path_to_fragments=")
     assert "garbage line here" in lines[0] and str(bad) in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_metacells,k_neighbors,warns", [(500, 100, True), (100, 20, False)])
+def test_peak_to_gene__small_data_warning_on_real_cells(real, tmp_path, caplog, n_metacells, k_neighbors, warns):
+    import logging
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(real["store"], path)
+    store = p2g.io.open_store(path)
+    store.atac.write_obsm("X_test", np.random.default_rng(0).normal(size=(store.atac.n_obs, 5)))
+    with caplog.at_level(logging.WARNING, logger="p2g_dask"):
+        links = p2g.tl.peak_to_gene(store, gene_annotation=real["genes"], use_rep="X_test",
+                                    n_metacells=n_metacells, k_neighbors=k_neighbors, seed=1)
+    assert len(links) > 0
+    messages = [r.getMessage() for r in caplog.records if "small data" in r.getMessage()]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert "each of the 1000 cells is in 50.0 metacells" in messages[0] and "n_metacells=100" in messages[0]
