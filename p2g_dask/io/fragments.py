@@ -141,8 +141,9 @@ def check_fragment_file(path: str | os.PathLike) -> None:
 
     Examples
     --------
+    >>> import pathlib, tempfile
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.tsv"
-    >>> _ = p.write_text("not a fragment line\n")
+    >>> _ = p.write_text("not a fragment line\\n")
     >>> check_fragment_file(p)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -353,10 +353,10 @@ class MultiomeStore:
             root = zarr.open_group(self.path, mode="r")
             version = root.attrs.get("p2g_format_version")
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise InputFileError("store", path, f"is not a p2g store (not a readable Zarr group: {err!s})",
+            raise InputFileError("store", path, f"is not a p2g_dask store (not a readable Zarr group: {err!s})",
                                  "pass a folder written by p2g.io.ingest (p2g ingest)") from err
         if version is None:
-            raise InputFileError("store", path, "is not a p2g store (no p2g_format_version attribute)",
+            raise InputFileError("store", path, "is not a p2g_dask store (no p2g_format_version attribute)",
                                  "create one with p2g.io.ingest (p2g ingest)")
         if int(version) != p2g_dask.STORE_FORMAT_VERSION:
             raise ValueError(
