@@ -102,6 +102,16 @@ def check_input_file(path: str | os.PathLike, *, argument: str, kind: str) -> No
                                  _fix_for(kind))
         else:
             return
+    if kind == "hdf5" and not head.startswith(magic):
+        # HDF5 allows a user block before the superblock (MuData writes 512 bytes): the signature
+        # then sits at 512, 1024, 2048, ...
+        with open(path, "rb") as fh:
+            offset = 512
+            while offset < size and not head.startswith(magic):
+                fh.seek(offset)
+                if fh.read(len(magic)) == magic:
+                    return
+                offset *= 2
     if not head.startswith(magic):
         raise InputFileError(argument, path, f"is not {what} (its first bytes are {head[:8]!r})", _fix_for(kind))
     if kind == "bigwig" and not tail.endswith(magic):
