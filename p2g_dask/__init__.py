@@ -16,6 +16,8 @@ STORE_FORMAT_VERSION = 1
 
 logging.getLogger("p2g_dask").addHandler(logging.NullHandler())
 
+from p2g_dask._errors import InputFileError  # noqa: E402 - the error type of damaged input files
+
 _SUBMODULES = {"io", "tl", "pl", "datasets", "genome", "cluster", "cli"}
 
 
@@ -26,4 +28,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'p2g_dask' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "STORE_FORMAT_VERSION", *sorted(_SUBMODULES)]
+__all__ = ["__version__", "STORE_FORMAT_VERSION", "InputFileError", *sorted(_SUBMODULES)]

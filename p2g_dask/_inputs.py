@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._sources import is_mudata, require_modality
@@ -21,19 +22,29 @@ from p2g_dask._modality import Modality
 from p2g_dask.io.store import MultiomeStore, is_store, open_store
 
 
-def _read_path(obj: Any) -> Any:
+def _read_path(obj: Any, argument: str = "data") -> Any:
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if is_store(path):
             return open_store(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"input {path!r} does not exist.")
+            raise InputFileNotFoundError(argument, path, "does not exist",
+                                         "check the path (relative paths start from the current folder)")
+        if os.path.isdir(path) and not path.lower().endswith((".h5ad", ".h5mu")):
+            if os.path.exists(os.path.join(path, "zarr.json")):
+                return open_store(path)  # a damaged store: open_store names what is wrong
+            raise InputFileError(argument, path, "is a folder but not a p2g store (no zarr.json)",
+                                 "pass a store written by p2g.io.ingest, or an .h5ad / .h5mu file")
         if path.lower().endswith(".h5ad"):
-            return ad.read_h5ad(path)
+            check_input_file(path, argument=argument, kind="hdf5")
+            with reading(path, argument=argument, kind="hdf5"):
+                return ad.read_h5ad(path)
         if path.lower().endswith(".h5mu"):
             import mudata as md
 
-            return md.read_h5mu(path)
+            check_input_file(path, argument=argument, kind="hdf5")
+            with reading(path, argument=argument, kind="hdf5"):
+                return md.read_h5mu(path)
         raise ValueError(
             f"input {path!r}: give an AnnData, a MuData, a p2g store (p2g.io.ingest) or a path to "
             ".h5ad / .h5mu / a store folder."
@@ -90,8 +101,8 @@ def resolve_input(
     ``use_rep`` is not in the ATAC modality). ``validate`` checks in-memory counts
     (:func:`validate_counts`); callers that only need ``obs`` turn it off.
     """
-    data = _read_path(data)
-    rna = _read_path(rna)
+    data = _read_path(data, "data")
+    rna = _read_path(rna, "rna")
     extra_obsm: dict = {}
     if isinstance(data, MultiomeStore):
         if rna is not None:
@@ -166,9 +177,8 @@ def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:
 def _read_obs_only(path: str, mod_atac: str) -> pd.DataFrame:
     import h5py
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input {path!r} does not exist.")
-    with h5py.File(path, "r") as f:
+    check_input_file(path, argument="data", kind="hdf5")
+    with reading(path, argument="data", kind="hdf5"), h5py.File(path, "r") as f:
         if path.lower().endswith(".h5mu"):
             require_modality(mod_atac, list(f["mod"]) if "mod" in f else [], argument="mod_atac", where=path)
             return ad.io.read_elem(f[f"mod/{mod_atac}/obs"])

@@ -233,6 +233,47 @@ def check_counts(x, subject: str, *, obs_names=None, first_row: int = 0) -> None
         )
 
 
+def csr_block_problem(indptr, indices, n_vars: int, nnz: int) -> str | None:
+    """What breaks the CSR invariants of a block read from a store, in plain words, or None.
+
+    ``indptr`` (rebased to start at 0) must be non-decreasing and end at ``nnz`` (the entries
+    read); ``indices`` sorted and unique within each row, and in ``[0, n_vars)``. One pass of
+    numpy over the block, so a damaged or misplaced chunk is caught before it is used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> csr_block_problem(np.array([0, 2, 3]), np.array([1, 4, 0]), 5, 3) is None
+    True
+    >>> csr_block_problem(np.array([0, 2, 3]), np.array([1, 1, 0]), 5, 3)
+    'indices not sorted and unique within a row (row 0 of the block)'
+    """
+    import numpy as np
+
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    if indptr.size == 0 or indptr[0] != 0:
+        return "indptr does not start at the block's first entry"
+    steps = np.diff(indptr)
+    if steps.size and steps.min() < 0:
+        return f"indptr decreases (row {int(np.argmax(steps < 0))} of the block)"
+    if int(indptr[-1]) != nnz or indices.size != nnz:
+        return f"indptr ends at {int(indptr[-1])}, but the block holds {indices.size} entries"
+    if nnz == 0:
+        return None
+    if int(indices.min()) < 0 or int(indices.max()) >= n_vars:
+        return f"feature indices out of range (min {int(indices.min())}, max {int(indices.max())}, n_vars {n_vars})"
+    rising = np.diff(indices) > 0
+    # Positions where a new row starts may go down; inside a row indices must rise.
+    starts = indptr[1:-1]
+    starts = starts[(starts > 0) & (starts < nnz)]
+    rising[starts - 1] = True
+    if not rising.all():
+        bad = int(np.argmin(rising)) + 1
+        return f"indices not sorted and unique within a row (row {int(np.searchsorted(indptr, bad, side='right')) - 1} of the block)"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +308,56 @@ def check_metacell_params(n_metacells: int, k_neighbors: int, overlap_cutoff: fl
         (k_neighbors >= 2, f"k_neighbors={k_neighbors} must be >= 2."),
         (0 < overlap_cutoff <= 1, f"overlap_cutoff={overlap_cutoff} must be in (0, 1]."),
     ])
+
+
+#: Above this mean number of metacells per cell the metacells overlap so much that they are
+#: nearly copies of each other (ArchR's defaults, 500 x 100, are meant for >= ~10,000 cells).
+SMALL_DATA_OVERLAP = 10.0
+
+
+def warn_small_data(n_cells: int, n_metacells: int, k_neighbors: int, *, tool: str = "peak_to_gene") -> bool:
+    """Log a warning with advice when ``n_metacells * k_neighbors`` exceeds ~10x the cells.
+
+    Each cell then sits in ``n_metacells * k_neighbors / n_cells`` metacells on average: the
+    metacells share most of their cells, the correlations are computed over near-duplicates
+    and look stronger than they are. Suggested: ``n_metacells ~ n_cells / 10`` and
+    ``k_neighbors`` 20-50. Shared by every tool that builds kNN metacells.
+
+    Parameters
+    ----------
+    n_cells, n_metacells, k_neighbors
+        The data's cells and the requested metacells and cells per metacell.
+    tool
+        Names the caller in the warning.
+
+    Returns
+    -------
+    bool
+        True when the warning was logged.
+
+    Examples
+    --------
+    >>> warn_small_data(1000, 500, 100)
+    True
+    >>> warn_small_data(1000, 100, 20)
+    False
+    """
+    per_cell = n_metacells * k_neighbors / max(1, n_cells)
+    if per_cell <= SMALL_DATA_OVERLAP:
+        return False
+    import logging
+
+    suggested_n = max(3, round(n_cells / 10))
+    # The small end of 20-50 on a few thousand cells keeps ~2-5 metacells per cell.
+    suggested_k = 20 if n_cells < 5_000 else 50
+    logging.getLogger("p2g_dask").warning(
+        "%s: small data for n_metacells=%d x k_neighbors=%d: each of the %d cells is in %.1f metacells on "
+        "average (more than %g), so metacells are near-copies and correlations look stronger than they are. "
+        "For %d cells use n_metacells ~ %d (cells / 10) and k_neighbors ~ 20-50 (e.g. n_metacells=%d, "
+        "k_neighbors=%d).", tool, n_metacells, k_neighbors, n_cells, per_cell, SMALL_DATA_OVERLAP, n_cells,
+        suggested_n, suggested_n, suggested_k,
+    )
+    return True
 
 
 def check_metacells(neighbours, n_cells: int):

@@ -1,4 +1,4 @@
-"""The ``p2g`` command line: demo, ingest, run (config file), bigwig, plot, gene-scores."""
+"""The ``p2g`` command line: demo, ingest, run (config file), bigwig, verify, plot, gene-scores."""
 
 from __future__ import annotations
 
@@ -165,15 +165,25 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from p2g_dask.io._integrity import verify_store
+
+    print(f"{args.store}: {verify_store(args.store)}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from p2g_dask._atomic import atomic_path, check_overwrite
+    from p2g_dask._errors import check_input_file
     from p2g_dask.io import read_gene_annotation, read_links
     from p2g_dask.pl import plot_peak2gene, plot_style
 
     check_overwrite(args.out, args.overwrite, argument="--out")  # before the work, not after it
-    links = read_links(args.links)
-    genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     bigwigs = dict(item.split("=", 1) for item in args.bigwig) if args.bigwig else None
+    for path in (bigwigs or {}).values():
+        check_input_file(path, argument="--bigwig", kind="bigwig")  # a cut BigWig fails before the plot
+    links = read_links(args.links, argument="--links")
+    genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     with plot_style():
         fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
                                 exon_annotation=exons if len(exons) else None, group_by=args.group_by,
@@ -247,6 +257,7 @@ def _add_gene_scores_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2g", description="Peak-to-gene links for single-cell multiome data, on Dask.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on simulated data (offline)")
@@ -287,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BigWig writer: p2g_dask's (fast, default) or pybigtools'")
     bw.add_argument("--overwrite", action="store_true")
     bw.set_defaults(func=cmd_bigwig)
+
+    ver = sub.add_parser("verify", help="check a store's chunks (presence, checksums, CSR) and print its state")
+    ver.add_argument("store")
+    ver.set_defaults(func=cmd_verify)
 
     plot = sub.add_parser("plot", help="browser track of one gene's links (PNG/PDF/SVG)")
     plot.add_argument("input", help="store, .h5ad or .h5mu (peak matrix for --group-by)")
@@ -356,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as err:
-        logger.debug("error", exc_info=True)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"p2g {args.command}: error: {message}", file=sys.stderr)
+        # One line: the error, never a traceback (``--debug`` shows it).
+        print(f"p2g {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"

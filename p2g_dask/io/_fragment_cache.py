@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from p2g_dask._atomic import atomic_path
+from p2g_dask._errors import InputFileError, reading
 from p2g_dask._logging import logger, timed
 from p2g_dask.io.fragments import DEFAULT_BLOCK_SIZE, iter_fragments
 
@@ -75,7 +76,8 @@ class FragmentCache:
 
     def barcodes(self) -> np.ndarray:
         """The file's barcodes as an object array; ``barcode_id`` indexes it."""
-        return pq.read_table(self.path / "barcodes.parquet").column("barcode").to_numpy(zero_copy_only=False)
+        with reading(self.path / "barcodes.parquet", argument="cache_fragments", kind="parquet"):
+            return pq.read_table(self.path / "barcodes.parquet").column("barcode").to_numpy(zero_copy_only=False)
 
     def read_chrom(self, chrom: str, columns: tuple[str, ...] = ("start", "end", "barcode_id")) -> dict:
         """Numpy arrays of one chromosome's ``columns`` (empty arrays for an absent chromosome)."""
@@ -86,14 +88,20 @@ class FragmentCache:
 
 def read_cache_file(file: str, columns: tuple[str, ...] = ("start", "end", "barcode_id")) -> dict:
     """Read ``columns`` of one chromosome file of a cache as numpy arrays (a task-side helper)."""
-    table = pq.read_table(file, columns=list(columns), use_threads=False, memory_map=True)
+    with reading(file, argument="cache_fragments", kind="parquet"):
+        table = pq.read_table(file, columns=list(columns), use_threads=False, memory_map=True)
     return {c: table.column(c).to_numpy() for c in columns}
 
 
 def open_fragment_cache(cache_dir: str | os.PathLike) -> FragmentCache:
     """Open an existing cache (no validity check against its source; see :func:`cache_status`)."""
     path = Path(cache_dir)
-    manifest = json.loads((path / "manifest.json").read_text())
+    try:
+        with reading(path / "manifest.json", argument="cache_fragments", kind="text"):
+            manifest = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as err:
+        raise InputFileError("cache_fragments", path / "manifest.json", f"is damaged ({err})",
+                             "delete the cache folder to rebuild it") from err
     if manifest.get("version") != CACHE_VERSION:
         raise ValueError(
             f"cache_fragments: {str(path)!r} was written by another cache version "

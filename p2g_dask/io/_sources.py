@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask._modality import Modality
 
@@ -43,34 +44,52 @@ def _h5_csr_reader(group: h5py.Group, n_vars: int):
 
 def _read_anndata_h5(path: Path, prefix: str, name: str) -> tuple[Modality, h5py.File]:
     handle = h5py.File(path, "r")
+    try:
+        return _anndata_h5_source(handle, path, prefix, name), handle
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _anndata_h5_source(handle: h5py.File, path: Path, prefix: str, name: str) -> Modality:
     root = handle[prefix] if prefix else handle
+    missing = [key for key in ("obs", "var", "X") if key not in root]
+    if missing:
+        where = f"{prefix}/" if prefix else ""
+        raise InputFileError(name, path, f"is not an AnnData file: it lacks {', '.join(where + m for m in missing)}",
+                             "pass an .h5ad written by anndata (adata.write_h5ad)")
     obs = ad.io.read_elem(root["obs"])
     var = ad.io.read_elem(root["var"])
     obsm = {k: ad.io.read_elem(root["obsm"][k]) for k in root["obsm"]} if "obsm" in root else {}
     x = root["X"]
     encoding = x.attrs.get("encoding-type", "array") if isinstance(x, h5py.Group) else "array"
     if encoding == "csr_matrix":
+        for key in ("data", "indices", "indptr"):
+            if key not in x:
+                raise InputFileError(name, path, f"is damaged: it lacks the array {prefix + '/' if prefix else ''}X/{key}",
+                                     "write the file again (adata.write_h5ad)")
         reader, indptr = _h5_csr_reader(x, var.shape[0])
-        return Modality(name, obs, var, obsm=obsm, reader=reader, row_nnz=np.diff(indptr)), handle
+        return Modality(name, obs, var, obsm=obsm, reader=reader, row_nnz=np.diff(indptr))
     if encoding == "csc_matrix":
         logger.warning(
             "%s: X of %s is stored column-major (CSC); it is loaded into memory once to read rows. "
             "Store X as CSR to stream it.", path, name,
         )
         matrix = sp.csr_matrix(ad.io.read_elem(x))
-        return Modality(name, obs, var, X=matrix, obsm=obsm), handle
+        return Modality(name, obs, var, X=matrix, obsm=obsm)
 
     def dense_rows(rows):
         return sp.csr_matrix(x[np.asarray(rows, dtype=np.int64)])
 
-    return Modality(name, obs, var, obsm=obsm, reader=dense_rows), handle
+    return Modality(name, obs, var, obsm=obsm, reader=dense_rows)
 
 
 def _read_10x_h5(path: Path) -> tuple[dict[str, Modality], h5py.File]:
     handle = h5py.File(path, "r")
     if "matrix" not in handle:
         handle.close()
-        raise ValueError(f"{str(path)!r} is not a 10x feature-barcode matrix h5 (no 'matrix' group).")
+        raise InputFileError("atac", path, "is not a 10x feature-barcode matrix h5 (no 'matrix' group)",
+                             "pass Cell Ranger ARC's filtered_feature_bc_matrix.h5, or .h5ad / .h5mu files")
     matrix = handle["matrix"]
     n_features = int(matrix["shape"][0])
     barcodes = matrix["barcodes"][:].astype(str)
@@ -137,14 +156,19 @@ def open_sources(
             raise FileNotFoundError(f"{name}={str(path)!r} does not exist.")
         suffix = "".join(path.suffixes[-1:]).lower()
         if suffix == ".h5ad":
-            source, handle = _read_anndata_h5(path, "", name)
+            check_input_file(path, argument=name, kind="hdf5")
+            with reading(path, argument=name, kind="hdf5"):
+                source, handle = _read_anndata_h5(path, "", name)
             handles.append(handle)
             return source
         if suffix == ".h5mu":
-            with h5py.File(path, "r") as f:
-                mods = list(f["mod"].keys()) if "mod" in f else []
+            check_input_file(path, argument=name, kind="hdf5")
+            with reading(path, argument=name, kind="hdf5"):
+                with h5py.File(path, "r") as f:
+                    mods = list(f["mod"].keys()) if "mod" in f else []
             require_modality(mod, mods, argument=f"mod_{name}", where=repr(str(path)))
-            source, handle = _read_anndata_h5(path, f"mod/{mod}", name)
+            with reading(path, argument=name, kind="hdf5"):
+                source, handle = _read_anndata_h5(path, f"mod/{mod}", name)
             handles.append(handle)
             return source
         raise ValueError(
@@ -159,7 +183,9 @@ def open_sources(
             if is_mudata(atac):
                 return open_one(atac, "atac", mod_atac), open_one(atac, "rna", mod_rna), handles
             if path is not None and str(path).lower().endswith(".h5") and not str(path).lower().endswith(".h5ad"):
-                sources, handle = _read_10x_h5(Path(path))
+                check_input_file(path, argument="atac", kind="hdf5")
+                with reading(path, argument="atac", kind="hdf5"):
+                    sources, handle = _read_10x_h5(Path(path))
                 handles.append(handle)
                 missing = {"atac", "rna"} - set(sources)
                 if missing:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask._variables import EXONS, GENE_COLUMNS, GENES, require_columns
 from p2g_dask.io._gff import EXON_MODELS, open_text, parse_gff, sniff_format
@@ -104,12 +105,22 @@ def _read_table(path: Path, *, argument: str, what: str) -> pd.DataFrame:
     # BED12 and other wider BEDs start with the BED6 columns.
     layout = _EXON_BED7 if what == "exons" and n_cols == 7 else _BED6[: min(n_cols, 6)]
     if n_cols < (6 if what == "genes" else 4):
-        raise ValueError(
-            f"{argument}={str(path)!r} has no header and {n_cols} columns; give it a header line "
-            f"naming {GENE_COLUMNS} or use BED6 (chrom, start, end, gene_name, score, strand)."
+        raise InputFileError(
+            argument, path, f"is not a {what} table: no header and {n_cols} column(s) in its first line",
+            f"give it a header line naming {GENE_COLUMNS} or use BED6 (chrom, start, end, gene_name, score, strand)"
         )
     with open_text(path) as fh:
         return pd.read_csv(fh, sep="\t", header=None, names=layout, usecols=range(len(layout)))
+
+
+def _read_safely(read, path: Path, name: str, *args, **kwargs):
+    # A damaged file (bad gzip, cut line, binary data) is an InputFileError naming the argument.
+    try:
+        with reading(path, argument=name, kind="text"):
+            return read(path, *args, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputFileError(name, path, f"cannot be parsed as a table ({' '.join(str(err).split())})",
+                             "pass a GFF3/GTF or a tab-separated gene table") from err
 
 
 def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
@@ -123,12 +134,12 @@ def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
         return Path(obj.annotation)  # downloads GENCODE once
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{argument}={str(obj)!r} is not a file; pass a GFF3/GTF (plain or .gz), a gene "
-                "table, a DataFrame with gene_name/chrom/start/end/strand, or "
-                "p2g.genome.hg38.annotation (downloads GENCODE)."
+        if not path.is_file() and not path.is_dir():
+            raise InputFileNotFoundError(
+                argument, obj, "is not a file", "pass a GFF3/GTF (plain or .gz), a gene table, a DataFrame "
+                "with gene_name/chrom/start/end/strand, or p2g.genome.hg38.annotation (downloads GENCODE)"
             )
+        check_input_file(path, argument=argument, kind="text")
         return path
     raise TypeError(
         f"{argument} must be a path, a pandas DataFrame or a PyRanges; got {type(obj).__name__}."
@@ -250,8 +261,8 @@ def read_annotation_tables(
         if "gene_name" not in source.columns and source.index.name == "gene_name":
             source = source.reset_index()
         genes = _standardise(source, argument=argument, what="genes")
-    elif (kind := sniff_format(source)) in ("gff3", "gtf"):
-        genes, exon_table = parse_gff(source, kind, exon_model)
+    elif (kind := _read_safely(sniff_format, source, argument)) in ("gff3", "gtf"):
+        genes, exon_table = _read_safely(parse_gff, source, argument, kind, exon_model)
         unstranded = ~genes["strand"].isin(["+", "-"])
         if unstranded.any():
             # Files in the wild carry a few '.'-strand genes; without a strand there is no TSS.
@@ -260,12 +271,12 @@ def read_annotation_tables(
             genes = genes[~unstranded]
         genes = _standardise(genes, argument=f"{argument}={str(source)!r}", what="genes")
     else:
-        raw = _read_table(source, argument=argument, what="genes")
+        raw = _read_safely(_read_table, source, argument, argument=argument, what="genes")
         genes = _standardise(raw, argument=f"{argument}={str(source)!r}", what="genes")
     if exons is not None:
         exon_src = _as_source(exons, exon_argument)
         raw = (exon_src if isinstance(exon_src, pd.DataFrame)
-               else _read_table(exon_src, argument=exon_argument, what="exons"))
+               else _read_safely(_read_table, exon_src, exon_argument, argument=exon_argument, what="exons"))
         exon_table = _standardise(raw, argument=exon_argument, what="exons")
 
     genes = _filter_genes(genes, gene_types, chromosomes)
@@ -331,13 +342,24 @@ def read_chrom_sizes(
         path = Path(sizes).expanduser()
         if not path.is_file() and str(sizes) in genome.GENOMES:
             return genome.GENOMES[str(sizes)].chrom_sizes
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{argument}={str(sizes)!r} is not a file; pass a chrom.sizes / .fai path, a dict, or a "
-                f"genome name among {sorted(genome.GENOMES)}."
+        if not path.is_file() and not path.is_dir():
+            raise InputFileNotFoundError(
+                argument, sizes, "is not a file", "pass a chrom.sizes / .fai path, a dict, or a genome name "
+                f"among {sorted(genome.GENOMES)}"
             )
-        with open_text(path) as fh:
-            table = pd.read_csv(fh, sep=r"\s+", header=None, comment="#", usecols=[0, 1], dtype={0: str})
+        check_input_file(path, argument=argument, kind="lines")
+        with reading(path, argument=argument, kind="text"), open_text(path) as fh:
+            try:
+                table = pd.read_csv(fh, sep=r"\s+", header=None, comment="#", usecols=[0, 1], dtype={0: str})
+            except (ValueError, pd.errors.ParserError) as err:
+                raise InputFileError(argument, path, f"is not a chrom sizes file ({' '.join(str(err).split())})",
+                                     "pass a two-column 'name length' file (UCSC chrom.sizes or a .fai)") from err
+        lengths = pd.to_numeric(table[1], errors="coerce")
+        if lengths.isna().any():
+            bad = int(np.argmax(lengths.isna().to_numpy()))
+            raise InputFileError(argument, path, f"is not a chrom sizes file: line {bad + 1} has length "
+                                 f"{table[1].iloc[bad]!r}", "pass a two-column 'name length' file "
+                                 "(UCSC chrom.sizes or a .fai)")
         pairs = list(zip(table[0], table[1]))
     elif isinstance(sizes, (Mapping, pd.Series)):
         pairs = list(sizes.items())

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from p2g_dask._errors import InputFileError, check_input_file
 from p2g_dask._logging import logger
 
 FRAGMENT_COLUMNS = ("chrom", "start", "end", "barcode", "count")
@@ -72,14 +73,15 @@ def _sniff(path: Path) -> tuple[int, int]:
     return n_header, 0
 
 
-def _gzip_error(path: Path, err: BaseException) -> ValueError:
+def _gzip_error(path: Path, err: BaseException) -> InputFileError:
     text = str(err).lower()
     if "truncated" in text or "ended before" in text or isinstance(err, EOFError):
-        return ValueError(
-            f"fragment file {str(path)!r} is truncated: its gzip stream ends before the end marker "
-            "(an interrupted download or copy?). Re-download or re-create the file."
+        return InputFileError(
+            "path_to_fragments", path, "is truncated: its gzip stream ends before the end marker "
+            "(an interrupted download or copy?)", "Re-download or re-create the file"
         )
-    return ValueError(f"fragment file {str(path)!r} is not a readable gzip/bgzip file ({err}); check the file.")
+    return InputFileError("path_to_fragments", path, f"is not a readable gzip/bgzip file ({err})",
+                          "pass a 10x fragments file (.tsv.gz or .tsv)")
 
 
 def _check_line(fields: list[str], n_fields: int) -> str | None:
@@ -118,16 +120,54 @@ def _locate_bad_line(path: Path, n_fields: int) -> tuple[int, str, str] | None:
     return None
 
 
-def _malformed(path: Path, n_fields: int, err: BaseException | None) -> ValueError:
+_LINE_FIX = ("fragment files need tab-separated 'chrom, start, end, barcode, count' lines (0-based, end > start), "
+             "'#' lines only at the top; fix or remove that line")
+
+
+def _malformed(path: Path, n_fields: int, err: BaseException | None) -> InputFileError:
     found = _locate_bad_line(path, n_fields)
     if found is None:
-        return ValueError(f"fragment file {str(path)!r} could not be parsed ({err}); check its format.")
+        return InputFileError("path_to_fragments", path, f"could not be parsed ({err})", "check its format")
     lineno, reason, text = found
-    return ValueError(
-        f"fragment file {str(path)!r}, line {lineno}: {reason}: {text!r}. Fragment files need "
-        "tab-separated 'chrom, start, end, barcode, count' lines (0-based, end > start), '#' lines "
-        "only at the top; fix or remove that line."
-    )
+    return InputFileError("path_to_fragments", path, f"is not a fragment file at line {lineno}: {reason}: {text!r}",
+                          _LINE_FIX)
+
+
+def check_fragment_file(path: str | os.PathLike) -> None:
+    """Check a fragment file's presence, size, gzip ending and first data line, before any work.
+
+    Raises :class:`p2g_dask.InputFileError` naming ``path_to_fragments``, the path and the fix;
+    reads only the head and tail of the file.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.tsv"
+    >>> _ = p.write_text("not a fragment line\\n")
+    >>> check_fragment_file(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    p2g_dask._errors.InputFileError: path_to_fragments='...f.tsv' is not a fragment file at line 1: ...
+    """
+    path = Path(path)
+    check_input_file(path, argument="path_to_fragments", kind="text")
+    n_header, n_fields = _sniff(path)
+    if n_fields == 0:
+        raise InputFileError("path_to_fragments", path, "holds no fragment lines (only '#' header lines)",
+                             "pass the fragments file of the sample")
+    try:
+        with _open_text(path) as fh:
+            for _ in range(n_header):
+                next(fh)
+            first = next(fh).rstrip("\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as err:
+        raise _gzip_error(path, err) from err
+    except UnicodeDecodeError as err:
+        raise InputFileError("path_to_fragments", path, "is not a text or gzip file", _LINE_FIX) from err
+    reason = _check_line(first.split("\t"), max(n_fields, 4))
+    if reason is not None:
+        raise InputFileError("path_to_fragments", path, f"is not a fragment file at line {n_header + 1}: "
+                             f"{reason}: {first[:200]!r}", _LINE_FIX)
 
 
 def iter_fragments(path: str | os.PathLike, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[pa.Table]:
@@ -163,8 +203,7 @@ def iter_fragments(path: str | os.PathLike, *, block_size: int = DEFAULT_BLOCK_S
     [2]
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path_to_fragments: {str(path)!r} does not exist or is not a file.")
+    check_input_file(path, argument="path_to_fragments", kind="text")
     n_header, n_fields = _sniff(path)
     if n_fields == 0:
         return

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from p2g_dask._atomic import atomic_path
+from p2g_dask._errors import check_input_file, reading
 
 _META_KEY = b"p2g_dask"
 FORMATS = ("parquet", "bedpe", "interact", "longrange", "10x")
@@ -102,8 +103,11 @@ def write_links(
     return path
 
 
-def read_links(path: str | os.PathLike) -> pd.DataFrame:
+def read_links(path: str | os.PathLike, *, argument: str = "links") -> pd.DataFrame:
     """Read a parquet links table written by :func:`write_links`, with its ``attrs``.
+
+    ``argument`` names the file in errors (:class:`p2g_dask.InputFileError` for a missing,
+    empty, cut or wrong-format file).
 
     Examples
     --------
@@ -112,7 +116,10 @@ def read_links(path: str | os.PathLike) -> pd.DataFrame:
     >>> read_links(out)["gene"].tolist()
     ['A']
     """
-    table = pq.read_table(path)
+    # Head and footer checked first: a cut or mixed-up file is an InputFileError naming the path.
+    check_input_file(path, argument=argument, kind="parquet")
+    with reading(path, argument=argument, kind="parquet"):
+        table = pq.read_table(path)
     metadata = table.schema.metadata or {}
     links = table.to_pandas()
     if _META_KEY in metadata:

@@ -320,8 +320,15 @@ def bigwig_signal(path: str | os.PathLike, chrom: str, start: int, end: int, n_b
     """
     import pybigtools
 
+    from p2g_dask._errors import InputFileError, check_input_file, describe
+
     edges = np.linspace(start, end, n_bins + 1)
-    reader = pybigtools.open(os.fspath(path))
+    check_input_file(path, argument="bigwig_files", kind="bigwig")
+    try:
+        reader = pybigtools.open(os.fspath(path))
+    except Exception as err:  # noqa: BLE001 - pybigtools raises its own types on a damaged file
+        raise InputFileError("bigwig_files", path, describe(err), "pass a BigWig written by p2g bigwig "
+                             "(or any complete .bw); if it was copied, copy it again") from err
     try:
         sizes = reader.chroms()
         if chrom not in sizes:
@@ -329,6 +336,9 @@ def bigwig_signal(path: str | os.PathLike, chrom: str, start: int, end: int, n_b
             return edges, np.zeros(n_bins)
         values = reader.values(chrom, int(start), int(end), bins=int(n_bins), summary="mean", exact=True,
                                uncovered=0.0, oob=0.0, fillna=0.0)
+    except Exception as err:  # noqa: BLE001 - a damaged data block or index of the file
+        raise InputFileError("bigwig_files", path, describe(err), "pass a BigWig written by p2g bigwig "
+                             "(or any complete .bw); if it was copied, copy it again") from err
     finally:
         reader.close()
     return edges, np.nan_to_num(np.asarray(values, dtype=float))

@@ -29,6 +29,7 @@ from p2g_dask._logging import logger, timed
 from p2g_dask._variables import (
     check_max_distance,
     check_metacell_params,
+    warn_small_data,
     check_metacells,
     LINK_COLUMNS,
     check_params,
@@ -323,6 +324,7 @@ def peak_to_gene(
         )
     with timed("metacells", timings):
         if metacells is None:
+            warn_small_data(n_cells, params.n_metacells, params.k_neighbors, tool="peak_to_gene")
             embedding = get_obsm(atac_mod, use_rep, extra_obsm)
             neighbours = compute_metacells(
                 embedding, n_metacells=params.n_metacells, k_neighbors=params.k_neighbors,

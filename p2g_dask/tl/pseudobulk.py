@@ -29,6 +29,7 @@ from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
 from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
 from p2g_dask.io._fragment_cache import FragmentCache, build_fragment_cache, read_cache_file
+from p2g_dask.io.fragments import check_fragment_file
 from p2g_dask.tl._bigwig import write_bigwig
 from p2g_dask.tl._coverage import coverage_runs
 from p2g_dask._inputs import get_obs
@@ -217,6 +218,8 @@ def _fragment_files(path_to_fragments) -> dict[str, Path]:
     missing = {k: str(v) for k, v in files.items() if not v.is_file()}
     if missing:
         raise FileNotFoundError(f"path_to_fragments: these files do not exist: {missing}; check the paths.")
+    for path in files.values():
+        check_fragment_file(path)  # damaged, empty or wrong-format files fail here, before any work
     return files
 
 

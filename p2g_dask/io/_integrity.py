@@ -1,0 +1,169 @@
+"""A store proves its own integrity: chunk presence, crc32c checksums and CSR invariants.
+
+Ingest writes the count arrays (``<modality>/X/{data,indices,indptr}``) with zarr's ``crc32c``
+codec after the compressor and with every chunk written (``write_empty_chunks``), and marks the
+store ``p2g_integrity: "crc32c"``. Zarr fills a missing chunk with the fill value without a word
+(every count would land on peak 0), so:
+
+- opening a store checks that every expected chunk file of ``X`` is there (:func:`require_chunks`),
+- reading a block (:func:`read_block`) checks the chunks it reads are there, zarr verifies their
+  checksums while decoding, and the block's CSR invariants are checked
+  (:func:`p2g_dask._variables.csr_block_problem`),
+- :func:`verify_store` (``p2g verify STORE``) reads every chunk once.
+
+Stores of the previous version (no ``p2g_integrity``) still open: their chunk presence and CSR
+invariants are checked, there is no checksum to check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from p2g_dask._errors import InputFileError
+
+#: Root attribute of a store whose count arrays carry a crc32c checksum per chunk.
+INTEGRITY_ATTR = "p2g_integrity"
+X_ARRAYS = ("data", "indices", "indptr")
+_FIX = "re-ingest the data with p2g.io.ingest (p2g ingest), or restore the store from a good copy"
+
+
+def _array_meta(path: str, modality: str, name: str) -> dict:
+    meta_file = Path(path) / modality / "X" / name / "zarr.json"
+    try:
+        return json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise InputFileError("store", path, f"lacks the array {modality}/X/{name} (its zarr.json is missing or "
+                             "damaged)", _FIX) from err
+
+
+def _chunk_file(path: str, modality: str, name: str, index: int, meta: dict) -> Path:
+    encoding = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+    key = f"c{encoding}{index}" if meta.get("chunk_key_encoding", {}).get("name", "default") == "default" else str(index)
+    return Path(path) / modality / "X" / name / key
+
+
+def require_chunks(path: str, modality: str, name: str, first: int = 0, stop: int | None = None) -> int:
+    """Raise :class:`InputFileError` naming the chunk when a chunk file of elements ``first:stop``
+    of ``<modality>/X/<name>`` is missing; returns the number of chunks checked.
+
+    Examples
+    --------
+    >>> import tempfile, p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=50, n_peaks=100, n_genes=20, n_linked_genes=2)
+    >>> store = p2g.io.ingest(sim.atac, sim.rna, tempfile.mkdtemp() + "/s.zarr")
+    >>> require_chunks(store.path, "atac", "indices")
+    1
+    """
+    meta = _array_meta(path, modality, name)
+    size, chunk = int(meta["shape"][0]), int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+    stop = size if stop is None else min(stop, size)
+    if stop <= first:
+        return 0
+    ids = range(first // chunk, math.ceil(stop / chunk))
+    for i in ids:
+        if not _chunk_file(path, modality, name, i, meta).is_file():
+            raise InputFileError(
+                "store", path, f"is damaged: chunk {modality}/X/{name}/c/{i} is missing (elements {i * chunk:,}-"
+                f"{min(size, (i + 1) * chunk):,} of {size:,}), so its counts would silently read as zeros", _FIX)
+    return len(ids)
+
+
+def _locate_bad_chunk(path: str, modality: str, arrays: dict, spans: dict, err: BaseException) -> InputFileError:
+    """The chunk whose decoding fails, found by reading the chunks of the failed read one by one."""
+    for name, (lo, hi) in spans.items():
+        array = arrays[name]
+        chunk = int(array.chunks[0])
+        for i in range(lo // chunk, max(lo // chunk, math.ceil(hi / chunk))):
+            try:
+                array[i * chunk : min(array.shape[0], (i + 1) * chunk)]
+            except Exception as chunk_err:  # noqa: BLE001 - any decode failure names this chunk
+                return InputFileError("store", path, f"is damaged: chunk {modality}/X/{name}/c/{i} fails its "
+                                      f"checksum or cannot be decoded ({chunk_err})", _FIX)
+    return InputFileError("store", path, f"is damaged: reading {modality}/X failed ({err})", _FIX)
+
+
+def read_block(path: str, modality: str, start: int, stop: int, n_vars: int):
+    """Rows ``start:stop`` of ``<modality>/X`` as raw CSR arrays, verified.
+
+    Returns ``(data, indices, indptr)`` with ``indptr`` rebased to 0, after checking that every
+    chunk read is present, that zarr's crc32c checks pass (stores with checksums) and that the
+    block keeps the CSR invariants; raises :class:`InputFileError` naming the store and the chunk.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")[f"{modality}/X"]
+        arrays = {name: group[name] for name in X_ARRAYS}
+    except (KeyError, OSError, ValueError) as err:
+        raise InputFileError("store", path, f"lacks the array {modality}/X ({err})", _FIX) from err
+    spans = {"indptr": (start, stop + 1)}
+    try:
+        require_chunks(path, modality, "indptr", start, stop + 1)
+        indptr = arrays["indptr"][start : stop + 1]
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        spans.update(data=(lo, hi), indices=(lo, hi))
+        require_chunks(path, modality, "indices", lo, hi)
+        require_chunks(path, modality, "data", lo, hi)
+        data, indices = arrays["data"][lo:hi], arrays["indices"][lo:hi]
+    except InputFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise plain errors on a bad chunk
+        raise _locate_bad_chunk(path, modality, arrays, spans, err) from err
+    from p2g_dask._variables import csr_block_problem
+
+    indptr = indptr - lo
+    problem = csr_block_problem(indptr, indices, n_vars, hi - lo)
+    if problem:
+        raise InputFileError("store", path, f"is damaged: rows {start}-{stop} of {modality}/X break the CSR "
+                             f"format ({problem})", _FIX)
+    return data, indices, indptr
+
+
+def check_store_chunks(path: str, modalities=("atac", "rna")) -> int:
+    """Check every expected chunk file of the count arrays is present; returns the chunk count."""
+    return sum(require_chunks(path, m, name) for m in modalities for name in X_ARRAYS)
+
+
+def verify_store(path: str | os.PathLike) -> str:
+    """Read every chunk of a store's count arrays once and return a one-line state.
+
+    ``"ok: N chunks verified (crc32c checksums, CSR invariants)"`` for a store with checksums,
+    ``"no checksums (written by p2g_dask <version>): ..."`` for an older one; a damaged store
+    raises :class:`InputFileError` naming the chunk.
+
+    Examples
+    --------
+    >>> import tempfile, p2g_dask as p2g
+    >>> sim = p2g.datasets.simulate_multiome(n_cells=50, n_peaks=100, n_genes=20, n_linked_genes=2)
+    >>> store = p2g.io.ingest(sim.atac, sim.rna, tempfile.mkdtemp() + "/s.zarr")
+    >>> verify_store(store.path)
+    'ok: 6 chunks verified (crc32c checksums, chunk presence, CSR invariants)'
+    """
+    from p2g_dask.io.store import open_store
+
+    store = open_store(path)
+    n_chunks = check_store_chunks(store.path)
+    for modality in (store.atac, store.rna):
+        for start, stop in modality.row_chunks():
+            read_block(store.path, modality.name, start, stop, modality.n_vars)
+    if store.attrs.get(INTEGRITY_ATTR) == "crc32c":
+        return f"ok: {n_chunks} chunks verified (crc32c checksums, chunk presence, CSR invariants)"
+    return (f"no checksums (written by p2g_dask {store.attrs.get('p2g_dask_version', '?')}): chunk presence and "
+            f"CSR invariants checked, {n_chunks} chunks")
+
+
+def first_indptr_ok(path: str, modality: str) -> None:
+    """The whole ``indptr`` ends at the number of stored entries (a cheap check at opening)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")[f"{modality}/X"]
+    n = group["indptr"].shape[0]
+    last = int(np.asarray(group["indptr"][n - 1 : n])[0]) if n else 0
+    if last != group["data"].shape[0] or group["indices"].shape[0] != group["data"].shape[0]:
+        raise InputFileError("store", path, f"is damaged: {modality}/X has {group['data'].shape[0]:,} entries but "
+                             f"indptr ends at {last:,}", _FIX)

@@ -1,0 +1,312 @@
+"""Damaged, empty, wrong-format or missing input files: one clear InputFileError, never a wrong answer.
+
+Every damaged file is made here (tmp_path) from the real files of ../shared/data: each format cut at
+3 offsets, empty, a text file with the right suffix and a folder where the file is expected; stores
+with a chunk deleted or altered. Through the API each gives :class:`p2g_dask.InputFileError`
+naming the argument and the path; through the CLI, exit status 2, one error line, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import p2g_dask as p2g
+from p2g_dask import InputFileError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def real(shared_data, tmp_path_factory):
+    """Good files made once from the real data: the h5ads, an h5mu, a store, links, a BigWig."""
+    import anndata as ad
+    import mudata as md
+    import pybigtools
+
+    pbmc, hg38 = shared_data / "pbmc_multiome_1k", shared_data / "hg38"
+    folder = tmp_path_factory.mktemp("real")
+    atac = ad.read_h5ad(pbmc / "atac.h5ad")
+    atac.obs["grp"] = np.where(np.arange(atac.n_obs) % 2, "a", "b")
+    atac.write_h5ad(folder / "atac_grp.h5ad")
+    with md.set_options(pull_on_update=False):
+        md.MuData({"atac": atac, "rna": ad.read_h5ad(pbmc / "rna.h5ad")}).write_h5mu(folder / "pbmc.h5mu")
+    store = p2g.io.ingest(pbmc / "atac.h5ad", pbmc / "rna.h5ad", folder / "pbmc.zarr")
+    peaks = atac.var_names[:20]
+    from p2g_dask._variables import LINK_COLUMNS
+
+    links = pd.DataFrame({c: np.linspace(0, 1, peaks.size) for c in LINK_COLUMNS})
+    links = links.assign(peak=peaks, gene="CD74", chrom="chr5", peak_start=0, peak_end=1, tss=1, distance=0)
+    p2g.io.write_links(links, folder / "links.parquet")
+    sizes = p2g.io.read_chrom_sizes(hg38 / "hg38.chrom.sizes")
+    pybigtools.open(str(folder / "a.bw"), "w").write(
+        {"chr1": sizes["chr1"]}, [("chr1", i * 500, i * 500 + 200, 1.0 + i % 7) for i in range(20_000)])
+    return {
+        "h5ad": pbmc / "atac.h5ad", "rna": pbmc / "rna.h5ad", "h5mu": folder / "pbmc.h5mu",
+        "fragments": pbmc / "fragments.tsv.gz", "genes": hg38 / "hg38_genes.tsv.gz",
+        "exons": hg38 / "hg38_exons.bed.gz", "chrom_sizes": hg38 / "hg38.chrom.sizes",
+        "links": folder / "links.parquet", "bigwig": folder / "a.bw", "store": Path(store.path),
+        "grouped": folder / "atac_grp.h5ad",
+    }
+
+
+# format -> (API call on a damaged file, argument named in the message, CLI argv or None)
+def _api(fmt: str, real: dict, bad: Path, out: Path):
+    if fmt == "h5ad":
+        return p2g.io.ingest(bad, real["rna"], out / "s.zarr")
+    if fmt == "h5mu":
+        return p2g.io.ingest(bad, out / "s.zarr")
+    if fmt == "fragments":
+        return p2g.io.read_fragments(bad)
+    if fmt == "genes":
+        return p2g.io.read_gene_annotation(bad)
+    if fmt == "exons":
+        return p2g.io.read_gene_annotation(real["genes"], exons=bad)
+    if fmt == "chrom_sizes":
+        return p2g.io.read_chrom_sizes(bad)
+    if fmt == "links":
+        return p2g.io.read_links(bad)
+    if fmt == "bigwig":
+        from p2g_dask.pl._tracks import bigwig_signal
+
+        return bigwig_signal(bad, "chr1", 0, 100_000, 10)
+    raise AssertionError(fmt)
+
+
+ARGUMENT = {"h5ad": "atac", "h5mu": "atac", "fragments": "path_to_fragments", "genes": "path_or_df",
+            "exons": "exons", "chrom_sizes": "sizes", "links": "links", "bigwig": "bigwig_files"}
+
+
+def _cli(fmt: str, real: dict, bad: Path, out: Path) -> list[str]:
+    plot = ["plot", str(real["store"]), "--links", str(real["links"]), "--gene", "CD74",
+            "--genes", str(real["genes"]), "--out", str(out / "p.png")]
+    bigwig = ["bigwig", str(real["grouped"]), "--fragments", str(real["fragments"]), "--chrom-sizes",
+              str(real["chrom_sizes"]), "--cluster-key", "grp", "--out", str(out / "bw"), "--jobs", "1"]
+    swap = {"links": ("--links", plot), "genes": ("--genes", plot), "fragments": ("--fragments", bigwig),
+            "chrom_sizes": ("--chrom-sizes", bigwig)}
+    if fmt == "h5ad":
+        return ["ingest", str(bad), str(real["rna"]), str(out / "s.zarr")]
+    if fmt == "h5mu":
+        return ["ingest", str(bad), str(out / "s.zarr")]
+    if fmt == "exons":
+        return [*plot, "--exons", str(bad)]
+    if fmt == "bigwig":
+        return [*plot, "--bigwig", f"a={bad}"]
+    option, argv = swap[fmt]
+    argv = list(argv)
+    argv[argv.index(option) + 1] = str(bad)
+    return argv
+
+
+def _cut_offsets(data: bytes, fmt: str) -> list[int]:
+    offsets = [max(1, len(data) // 10), len(data) // 2, len(data) - 3]
+    if fmt == "chrom_sizes":
+        # A plain-text table cut exactly at a line end is a complete shorter table: cut mid-line.
+        offsets = [o - 1 if data[o - 1 : o] == b"\n" else o for o in offsets]
+    return offsets
+
+
+SUFFIX = {"h5ad": "atac.h5ad", "h5mu": "pbmc.h5mu", "fragments": "fragments.tsv.gz", "genes": "genes.tsv.gz",
+          "exons": "exons.bed.gz", "chrom_sizes": "hg38.chrom.sizes", "links": "links.parquet", "bigwig": "a.bw"}
+DAMAGES = ["cut0", "cut1", "cut2", "empty", "text", "folder"]
+CASES = [(fmt, damage) for fmt in SUFFIX for damage in DAMAGES]
+
+
+def _damaged(fmt: str, damage: str, real: dict, folder: Path) -> Path:
+    bad = folder / "bad" / SUFFIX[fmt]
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    data = Path(real[fmt]).read_bytes()
+    if damage.startswith("cut"):
+        bad.write_bytes(data[: _cut_offsets(data, fmt)[int(damage[-1])]])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "text":
+        bad.write_text("this is a note, not the data file\n")
+    else:
+        bad.mkdir()
+    return bad
+
+
+@pytest.mark.parametrize("fmt,damage", CASES, ids=[f"{f}-{d}" for f, d in CASES])
+def test_readers__damaged_file_raises_input_file_error(real, tmp_path, fmt, damage):
+    bad = _damaged(fmt, damage, real, tmp_path)
+    with pytest.raises(InputFileError) as err:
+        _api(fmt, real, bad, tmp_path)
+    message = str(err.value)
+    assert str(bad) in message and f"{ARGUMENT[fmt]}=" in message, message
+    assert not (tmp_path / "s.zarr").exists()  # failed before any output was written
+
+
+def _run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "p2g_dask.cli", "-q", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_cli__damaged_file_exits_2_with_one_line(real, tmp_path, fmt):
+    for damage in ("cut1", "text"):
+        bad = _damaged(fmt, damage, real, tmp_path / damage)
+        done = _run_cli(_cli(fmt, real, bad, tmp_path / damage), tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"p2g {_cli(fmt, real, bad, tmp_path)[0]}: error: "), lines
+        assert str(bad) in lines[0]
+
+
+def _damage_chunk(path: Path, how: str) -> None:
+    chunk = path / "atac" / "X" / "indices" / "c" / "0"
+    if how == "deleted":
+        chunk.unlink()
+    else:
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+
+
+def _broken_store(real: dict, folder: Path, how: str) -> Path:
+    path = folder / f"{how}.zarr"
+    shutil.copytree(real["store"], path)
+    _damage_chunk(path, how)
+    return path
+
+
+@pytest.mark.parametrize("how", ["deleted", "altered"])
+def test_store__damaged_chunk_named_in_memory_and_on_cluster(real, tmp_path, how, local_client):
+    path = _broken_store(real, tmp_path, how)
+    expected = f"chunk atac/X/indices/c/0 {'is missing' if how == 'deleted' else 'fails its checksum'}"
+    # In memory: the whole matrix read; on the LocalCluster: the blocks read by the workers.
+    with pytest.raises(InputFileError, match=expected) as err:
+        if how == "deleted":
+            p2g.io.open_store(path)
+        else:
+            p2g.io.open_store(path).atac.to_memory()
+    assert str(path) in str(err.value)
+    # On the cluster: the store is opened intact and damaged afterwards (a deleted chunk is then
+    # caught by the read of the worker, not by the opening).
+    from p2g_dask import _graph
+    from p2g_dask._inputs import resolve_input
+
+    shutil.rmtree(path)
+    shutil.copytree(real["store"], path)
+    atac, _, _ = resolve_input(str(path))
+    blocks, _ = atac.blocks(100)
+    _damage_chunk(path, how)
+    with pytest.raises(InputFileError, match=expected):
+        _graph.compute(blocks, local_client)
+
+
+def test_peak_to_gene__altered_chunk_stops_before_results(real, tmp_path):
+    path = _broken_store(real, tmp_path, "altered")
+    embedding = np.random.default_rng(0).normal(size=(1000, 5))
+    p2g.io.open_store(real["store"]).atac.write_obsm("X_test", embedding)  # obsm is not checked here
+    shutil.rmtree(path / "atac" / "obsm")
+    shutil.copytree(real["store"] / "atac" / "obsm", path / "atac" / "obsm")
+    with pytest.raises(InputFileError, match="atac/X/indices/c/0"):
+        p2g.tl.peak_to_gene(str(path), gene_annotation=real["genes"], n_metacells=50, k_neighbors=20,
+                            use_rep="X_test", seed=1)
+
+
+@pytest.mark.parametrize("how", ["deleted", "altered"])
+def test_p2g_verify__states_of_a_store(real, tmp_path, how):
+    good = _run_cli(["verify", str(real["store"])], tmp_path)
+    assert good.returncode == 0 and "ok: " in good.stdout and "chunks verified" in good.stdout
+    done = _run_cli(["verify", str(_broken_store(real, tmp_path, how))], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "atac/X/indices/c/0" in done.stderr
+
+
+def test_store__previous_format_without_checksums_opens(real, tmp_path):
+    import json
+
+    path = tmp_path / "old.zarr"
+    shutil.copytree(real["store"], path)
+    meta_file = path / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["attributes"].pop("p2g_integrity")
+    meta["attributes"]["p2g_dask_version"] = "0.0.9"
+    meta_file.write_text(json.dumps(meta))
+    from p2g_dask.io._integrity import verify_store
+
+    assert verify_store(path).startswith("no checksums (written by p2g_dask 0.0.9)")
+    store = p2g.io.open_store(path)
+    assert store.atac.to_memory().nnz == p2g.io.open_store(real["store"]).atac.nnz
+
+
+def test_store__damaged_csr_block_named(real, tmp_path):
+    # indices rewritten out of order, with a valid checksum (as a buggy writer would): CSR check.
+    import zarr
+
+    path = tmp_path / "csr.zarr"
+    shutil.copytree(real["store"], path)
+    indices = zarr.open_array(str(path / "atac" / "X" / "indices"), mode="r+")
+    values = indices[:]
+    indices[:] = values[::-1].copy()
+    with pytest.raises(InputFileError, match="break the CSR format"):
+        p2g.io.open_store(path).atac.to_memory()
+
+
+def test_store__folder_not_a_store(tmp_path):
+    (tmp_path / "x.zarr").mkdir()
+    with pytest.raises(InputFileError, match="not a p2g store"):
+        from p2g_dask._inputs import resolve_input
+
+        resolve_input(str(tmp_path / "x.zarr"))
+
+
+def test_input_file_error__pickles_with_its_message():
+    import pickle
+
+    err = InputFileError("store", "/x.zarr", "is damaged: chunk atac/X/data/c/3 is missing", "re-ingest")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is InputFileError and str(back) == str(err) and back.path == "/x.zarr"
+
+
+@pytest.mark.slow
+def test_p2g_bigwig__bad_line_mid_file_prints_one_error_line(real, tmp_path):
+    # The first lines are fine (the up-front check passes): the error comes from a task on the
+    # LocalCluster, whose worker log and shutdown must not reach stderr.
+    import gzip
+
+    with gzip.open(real["fragments"], "rt") as fh:
+        text = fh.readlines()
+    bad = tmp_path / "mid.tsv.gz"
+    with gzip.open(bad, "wt", compresslevel=1) as fh:
+        fh.writelines(text[: len(text) // 2])
+        fh.write("garbage line here\n")
+        fh.writelines(text[len(text) // 2 :])
+    argv = _cli("fragments", real, bad, tmp_path)
+    done = _run_cli([*argv[:-2], "--jobs", "2"], tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("p2g bigwig: error: path_to_fragments=")
+    assert "garbage line here" in lines[0] and str(bad) in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_metacells,k_neighbors,warns", [(500, 100, True), (100, 20, False)])
+def test_peak_to_gene__small_data_warning_on_real_cells(real, tmp_path, caplog, n_metacells, k_neighbors, warns):
+    import logging
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(real["store"], path)
+    store = p2g.io.open_store(path)
+    store.atac.write_obsm("X_test", np.random.default_rng(0).normal(size=(store.atac.n_obs, 5)))
+    with caplog.at_level(logging.WARNING, logger="p2g_dask"):
+        links = p2g.tl.peak_to_gene(store, gene_annotation=real["genes"], use_rep="X_test",
+                                    n_metacells=n_metacells, k_neighbors=k_neighbors, seed=1)
+    assert len(links) > 0
+    messages = [r.getMessage() for r in caplog.records if "small data" in r.getMessage()]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert "each of the 1000 cells is in 50.0 metacells" in messages[0] and "n_metacells=100" in messages[0]
