@@ -41,6 +41,7 @@ from p2g_dask._variables import (
     params_record,
     params_token,
     require_columns,
+    warn_small_data,
 )
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._kernels import (
@@ -241,6 +242,7 @@ def co_accessibility(
     centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
     with timed("metacells", timings):
         if metacells is None:
+            warn_small_data(n_cells, params.n_metacells, params.k_neighbors, tool="co_accessibility")
             neighbours = compute_metacells(
                 get_obsm(atac_mod, use_rep, extra_obsm), n_metacells=params.n_metacells,
                 k_neighbors=params.k_neighbors, overlap_cutoff=params.overlap_cutoff, seed=params.seed,

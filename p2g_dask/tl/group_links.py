@@ -24,7 +24,7 @@ import p2g_dask
 from p2g_dask import _graph
 from p2g_dask._inputs import get_obsm, obs_names_hash
 from p2g_dask._logging import logger
-from p2g_dask._variables import check_metacells, params_record
+from p2g_dask._variables import check_metacells, params_record, warn_small_data
 from p2g_dask.tl.aggregate import membership_sums
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership, metacell_membership
@@ -107,6 +107,8 @@ def group_metacells(
         else:
             wanted = max(int(min_metacells), int(round(n_metacells * n_group / len(groups))))
         parts = []
+        # Within a group, the small-data rule applies to the group's cells and its metacells.
+        warn_small_data(n_group, wanted, k_neighbors, tool=f"peak_to_gene(groupby=...) group {group!r}")
         for sample in sorted(set(samples[in_group])):
             cells = np.flatnonzero(in_group & (samples == sample))
             stratum += 1
