@@ -197,7 +197,7 @@ group and chromosome as Dask tasks, and writes one CPM-normalised BigWig per gro
 fragments = p2g.datasets.simulate_fragments(atac, OUT / "fragments.tsv.gz", chrom_sizes=sim.chrom_sizes,
                                             seed=1, overwrite=True)
 bigwigs = p2g.tl.pseudobulk_with_fragments(
-    input_data=store, chromsizes=sim.chrom_sizes, cluster_key="cell_type",
+    data=store, chromsizes=sim.chrom_sizes, cluster_key="cell_type",
     path_to_fragments={"demo": fragments}, bigwig_path=OUT / "bigwig", client=client,
     show_progress=False, overwrite=True)
 bigwigs"""),
@@ -371,7 +371,7 @@ if RUN_REAL_DATA:
     print(p2g.tl.links_per_gene(confident10k).head(20))
     group_key = "cell_type"   # check atac10k.obs.columns for the shipped label column
     bigwigs10k = p2g.tl.pseudobulk_with_fragments(
-        input_data=store10k, chromsizes=p2g.genome.hg38.chrom_sizes, cluster_key=group_key,
+        data=store10k, chromsizes=p2g.genome.hg38.chrom_sizes, cluster_key=group_key,
         path_to_fragments={"pbmc10k": fragments10k}, bigwig_path=OUT / "bigwig10k", overwrite=True)
     for marker in ["CD14", "MS4A1", "CD3D", "NKG7"]:
         fig, axes = p2g.pl.plot_peak2gene(store10k, gene=marker, links=links10k, gene_annotation=genes38,

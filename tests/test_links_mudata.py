@@ -225,8 +225,8 @@ def test_pseudobulk_with_fragments__mudata_input(sim_mudata):
     sim, mdata, fragments, folder = sim_mudata
     common = dict(chromsizes=sim.chrom_sizes, cluster_key="lineage", path_to_fragments={"sim": fragments},
                   executor="synchronous", show_progress=False, normalize_bigwig=False, bin_size=100)
-    from_mudata = p2g.tl.pseudobulk_with_fragments(input_data=mdata, bigwig_path=folder / "bw_mu", **common)
-    from_anndata = p2g.tl.pseudobulk_with_fragments(input_data=sim.atac, bigwig_path=folder / "bw_ad", **common)
+    from_mudata = p2g.tl.pseudobulk_with_fragments(data=mdata, bigwig_path=folder / "bw_mu", **common)
+    from_anndata = p2g.tl.pseudobulk_with_fragments(data=sim.atac, bigwig_path=folder / "bw_ad", **common)
     assert list(from_mudata) == list(from_anndata) == sorted(sim.atac.obs["lineage"].unique())
     for group in from_mudata:
         bw_mu, bw_ad = pybigtools.open(from_mudata[group]), pybigtools.open(from_anndata[group])
@@ -241,7 +241,7 @@ def test_pseudobulk_with_fragments__mudata_input(sim_mudata):
         in_peaks = 2 * int(sim.atac.X[(sim.atac.obs["lineage"] == group).to_numpy()].sum())
         assert in_peaks <= total <= 1.2 * in_peaks
     with pytest.raises(ValueError, match="'atac', 'rna'"):
-        p2g.tl.pseudobulk_with_fragments(input_data=mdata, bigwig_path=folder / "bw_bad", mod_atac="peaks",
+        p2g.tl.pseudobulk_with_fragments(data=mdata, bigwig_path=folder / "bw_bad", mod_atac="peaks",
                                          **common)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._inputs import resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts
@@ -194,8 +195,9 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
     return model, source.project(model), history
 
 
+@renamed_arguments(atac="data")
 def iterative_lsi(
-    atac: Any,
+    data: Any,
     *,
     n_components: int = 30,
     iterations: int = 2,
@@ -232,7 +234,7 @@ def iterative_lsi(
 
     Parameters
     ----------
-    atac
+    data
         Cells x peaks counts: an AnnData, a MuData (modality ``mod_atac``), a p2g store
         (:func:`p2g_dask.io.open_store`) or the path of one. A store is read chunk by chunk.
     n_components
@@ -299,7 +301,7 @@ def iterative_lsi(
         cor_cutoff=cor_cutoff, outlier_quantiles=outlier_quantiles, filter_quantile=filter_quantile,
         total_features=total_features, key_added=key_added,
     )
-    modality, _, _ = resolve_input(atac, None, mod_atac=mod_atac)
+    modality, _, _ = resolve_input(data, None, mod_atac=mod_atac)
     if modality.store is not None:
         if not overwrite and key_added in modality.store.obsm:
             raise FileExistsError(

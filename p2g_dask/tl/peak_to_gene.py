@@ -23,6 +23,7 @@ from dask.delayed import delayed
 
 import p2g_dask
 from p2g_dask import _graph
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask._inputs import Modality, get_obsm, obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
@@ -177,8 +178,9 @@ def _chromosome_columns(chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_b
     return p_idx, g_idx, chrom_token, atac_cols, rna_cols
 
 
+@renamed_arguments(atac="data")
 def peak_to_gene(
-    atac: Any,
+    data: Any,
     *,
     rna: Any = None,
     gene_annotation: Any,
@@ -212,7 +214,7 @@ def peak_to_gene(
 
     Parameters
     ----------
-    atac
+    data
         Cells x peaks: AnnData, MuData, a p2g store (:func:`p2g_dask.io.open_store`) or its path.
     rna
         Cells x genes AnnData (the same cells; the shared barcodes are used). Not needed for a
@@ -294,7 +296,7 @@ def peak_to_gene(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     atac_mod, rna_mod, extra_obsm = resolve_input(
-        atac, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=gene_obsm is None
+        data, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=gene_obsm is None
     )
     if gene_obsm is not None:
         rna_mod = _gene_modality(atac_mod, extra_obsm, gene_obsm, gene_names)

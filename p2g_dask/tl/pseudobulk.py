@@ -25,6 +25,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from p2g_dask import _graph
+from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
 from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
@@ -40,8 +41,9 @@ from p2g_dask.tl._cell_groups import sample_table
 from p2g_dask.tl._pseudobulk_params import EXECUTORS, STRATEGIES, PseudobulkParams  # noqa: F401 - public names
 from p2g_dask.tl._group_bed import write_group_bed
 
+@renamed_arguments(input_data="data")
 def pseudobulk_with_fragments(
-    input_data: Any,
+    data: Any,
     *,
     chromsizes: Any,
     cluster_key: str,
@@ -69,7 +71,7 @@ def pseudobulk_with_fragments(
 
     Parameters
     ----------
-    input_data
+    data
         The cells: an AnnData (its ``obs``), a MuData (``mod[mod_atac].obs``), a p2g store path
         or object (its ATAC ``obs``), or an ``obs`` DataFrame. ``obs_names`` are the barcodes,
         optionally with the sample name as prefix or suffix (``s1_AAAC-1``, ``AAAC-1___s1``).
@@ -164,7 +166,7 @@ def pseudobulk_with_fragments(
     )
     chrom_sizes = bigwig_chrom_sizes(chromsizes)
     files = _fragment_files(path_to_fragments)
-    obs = get_obs(input_data, mod_atac=mod_atac)
+    obs = get_obs(data, mod_atac=mod_atac)
     cells = sample_table(obs, cluster_key=cluster_key, sample_id_col=sample_id_col, samples=list(files))
     if balance_clusters:
         cells = _balance(cells, seed)
