@@ -275,6 +275,13 @@ def _slab_fill(indptr, indices, data, bounds, offsets, out_indices, out_data):  
             offsets[s, i] = q + 1
 
 
+def _slab_bounds(n_cols: int, row_bytes: int, slab_bytes: int) -> np.ndarray:
+    """Column bounds of slabs whose rows of the dense operand take about ``slab_bytes``."""
+    per_slab = max(1, int(slab_bytes // max(1, row_bytes)))
+    n_slabs = max(1, -(-n_cols // per_slab))
+    return np.linspace(0, n_cols, n_slabs + 1).astype(np.int64)
+
+
 class ColumnSlabs:
     """A CSR matrix cut into column slabs, for cache-friendly products with a tall dense block.
 
@@ -293,17 +300,16 @@ class ColumnSlabs:
     True
     """
 
-    def __init__(self, matrix: sp.csr_matrix, *, width: int, slab_bytes: int = SLAB_BYTES):
+    def __init__(self, matrix: sp.csr_matrix, *, width: int, slab_bytes: int = SLAB_BYTES, dtype=None):
         matrix = sp.csr_matrix(matrix)
         if not matrix.has_sorted_indices:
             matrix = matrix.sorted_indices()
-        self.shape, self.dtype = matrix.shape, matrix.dtype
+        self.shape, self.dtype = matrix.shape, np.dtype(dtype or matrix.dtype)
         n_rows, n_cols = matrix.shape
-        per_slab = max(1, int(slab_bytes // max(1, width * matrix.dtype.itemsize)))
-        n_slabs = max(1, -(-n_cols // per_slab))
-        self.bounds = np.linspace(0, n_cols, n_slabs + 1).astype(np.int64)
+        self.bounds = _slab_bounds(n_cols, width * self.dtype.itemsize, slab_bytes)
+        n_slabs = self.bounds.size - 1
         if n_slabs == 1:
-            self.slabs = [matrix]
+            self.slabs = [sp.csr_matrix(matrix, dtype=self.dtype)]
             return
         counts = np.zeros((n_slabs, n_rows + 1), dtype=np.int64)
         _slab_counts(matrix.indptr, matrix.indices, self.bounds, counts)
@@ -311,13 +317,23 @@ class ColumnSlabs:
         starts = np.concatenate([[0], np.cumsum(indptrs[:, -1])])
         offsets = indptrs[:, :-1] + starts[:-1, None]
         out_indices = np.empty(matrix.nnz, dtype=matrix.indices.dtype)
-        out_data = np.empty(matrix.nnz, dtype=matrix.dtype)
+        out_data = np.empty(matrix.nnz, dtype=self.dtype)
         _slab_fill(matrix.indptr, matrix.indices, matrix.data, self.bounds, offsets, out_indices, out_data)
         self.slabs = [
             sp.csr_matrix((out_data[starts[s]:starts[s + 1]], out_indices[starts[s]:starts[s + 1]], indptrs[s]),
                           shape=(n_rows, int(self.bounds[s + 1] - self.bounds[s])))
             for s in range(n_slabs)
         ]
+
+    @classmethod
+    def of_transpose(cls, matrix: sp.csr_matrix, *, width: int, slab_bytes: int = SLAB_BYTES,
+                     dtype=None) -> ColumnSlabs:
+        """Slabs of ``matrix.T`` made from row ranges of ``matrix``, without a whole transposed copy."""
+        self = cls.__new__(cls)
+        self.shape, self.dtype = matrix.shape[::-1], np.dtype(dtype or matrix.dtype)
+        self.bounds = _slab_bounds(matrix.shape[0], width * self.dtype.itemsize, slab_bytes)
+        self.slabs = [sp.csr_matrix(matrix[a:b].T, dtype=self.dtype) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        return self
 
     def matmul(self, dense: np.ndarray, n_threads: int = 1) -> np.ndarray:
         """``matrix @ dense`` in the matrix's dtype, slab by slab, over row ranges on threads."""
@@ -344,10 +360,11 @@ def sparse_svd(
     """
     n_cells, n_features = tfidf.shape
     width = min(n_components + n_oversamples, n_cells, n_features)
-    single = sp.csr_matrix(tfidf, dtype=np.float32)
-    # Column slabs of the matrix and of its transpose keep each product's gathers in cache.
-    transposed = ColumnSlabs(single.T, width=width)
-    single = ColumnSlabs(single, width=width)
+    tfidf = sp.csr_matrix(tfidf)
+    # float32 column slabs of the matrix and of its transpose, made straight from the float64
+    # TF-IDF (no whole float32 or transposed copy): each product's gathers stay in cache.
+    transposed = ColumnSlabs.of_transpose(tfidf, width=width, dtype=np.float32)
+    single = ColumnSlabs(tfidf, width=width, dtype=np.float32)
     rng = np.random.default_rng(seed)
     threads = default_threads()
     # Multi-threaded BLAS on these thin matrices is slower than one thread on a busy machine
