@@ -1,0 +1,49 @@
+"""Run one benchmark path in a fresh Python process and read back what it measured.
+
+A path is a script called with ``--run <name>`` (plus its own options); it prints one line
+``RESULT {json}``. Running every path in its own process keeps each one's imports, numba
+loading, first-call warm-up and peak RSS its own, as a user starting a notebook would see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: The repository this script belongs to goes first on the path of every child process, so a
+#: worktree's p2g_dask is measured rather than an installed one.
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this repository first on PYTHONPATH (workers inherit it)."""
+    env = dict(os.environ)
+    parts = [REPO, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != REPO]]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def emit(**result) -> None:
+    """Print the ``RESULT`` line a path reports back to :func:`run_fresh`."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_fresh(script: str, name: str, *args: str) -> dict:
+    """Run ``script --run name *args`` in a new interpreter; return its ``RESULT`` dict."""
+    out = subprocess.run([sys.executable, script, "--run", name, *args], capture_output=True, text=True,
+                         env=child_env())
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        print(out.stdout[-3000:], out.stderr[-6000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"the {name!r} path of {Path(script).name} failed (exit code {out.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def load_note() -> str:
+    """Cores and load average now: on a shared machine the figures mean little without them."""
+    import psutil
+
+    return f"{psutil.cpu_count()} cores, load average {' / '.join(f'{x:.1f}' for x in psutil.getloadavg())}"
