@@ -17,7 +17,7 @@ from dask.delayed import Delayed, delayed
 
 from p2g_dask import _graph
 from p2g_dask._inputs import Modality
-from p2g_dask.tl._kernels import metacell_sum_block, normalize_log2
+from p2g_dask.tl._kernels import metacell_sum_block, metacell_sums_threaded, normalize_log2
 from p2g_dask.tl.metacells import metacell_membership
 
 
@@ -149,6 +149,8 @@ def membership_sums(
     # them one by one), however many metacells there are.
     width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
+    if client is None and lanes is None and modality.store is None and modality.X is not None:
+        return _memory_sums(modality, membership, column_blocks, n_metacells, dtype, token)
     # One column block: the summing task reads its rows itself, so no chunk waits in worker
     # memory between a read task and its sum (memory stays flat with cells).
     chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
@@ -182,6 +184,31 @@ def membership_sums(
     return blocks, totals
 
 
+def _memory_sums(modality: Modality, membership: sp.csc_matrix, column_blocks: list[tuple[int, int]],
+                 n_metacells: int, dtype, token: Any) -> tuple[list[ColumnBlock], Delayed]:
+    """In memory on the local scheduler: one task per column block sums every metacell straight
+    into one buffer, its threads on disjoint metacells (no lanes, no partial sums to add)."""
+    token = tokenize(modality.name, id(modality.X), modality.X.shape, modality.nnz,
+                     token if token is not None else membership, str(dtype), column_blocks)
+    # The whole matrix as one graph literal (a view of the caller's CSR arrays, not a copy).
+    rows = delayed(_graph.Rows.of(modality.X), name=f"p2g-input-{token}")
+    members = delayed(block_membership(membership, 0, modality.n_obs), name=f"p2g-members-{token}")
+    blocks = [
+        ColumnBlock(first, stop, delayed(_sum_memory_block, pure=True)(
+            rows, members, n_metacells, dtype, (first, stop),
+            dask_key_name=f"p2g-metacell-sum-{tokenize(token, b)}"))
+        for b, (first, stop) in enumerate(column_blocks)
+    ]
+    totals = delayed(_total_of_blocks, pure=True)(*[block.sums for block in blocks],
+                                                 dask_key_name=f"p2g-metacell-totals-{token}")
+    return blocks, totals
+
+
+def _sum_memory_block(rows, members, n_metacells, dtype, columns):
+    member_indptr, member_cells = members
+    return metacell_sums_threaded(rows, member_indptr, member_cells, n_metacells, dtype, columns=columns)
+
+
 def _total_of_blocks(*block_sums: np.ndarray) -> np.ndarray:
     return np.sum([s.sum(axis=1, dtype=np.float64) for s in block_sums], axis=0)
 
@@ -194,7 +221,9 @@ def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums
     for first, sums in zip(block_starts, block_sums):
         inside = (columns >= first) & (columns < first + sums.shape[1])
         if inside.all() and columns.size and columns[-1] - columns[0] + 1 == columns.size:
-            return np.ascontiguousarray(sums[:, columns[0] - first : columns[-1] - first + 1])
+            # A view, not a copy: the correlation kernels read any strides, and a view sent to
+            # another worker is serialised as its own columns only.
+            return sums[:, columns[0] - first : columns[-1] - first + 1]
         out[:, inside] = sums[:, columns[inside] - first]
     return out
 
