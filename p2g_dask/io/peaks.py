@@ -46,8 +46,8 @@ def parse_peak_names(names: Sequence[str]) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "chrom": np.array(chrom, dtype=object),
-            "start": np.array(start, dtype=str).astype(np.int64) if start else np.empty(0, np.int64),
-            "end": np.array(end, dtype=str).astype(np.int64) if end else np.empty(0, np.int64),
+            "start": np.fromiter(map(int, start), dtype=np.int64, count=len(start)),
+            "end": np.fromiter(map(int, end), dtype=np.int64, count=len(end)),
         },
         index=names,
     )

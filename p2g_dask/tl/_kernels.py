@@ -174,29 +174,34 @@ def standardize_columns(values: np.ndarray, *, overwrite: bool = False) -> tuple
 
 
 @numba.njit(cache=True, nogil=True)
-def _standardized_features_kernel(sums, factor, columns, out_t, variances):  # pragma: no cover - jit
+def _standardized_features_kernel(sums, safe_totals, scale_to, columns, out_t, variances):  # pragma: no cover - jit
     m = sums.shape[0]
-    for j in range(columns.size):
-        c = columns[j]
-        row = out_t[j]
-        total = 0.0
-        constant = True
+    tile = 64
+    for t0 in range(0, columns.size, tile):
+        t1 = min(t0 + tile, columns.size)
+        # Tiles of columns: each metacell row of sums is read in short contiguous runs.
         for i in range(m):
-            v = math.log2(sums[i, c] * factor[i] + 1.0)
-            row[i] = v
-            total += v
-            if v != row[0]:
-                constant = False
-        mean = total / m if m else 0.0
-        sum_squares = 0.0
-        for i in range(m):
-            d = 0.0 if constant else row[i] - mean
-            row[i] = d
-            sum_squares += d * d
-        norm = math.sqrt(sum_squares)
-        for i in range(m):
-            row[i] = row[i] / norm if norm > 0 else np.nan
-        variances[j] = sum_squares / max(1, m - 1)
+            total_i = safe_totals[i]
+            for j in range(t0, t1):
+                out_t[j, i] = math.log2(sums[i, columns[j]] / total_i * scale_to + 1.0)
+        for j in range(t0, t1):
+            row = out_t[j]
+            total = 0.0
+            constant = True
+            for i in range(m):
+                total += row[i]
+                if row[i] != row[0]:
+                    constant = False
+            mean = total / m if m else 0.0
+            sum_squares = 0.0
+            for i in range(m):
+                d = 0.0 if constant else row[i] - mean
+                row[i] = d
+                sum_squares += d * d
+            norm = math.sqrt(sum_squares)
+            for i in range(m):
+                row[i] = row[i] / norm if norm > 0 else np.nan
+            variances[j] = sum_squares / max(1, m - 1)
 
 
 def standardized_features(sums: np.ndarray, totals: np.ndarray, scale_to: float = 1e4,
@@ -238,7 +243,7 @@ def standardized_features(sums: np.ndarray, totals: np.ndarray, scale_to: float 
     columns = np.arange(sums.shape[1], dtype=np.int64) if columns is None else np.asarray(columns, dtype=np.int64)
     out_t = np.empty((columns.size, sums.shape[0]), dtype=np.float64)
     variances = np.empty(columns.size, dtype=np.float64)
-    _standardized_features_kernel(sums, scale_to / safe, columns, out_t, variances)
+    _standardized_features_kernel(sums, safe, float(scale_to), columns, out_t, variances)
     return out_t, variances
 
 
