@@ -260,6 +260,8 @@ def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums
             # A view, not a copy: the correlation kernels read any strides, and a view sent to
             # another worker is serialised as its own columns only.
             return sums[:, columns[0] - first : columns[-1] - first + 1]
+        if inside.all():
+            return np.take(sums, columns - first, axis=1)  # one gather, no boolean scatter
         out[:, inside] = sums[:, columns[inside] - first]
     return out
 
