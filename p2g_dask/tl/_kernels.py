@@ -233,7 +233,7 @@ def standardized_features(sums: np.ndarray, totals: np.ndarray, scale_to: float 
     --------
     >>> std_t, var = standardized_features(np.array([[1.0, 2.0], [3.0, 2.0]]), np.array([1e4, 1e4]))
     >>> std_t.round(3).tolist(), var.round(3).tolist()
-    [[-0.707, 0.707], [nan, nan]], [0.5, 0.0]]
+    ([[-0.707, 0.707], [nan, nan]], [0.5, 0.0])
     """
     if sums.dtype not in (np.float32, np.float64):
         sums = np.asarray(sums, dtype=np.float64)
