@@ -44,7 +44,7 @@ import zarr
 import p2g_dask
 from p2g_dask._atomic import atomic_path, check_overwrite
 from p2g_dask._logging import enable_console_logging, logger
-from p2g_dask.io.store import _compressors, chunk_cells_for, open_store  # also sets anndata zarr v3 settings
+from p2g_dask.io.store import _compressors, chunk_cells_for, open_store, zarr_write_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from p2g_atlas_model import UNIT_CELLS, AtlasModel, build_model, draw_counts, simulate_cells  # noqa: E402
@@ -202,7 +202,8 @@ def make_atlas_store(
     started = time.perf_counter()
     model = build_model(n_peaks, n_genes, atac_nnz=atac_nnz, rna_nnz=rna_nnz, n_linked_genes=n_linked_genes, seed=seed)
     truth_bytes, genes_bytes = _tsv_bytes(model.truth), _tsv_bytes(model.genes)
-    with atomic_path(out, overwrite=overwrite, argument="out") as tmp:
+    # anndata's Zarr v3 write settings (no longer set at import of p2g_dask) for every write_elem.
+    with atomic_path(out, overwrite=overwrite, argument="out") as tmp, zarr_write_settings():
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({
             "p2g_format_version": p2g_dask.STORE_FORMAT_VERSION, "p2g_dask_version": p2g_dask.__version__,

@@ -437,6 +437,9 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
         ``host`` (default ``127.0.0.1``) is where a scheduler started here listens; for SLURM on
         several nodes pass ``interface='ib0'`` (or the node's ``host=``) so workers can reach it.
         ``dashboard_address`` defaults to port 8787 on that host when free, else a random port.
+        ``warm`` (default True): every worker, now and later, imports the package and loads its
+        numba kernels when it starts (:class:`p2g_dask._warm.WarmWorker`), so the first call
+        does not pay that warm-up.
 
     Returns
     -------
@@ -454,6 +457,7 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
     if kind not in _STARTERS:
         raise ValueError(f"kind={kind!r} is not a cluster kind; use one of {', '.join(map(repr, VALID_KINDS))}.")
     opts = _section(kind, options)
+    warm_workers = bool(opts.pop("warm", True))
     # SLURM waits for its workers itself (it must report squeue); a remote scheduler is awaited here.
     wait = _positive_int("wait_for_workers", opts.pop("wait_for_workers", None), minimum=0) if kind == "address" else None
     timeout = parse_timedelta(opts.get("timeout", "30s"))
@@ -464,11 +468,24 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
         except TimeoutError as err:
             client.close()
             raise TimeoutError(f"wait_for_workers={wait}: {err}; start more workers or lower it.") from None
+    if warm_workers:
+        _warm_workers(client)
     if "dashboard_address" in opts and opts["dashboard_address"] is None:
         logger.info("Dask dashboard: disabled (dashboard_address=None)")
     else:
         logger.info("Dask dashboard: %s", dashboard_link(client) or "(none: the scheduler serves no HTTP)")
     return client
+
+
+def _warm_workers(client: Client) -> None:
+    # Registered once: the scheduler runs it on the workers up now and on each one that joins.
+    from p2g_dask._warm import WarmWorker
+
+    try:
+        register = getattr(client, "register_plugin", None) or client.register_worker_plugin
+        register(WarmWorker())
+    except Exception as err:  # noqa: BLE001 - warming is an optimisation, never a failure
+        logger.warning("workers not warmed (%s); the first call imports the package itself", err)
 
 
 @contextlib.contextmanager

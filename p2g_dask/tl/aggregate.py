@@ -17,16 +17,22 @@ from dask.delayed import Delayed, delayed
 
 from p2g_dask import _graph
 from p2g_dask._inputs import Modality
-from p2g_dask.tl._kernels import metacell_sum_block, normalize_log2
+from p2g_dask.tl._kernels import metacell_sum_block, metacell_sums_threaded, normalize_log2
 from p2g_dask.tl.metacells import metacell_membership
 
 
 class ColumnBlock(NamedTuple):
-    """Metacell sums of the feature columns ``first:stop`` (a lazy m x (stop - first) array)."""
+    """Metacell sums of the feature columns ``first:stop`` (a lazy m x (stop - first) array).
+
+    ``lanes`` are the partial sums (accumulators) whose total is ``sums``, when there are
+    several: a consumer of a few columns can take them from each lane where it lives and add
+    them, so the whole block never moves between workers.
+    """
 
     first: int
     stop: int
     sums: Delayed
+    lanes: tuple = ()
 
 
 def _add_block(accumulator, block, members, n_metacells, dtype, columns):
@@ -113,7 +119,9 @@ def membership_sums(
     membership
         Groups x cells sparse matrix.
     chunk_cells
-        Cells per task; from ~96 MiB of CSR per chunk when None.
+        Cells per task; from ~96 MiB of CSR per chunk when None. In memory without a client,
+        None (and ``lanes`` None) sums the whole matrix on all cores into one buffer per
+        column block instead of chunks and lanes.
     split_every
         Fan-in of the tree reduction of the lanes' accumulators.
     lanes
@@ -149,6 +157,10 @@ def membership_sums(
     # them one by one), however many metacells there are.
     width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
+    # In memory on the local scheduler, unless chunks or lanes are asked for: all cores on
+    # one buffer per column block (nothing to stream, so nothing to chunk).
+    if client is None and lanes is None and chunk_cells is None and modality.store is None and modality.X is not None:
+        return _memory_sums(modality, membership, column_blocks, n_metacells, dtype, token)
     # One column block: the summing task reads its rows itself, so no chunk waits in worker
     # memory between a read task and its sum (memory stays flat with cells).
     chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
@@ -174,12 +186,63 @@ def membership_sums(
             )
     blocks = [
         ColumnBlock(first, stop, _graph.tree_sum(accumulators[b], "metacell-sum-combine", tokenize(token, b),
-                                                 split_every=split_every))
+                                                 split_every=split_every),
+                    tuple(accumulators[b]) if n_lanes > 1 else ())
+        for b, (first, stop) in enumerate(column_blocks)
+    ]
+    # Totals from each accumulator's row sums where it lives (m values move, not the sums).
+    lane_totals = [delayed(_row_totals, pure=True)(acc, dask_key_name=f"p2g-metacell-rowtotals-{tokenize(token, b, lane)}")
+                   for b, lanes_of_block in enumerate(accumulators) for lane, acc in enumerate(lanes_of_block)]
+    totals = delayed(_graph.add_arrays, pure=True)(*lane_totals, dask_key_name=f"p2g-metacell-totals-{token}")
+    return blocks, totals
+
+
+def _row_totals(sums: np.ndarray) -> np.ndarray:
+    return sums.sum(axis=1, dtype=np.float64)
+
+
+def lane_columns(blocks: list[ColumnBlock], columns: np.ndarray, key: str) -> Delayed:
+    """A task holding ``columns`` (global positions) of the sums, moving only those columns.
+
+    With lanes, each lane's columns are taken where the lane lives and the parts are added;
+    otherwise the columns are taken from the summed blocks.
+    """
+    needed = blocks_for(blocks, columns)
+    starts = [b.first for b in needed]
+    if not all(b.lanes for b in needed) or len({len(b.lanes) for b in needed}) != 1:
+        return delayed(take_block_columns, pure=True)(columns, starts, *[b.sums for b in needed],
+                                                      dask_key_name=key)
+    parts = [
+        delayed(take_block_columns, pure=True)(columns, starts, *[b.lanes[lane] for b in needed],
+                                               dask_key_name=f"{key}-{lane}")
+        for lane in range(len(needed[0].lanes))
+    ]
+    return delayed(_graph.add_arrays, pure=True)(*parts, dask_key_name=key)
+
+
+def _memory_sums(modality: Modality, membership: sp.csc_matrix, column_blocks: list[tuple[int, int]],
+                 n_metacells: int, dtype, token: Any) -> tuple[list[ColumnBlock], Delayed]:
+    """In memory on the local scheduler: one task per column block sums every metacell straight
+    into one buffer, its threads on disjoint metacells (no lanes, no partial sums to add)."""
+    token = tokenize(modality.name, id(modality.X), modality.X.shape, modality.nnz,
+                     token if token is not None else membership, str(dtype), column_blocks)
+    # The whole matrix as one graph literal (a view of the caller's CSR arrays, not a copy).
+    rows = delayed(_graph.Rows.of(modality.X), name=f"p2g-input-{token}")
+    members = delayed(block_membership(membership, 0, modality.n_obs), name=f"p2g-members-{token}")
+    blocks = [
+        ColumnBlock(first, stop, delayed(_sum_memory_block, pure=True)(
+            rows, members, n_metacells, dtype, (first, stop),
+            dask_key_name=f"p2g-metacell-sum-{tokenize(token, b)}"))
         for b, (first, stop) in enumerate(column_blocks)
     ]
     totals = delayed(_total_of_blocks, pure=True)(*[block.sums for block in blocks],
                                                  dask_key_name=f"p2g-metacell-totals-{token}")
     return blocks, totals
+
+
+def _sum_memory_block(rows, members, n_metacells, dtype, columns):
+    member_indptr, member_cells = members
+    return metacell_sums_threaded(rows, member_indptr, member_cells, n_metacells, dtype, columns=columns)
 
 
 def _total_of_blocks(*block_sums: np.ndarray) -> np.ndarray:
@@ -194,7 +257,11 @@ def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums
     for first, sums in zip(block_starts, block_sums):
         inside = (columns >= first) & (columns < first + sums.shape[1])
         if inside.all() and columns.size and columns[-1] - columns[0] + 1 == columns.size:
-            return np.ascontiguousarray(sums[:, columns[0] - first : columns[-1] - first + 1])
+            # A view, not a copy: the correlation kernels read any strides, and a view sent to
+            # another worker is serialised as its own columns only.
+            return sums[:, columns[0] - first : columns[-1] - first + 1]
+        if inside.all():
+            return np.take(sums, columns - first, axis=1)  # one gather, no boolean scatter
         out[:, inside] = sums[:, columns[inside] - first]
     return out
 

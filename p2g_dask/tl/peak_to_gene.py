@@ -40,7 +40,7 @@ from p2g_dask._variables import (
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
 from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
-from p2g_dask.tl.aggregate import blocks_for, metacell_sums, take_block_columns
+from p2g_dask.tl.aggregate import lane_columns, metacell_sums
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import metacells as compute_metacells
@@ -161,20 +161,13 @@ def _annotated_genes(rna: Modality, genes: pd.DataFrame) -> tuple[pd.DataFrame, 
     return annotated, position.loc[annotated["gene_name"]].to_numpy(dtype=np.int64)
 
 
-def _columns(blocks, columns: np.ndarray, key: str):
-    """A task gathering ``columns`` from only the column blocks that hold them."""
-    needed = blocks_for(blocks, columns)
-    return delayed(take_block_columns, pure=True)(columns, [b.first for b in needed], *[b.sums for b in needed],
-                                                  dask_key_name=key)
-
-
 def _chromosome_columns(chrom, token, peak_chrom, gene_chrom, atac_blocks, rna_blocks, rna_columns):
     """A chromosome's peak and gene positions, its token and the tasks gathering their sums' columns."""
     p_idx = np.flatnonzero(peak_chrom == chrom)
     g_idx = np.flatnonzero(gene_chrom == chrom)
     chrom_token = dask.base.tokenize(token, chrom)
-    atac_cols = _columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
-    rna_cols = _columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
+    atac_cols = lane_columns(atac_blocks, p_idx, f"p2g-columns-{dask.base.tokenize(chrom_token, 'atac')}")
+    rna_cols = lane_columns(rna_blocks, rna_columns[g_idx], f"p2g-columns-{dask.base.tokenize(chrom_token, 'rna')}")
     return p_idx, g_idx, chrom_token, atac_cols, rna_cols
 
 
@@ -361,6 +354,9 @@ def peak_to_gene(
                             params_token(params, "sums"))
         atac_blocks, atac_totals = checkpointed_sums(atac_blocks, atac_totals, ckpt, ckpt.key(sums_key, "atac"))
         rna_blocks, rna_totals = checkpointed_sums(rna_blocks, rna_totals, ckpt, ckpt.key(sums_key, "rna"))
+        # Columns come from the saved sums, not from the lanes that would recompute them.
+        atac_blocks = [b._replace(lanes=()) for b in atac_blocks]
+        rna_blocks = [b._replace(lanes=()) for b in rna_blocks]
     token = dask.base.tokenize(atac_totals.key, rna_totals.key, params_token(params))
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)

@@ -1,0 +1,124 @@
+"""Warm a process before its first p2g_dask call: imports done, numba kernels loaded from cache.
+
+A fresh Dask worker otherwise pays, inside the user's first call, the imports of the package and
+its dependencies (sklearn, zarr, igraph and, through igraph, matplotlib) and the loading of every
+numba kernel from its on-disk cache (``cache=True``: no compilation, but each signature's machine
+code still has to be read and linked). :class:`WarmWorker` does that when the worker starts;
+:func:`p2g_dask.cluster.start_cluster` registers it on the clusters it starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from types import ModuleType
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from p2g_dask._logging import logger
+
+#: Imported by :func:`warm` (the modules a first call of any tool would import on a worker).
+WARM_MODULES = (
+    "p2g_dask.tl",
+    "p2g_dask.io",
+    "p2g_dask.tl._kernels",
+    "p2g_dask.tl._lsi_kernels",
+    "p2g_dask.tl._lsi_stream",
+    "p2g_dask.tl._cluster_cells",
+    "p2g_dask.tl._coverage",
+    "p2g_dask.io._bigwig_writer",
+    "scipy.special",
+    "sklearn.neighbors",
+    "zarr",
+    "igraph",
+)
+
+
+def load_cached_kernels(module: ModuleType) -> int:
+    """Load, without compiling, every cached signature of the module's numba kernels.
+
+    Only signatures whose cache entry matches this machine and the current source are loaded
+    (those a previous run compiled); anything else is left for the first call to compile.
+
+    Parameters
+    ----------
+    module
+        A module holding ``numba.njit(cache=True)`` functions.
+
+    Returns
+    -------
+    int
+        The number of signatures loaded.
+
+    Examples
+    --------
+    >>> import p2g_dask.tl._kernels as kernels
+    >>> load_cached_kernels(kernels) >= 0
+    True
+    """
+    from numba.core.registry import CPUDispatcher
+
+    loaded = 0
+    for kernel in list(vars(module).values()):
+        if not isinstance(kernel, CPUDispatcher):
+            continue
+        try:
+            cache = kernel._cache
+            codegen = kernel.targetctx.codegen()
+            for key in list(cache._cache_file._load_index()):
+                signature = key[0]
+                # The same key numba would look up: this CPU and the current source of the kernel.
+                if key == cache._index_key(signature, codegen) and signature not in kernel.overloads:
+                    kernel.compile(signature)
+                    loaded += 1
+        except Exception as err:  # noqa: BLE001 - numba internals: warming is best effort
+            logger.debug("warm: kernel %s not preloaded (%s)", getattr(kernel, "__name__", kernel), err)
+    return loaded
+
+
+def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
+    """Import ``modules`` and load their cached numba kernels; return seconds per module.
+
+    Parameters
+    ----------
+    modules
+        Module names; one that cannot be imported is skipped (logged at debug level).
+
+    Returns
+    -------
+    dict
+        Seconds spent per module (import and kernel loading).
+
+    Examples
+    --------
+    >>> "p2g_dask.tl._kernels" in warm(("p2g_dask.tl._kernels",))
+    True
+    """
+    seconds = {}
+    for name in modules:
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - optional dependency missing: nothing to warm
+            logger.debug("warm: %s not imported (%s)", name, err)
+            continue
+        if name.startswith("p2g_dask"):
+            load_cached_kernels(module)
+        seconds[name] = round(time.perf_counter() - started, 4)
+    return seconds
+
+
+class WarmWorker(WorkerPlugin):
+    """A worker plugin running :func:`warm` when a worker starts (and on workers already up).
+
+    Examples
+    --------
+    >>> WarmWorker().name
+    'p2g-warm'
+    """
+
+    name = "p2g-warm"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - distributed.Worker
+        seconds = warm()
+        logger.debug("warm: worker %s ready in %.2f s", getattr(worker, "address", "?"), sum(seconds.values()))
