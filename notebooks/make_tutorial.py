@@ -137,12 +137,12 @@ print(f"recall {len(significant & planted) / len(planted):.2f} "
 
 `plot_link_summary` draws the correlation histogram of all pairs and the significant ones, the
 signed distance peak centre - TSS of the significant links, and the number of links per gene."""),
-    ("code", "fig, axes = p2g.pl.plot_link_summary(links, fdr=0.05)"),
+    ("code", "fig, axes = p2g.pl.plot_link_summary(links, fdr_cutoff=0.05)"),
     ("md", """\
 With ~500 metacells even weak correlations are significant (most pairs here pass FDR < 0.05,
 because the cell types differ in many peaks and genes at once). This is why ArchR also asks for
 a strong correlation. The same summary with ArchR's cut-offs:"""),
-    ("code", "fig, axes = p2g.pl.plot_link_summary(links, fdr=1e-4, min_abs_r=0.45)"),
+    ("code", "fig, axes = p2g.pl.plot_link_summary(links, fdr_cutoff=1e-4, cor_cutoff=0.45)"),
     ("md", """\
 ArchR users never read the raw pair table: `getPeak2GeneLinks` keeps the confident links.
 `p2g.tl.filter_links` applies the same rule with the same defaults: keep a pair when
@@ -212,7 +212,7 @@ planted_genes = set(sim.truth.gene)
 gene = next(g for g in per_gene.index if g in planted_genes)
 fig, axes = p2g.pl.plot_peak2gene(store, gene=gene, links=links, gene_annotation=sim.genes,
                                   exon_annotation=sim.exons, bigwig_files=bigwigs,
-                                  fdr_thresh=1e-4, min_abs_r=0.45)
+                                  fdr_cutoff=1e-4, cor_cutoff=0.45)
 fig.savefig(OUT / f"browser_{gene}.png")"""),
     ("code", """\
 # Without fragments: the coverage rows come from the peak matrix (mean CP10k per group).
@@ -223,7 +223,7 @@ fig, axes = p2g.pl.plot_peak2gene(store, gene=gene, links=links, gene_annotation
 row, with the accessibility of its peak (left) and the expression of its gene (right) across the
 metacells of `peak_to_gene`, rows z-scored and k-means clustered."""),
     ("code", """\
-fig, axes = p2g.pl.plot_peak2gene_heatmap(links, store, group_by="cell_type", k=6, figsize=(8.0, 5.0))
+fig, axes = p2g.pl.plot_peak2gene_heatmap(store, links=links, group_by="cell_type", k=6, figsize=(8.0, 5.0))
 fig.set_dpi(72)   # keeps the notebook small; fig.savefig(..., dpi=300) for print"""),
     ("code", """\
 # Parquet keeps every column and attrs; the text formats are for genome browsers.
@@ -376,7 +376,7 @@ if RUN_REAL_DATA:
     for marker in ["CD14", "MS4A1", "CD3D", "NKG7"]:
         fig, axes = p2g.pl.plot_peak2gene(store10k, gene=marker, links=links10k, gene_annotation=genes38,
                                           exon_annotation=exons38, bigwig_files=bigwigs10k)
-    fig, axes = p2g.pl.plot_peak2gene_heatmap(links10k, store10k, group_by=group_key)
+    fig, axes = p2g.pl.plot_peak2gene_heatmap(store10k, links=links10k, group_by=group_key)
     close_cluster(client)
 else:
     print("RUN_REAL_DATA is False: the PBMC 10k analysis was skipped (it needs the network).")"""),
