@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from typing import Callable
 
@@ -33,7 +34,8 @@ def renamed_arguments(**old_to_new: str) -> Callable:
     """
 
     def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
+        warn = warnings.warn
+
         def wrapper(*args, **kwargs):
             for old, new in old_to_new.items():
                 if old not in kwargs:
@@ -41,11 +43,15 @@ def renamed_arguments(**old_to_new: str) -> Callable:
                 if new in kwargs:
                     raise TypeError(f"{func.__name__}() got both {old}= and {new}=; pass only {new}= "
                                     f"({old}= is its old name).")
-                warnings.warn(f"{func.__name__}(): the argument {old}= is renamed {new}=; {old}= will stop "
-                              "working in the next release.", FutureWarning, stacklevel=2)
+                warn(f"{func.__name__}(): the argument {old}= is renamed {new}=; {old}= will stop "
+                     "working in the next release.", FutureWarning, stacklevel=2)
                 kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
 
+        # The wrapper keeps the wrapped function's module globals (it reads only its closure and
+        # builtins), so introspection such as ``f.__globals__`` sees the tool's module.
+        wrapper = types.FunctionType(wrapper.__code__, func.__globals__, func.__name__, None, wrapper.__closure__)
+        functools.update_wrapper(wrapper, func)
         wrapper.renamed_arguments = dict(old_to_new)  # type: ignore[attr-defined]
         return wrapper
 

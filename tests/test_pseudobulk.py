@@ -161,7 +161,7 @@ def test_pseudobulk_with_fragments__multiple_samples(tmp_path):
         index=["s1_BC0-1", "s1_BC1-1", "s1_BC2-1", "s2_BC0-1", "s2_BC5-1", "s2_BC6-1"],
     )
     cells = ad.AnnData(obs=obs)
-    bws = _run(tmp_path, None, data=cells, path_to_fragments={"s1": f1, "s2": f2},
+    bws = _run(tmp_path, None, input_data=cells, path_to_fragments={"s1": f1, "s2": f2},
                sample_id_col="sample", normalize_bigwig=True, executor="thread", n_jobs=2,
                bed_path=tmp_path / "bed")
     for group in ["A", "B"]:
@@ -432,7 +432,7 @@ def test_pseudobulk_with_fragments__store_and_mudata_inputs(tmp_path):
         ingest(atac, rna, tmp_path / "cells.zarr")
         inputs["store path"] = tmp_path / "cells.zarr"
     for name, data in inputs.items():
-        got = _run(tmp_path / name.replace(" ", "_").replace("-", "_"), path, data=data)
+        got = _run(tmp_path / name.replace(" ", "_").replace("-", "_"), path, input_data=data)
         assert list(got) == list(ref)
         for g in ref:
             assert Path(got[g]).read_bytes() == Path(ref[g]).read_bytes(), name
