@@ -30,18 +30,16 @@ from dask.delayed import delayed
 import p2g_dask
 from p2g_dask import _graph
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
-from p2g_dask._inputs import get_obsm, obs_names_hash, resolve_input
+from p2g_dask._inputs import obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import (
     COACCESSIBILITY,
     check_max_distance,
     check_metacell_params,
-    check_metacells,
     check_params,
     params_record,
     params_token,
     require_columns,
-    warn_small_data,
 )
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._kernels import (
@@ -54,7 +52,7 @@ from p2g_dask.tl._kernels import (
 )
 from p2g_dask.tl.aggregate import blocks_for, metacell_sums, take_block_columns
 from p2g_dask.tl.metacells import MetacellMembership
-from p2g_dask.tl.metacells import metacells as compute_metacells
+from p2g_dask.tl.metacells import resolve_metacells
 from p2g_dask.tl.pairs import peak_centres
 
 __all__ = ["CoAccessibilityParams", "co_accessibility", "coaccessibility_loops", "peak_pairs_within"]
@@ -241,17 +239,7 @@ def co_accessibility(
     peaks = peak_table(atac_mod.var)
     centres = peak_centres(peaks["start"].to_numpy(), peaks["end"].to_numpy())
     with timed("metacells", timings):
-        if metacells is None:
-            warn_small_data(n_cells, params.n_metacells, params.k_neighbors, tool="co_accessibility")
-            neighbours = compute_metacells(
-                get_obsm(atac_mod, use_rep, extra_obsm), n_metacells=params.n_metacells,
-                k_neighbors=params.k_neighbors, overlap_cutoff=params.overlap_cutoff, seed=params.seed,
-            )
-        else:
-            neighbours = check_metacells(metacells, n_cells)
-    if neighbours.shape[0] < 3:
-        raise ValueError(f"only {neighbours.shape[0]} metacells; correlations need at least 3. "
-                         "Lower k_neighbors or raise n_metacells.")
+        neighbours = resolve_metacells(atac_mod, extra_obsm, params, metacells, tool="co_accessibility")
     logger.info("co_accessibility: %d peaks, %d cells, %d metacells of %d cells",
                 len(peaks), n_cells, neighbours.shape[0], neighbours.shape[1])
     client = _graph.current_client(client)

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from p2g_dask._logging import logger
-from p2g_dask._variables import check_metacell_params, check_metacells
+from p2g_dask._variables import check_metacell_params, check_metacells, warn_small_data
 
 
 def overlap_filter(neighbours: np.ndarray, max_shared: int) -> np.ndarray:
@@ -134,6 +134,58 @@ def metacells(
     return neighbours[keep].astype(np.int64)
 
 
+def resolve_metacells(modality, extra_obsm, params, given: np.ndarray | None, *, tool: str) -> np.ndarray:
+    """The ``(n_metacells, k)`` neighbours a tool correlates over: given (checked) or built.
+
+    Shared by every metacell tool so the small-data warning, the checks of a given membership and
+    the at-least-3 rule are the same everywhere.
+
+    Parameters
+    ----------
+    modality
+        The ATAC :class:`p2g_dask._modality.Modality` (its ``obsm`` holds ``params.use_rep``).
+    extra_obsm
+        A MuData's own ``obsm`` (from :func:`p2g_dask._inputs.resolve_input`), or None.
+    params
+        The tool's parameter dataclass (``use_rep``, ``n_metacells``, ``k_neighbors``,
+        ``overlap_cutoff``, ``seed``).
+    given
+        A precomputed membership (the tool's ``metacells=``), or None to build one with
+        :func:`metacells`.
+    tool
+        Names the caller in the warning.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_metacells, k)`` int64 cell positions.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from p2g_dask._modality import Modality
+    >>> mod = Modality("atac", pd.DataFrame(index=[f"c{i}" for i in range(6)]), pd.DataFrame(index=["p"]))
+    >>> resolve_metacells(mod, None, None, np.array([[0, 1], [2, 3], [4, 5]]), tool="doc").shape
+    (3, 2)
+    """
+    from p2g_dask._inputs import get_obsm
+
+    n_cells = modality.n_obs
+    if given is None:
+        warn_small_data(n_cells, params.n_metacells, params.k_neighbors, tool=tool)
+        neighbours = metacells(
+            get_obsm(modality, params.use_rep, extra_obsm), n_metacells=params.n_metacells,
+            k_neighbors=params.k_neighbors, overlap_cutoff=params.overlap_cutoff, seed=params.seed,
+        )
+    else:
+        neighbours = check_metacells(given, n_cells)
+    if neighbours.shape[0] < 3:
+        raise ValueError(f"only {neighbours.shape[0]} metacells; correlations need at least 3. "
+                         "Lower k_neighbors or raise n_metacells.")
+    return neighbours
+
+
 def metacell_membership(neighbours: np.ndarray, n_cells: int) -> sp.csr_matrix:
     """Sparse 0/1 membership, metacells x cells, from the ``(n_metacells, k)`` index table.
 
@@ -207,3 +259,4 @@ class MetacellMembership:
 
     def __repr__(self) -> str:
         return f"MetacellMembership({self.shape[0]} metacells x {self.shape[1]} cells)"
+

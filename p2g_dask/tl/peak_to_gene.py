@@ -30,8 +30,6 @@ from p2g_dask._logging import logger, timed
 from p2g_dask._variables import (
     check_max_distance,
     check_metacell_params,
-    warn_small_data,
-    check_metacells,
     LINK_COLUMNS,
     check_params,
     params_record,
@@ -43,7 +41,7 @@ from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
 from p2g_dask.tl.aggregate import lane_columns, metacell_sums
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership
-from p2g_dask.tl.metacells import metacells as compute_metacells
+from p2g_dask.tl.metacells import resolve_metacells
 from p2g_dask.tl.pairs import gene_tss, pairs_within, peak_centres
 
 
@@ -318,18 +316,8 @@ def peak_to_gene(
             assemble=_assemble, checkpoint=checkpoint,
         )
     with timed("metacells", timings):
-        if metacells is None:
-            warn_small_data(n_cells, params.n_metacells, params.k_neighbors, tool="peak_to_gene")
-            embedding = get_obsm(atac_mod, use_rep, extra_obsm)
-            neighbours = compute_metacells(
-                embedding, n_metacells=params.n_metacells, k_neighbors=params.k_neighbors,
-                overlap_cutoff=params.overlap_cutoff, seed=params.seed,
-            )
-        else:
-            neighbours = check_metacells(metacells, n_cells)
+        neighbours = resolve_metacells(atac_mod, extra_obsm, params, metacells, tool="peak_to_gene")
     n_kept = neighbours.shape[0]
-    if n_kept < 3:
-        raise ValueError(f"only {n_kept} metacells; correlations need at least 3. Lower k_neighbors or raise n_metacells.")
     logger.info(
         "peak_to_gene: %d peaks, %d annotated genes, %d cells, %d metacells of %d cells",
         len(peaks), len(genes), n_cells, n_kept, neighbours.shape[1],
