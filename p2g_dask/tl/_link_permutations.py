@@ -3,17 +3,21 @@ when metacells overlap (``permute="cells"``), and ArchR's metacell-order shuffle
 
 ``permute="cells"``: permutation ``k`` gives cell ``c`` the RNA profile of cell ``pi_k(c)``; metacell
 ``j`` then sums the RNA rows ``pi_k(members(j))``, i.e. the RNA matrix summed over the membership
-mapped through ``pi_k``. The real membership and the N permuted ones are stacked and summed in the
-SAME single streaming pass over the RNA matrix (:func:`p2g_dask.tl.aggregate.membership_sums`),
-restricted to the annotated genes plus one column of each cell's total over all genes (the
-normalisation's denominator). The cost is ``(N + 1) x metacells x (annotated genes + 1)`` float32
-sums (e.g. N = 100, 500 metacells, 20,000 genes: 4 GB), held in column blocks of ``block_bytes``.
+mapped through ``pi_k``. The RNA matrix is read ONCE: each row block, restricted to the annotated
+genes plus one column of each cell's total over all genes (the normalisation's denominator), feeds
+both the real metacell sums (:func:`p2g_dask.tl.aggregate.membership_sums`) and one piece per
+chromosome. Each chromosome task (``p2g-permute-*``) stacks its pieces (that chromosome's genes only)
+and sums the permuted memberships over them with the same kernel, a batch of permutations at a
+time (``batch_bytes`` of sums), then recomputes r of every candidate pair under each permutation
+and only COUNTS how many permuted statistics reach each observed one (one int64 array of length
+pairs + 1). Memory is the annotated RNA nonzeros (held by the chromosome tasks, spillable by Dask
+workers) plus one batch of sums: it does not grow with N.
 
-Each chromosome task (``p2g-permute-*``) recomputes r, t, p of every candidate pair under each
-permutation and only COUNTS, per observed p, how many permuted p are <= it (one int64 array of
-length pairs + 1): memory does not grow with N. Then, with ``C(p)`` that count, ``n(p)`` the
-observed p-values <= p and ``N x P`` the pooled permuted p-values (``P`` pairs with a defined
-permuted p per permutation)::
+The p value is a decreasing function of ``|r|`` at a fixed number of metacells, so "permuted
+p <= observed p" is counted as "permuted ``|r|`` >= observed ``|r|``" (the same events, without
+N x pairs p-value evaluations; exact where p underflows to 0). With ``C(p)`` that count, ``n(p)``
+the observed p-values <= p and ``N x P`` the pooled permuted statistics (``P`` pairs with a defined
+permuted r per permutation)::
 
     perm_pval = (1 + C(p)) / (1 + N * P)
     perm_fdr  = min over p' >= p of (C(p') / N) / n(p'), capped at 1
@@ -30,8 +34,8 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from p2g_dask import _graph
-from p2g_dask.tl._kernels import normalize_log2, pair_correlation, standardize_columns, t_and_pvalue
-from p2g_dask.tl.aggregate import ColumnBlock, blocks_for, membership_sums, take_block_columns
+from p2g_dask.tl._kernels import metacell_sum_block, pair_correlation_t, standardized_features
+from p2g_dask.tl.aggregate import ColumnBlock, lane_columns, membership_sums
 from p2g_dask.tl.metacells import metacell_membership
 from p2g_dask.tl.pairs import pairs_within
 
@@ -64,107 +68,151 @@ def _select_columns(block, columns: np.ndarray):
     return _graph.Rows.of(sp.hstack([rows[:, columns], totals], format="csr"))
 
 
-class _GeneColumns:
-    """A modality seen through :func:`_select_columns` (what ``membership_sums`` needs of it)."""
+class GeneColumns:
+    """A modality seen through :func:`_select_columns`: what ``membership_sums`` needs of it.
 
-    def __init__(self, modality: Any, columns: np.ndarray):
+    Its row blocks are made once and kept, so the real sums and the chromosome pieces of the
+    permutations read the same tasks: one pass over the RNA matrix.
+    """
+
+    store = None
+    X = None
+
+    def __init__(self, modality: Any, columns: np.ndarray, chunk_cells: int | None = None):
         self.name, self.n_obs = modality.name, modality.n_obs
-        self.n_vars = int(columns.size) + 1
-        self._modality, self._columns = modality, np.asarray(columns, dtype=np.int64)
+        self.n_vars = int(np.asarray(columns).size) + 1
+        self._modality, self._columns, self._chunk_cells = modality, np.asarray(columns, dtype=np.int64), chunk_cells
+        self._blocks = None
 
     def blocks(self, chunk_cells: int | None = None, *, fused: bool = False):
-        blocks, bounds = self._modality.blocks(chunk_cells, fused=True)
-        token = tokenize(self.name, self._columns, bounds, [getattr(b, "key", None) for b in blocks])
-        return [delayed(_select_columns, pure=True)(b, self._columns, dask_key_name=f"p2g-permute-columns-{token}-{i}")
-                for i, b in enumerate(blocks)], bounds
-
-
-def _rows(sums: np.ndarray, start: int, stop: int) -> np.ndarray:
-    return np.ascontiguousarray(sums[start:stop])
+        if self._blocks is None:
+            blocks, bounds = self._modality.blocks(self._chunk_cells, fused=True)
+            token = tokenize(self.name, self._columns, bounds, [getattr(b, "key", None) for b in blocks])
+            self._blocks = ([delayed(_select_columns, pure=True)(b, self._columns,
+                                                                 dask_key_name=f"p2g-permute-columns-{token}-{i}")
+                             for i, b in enumerate(blocks)], bounds)
+        return self._blocks
 
 
 def _last_column(sums: np.ndarray) -> np.ndarray:
     return sums[:, -1].astype(np.float64)
 
 
-def stacked_rna_sums(rna_mod: Any, rna_columns: np.ndarray, neighbours: np.ndarray, n_permutations: int, seed: int,
-                     **options: Any) -> tuple[list[ColumnBlock], Any, list[ColumnBlock], Any]:
-    """One pass over the RNA matrix: the real metacell sums and those of the N permuted memberships.
+def rna_sums(rna_mod: Any, rna_columns: np.ndarray, neighbours: np.ndarray, *, chunk_cells: int | None = None,
+             **options: Any) -> tuple[list[ColumnBlock], Any, GeneColumns]:
+    """The real RNA metacell sums over the row blocks the permutations re-use (one pass).
 
-    Returns ``(real_blocks, real_totals, stacked_blocks, stacked_totals)``; columns are positions
-    in ``rna_columns`` (the annotated genes), stacked rows are the real metacells then each
-    permutation's. ``options`` go to :func:`membership_sums` (``chunk_cells``, ``split_every``, ``client``).
+    Returns ``(blocks, totals, rows)``: column blocks whose columns are positions in
+    ``rna_columns`` (the annotated genes; one more, last, column holds the totals), the metacell
+    totals over all genes, and the :class:`GeneColumns` whose blocks were summed. ``options`` go
+    to :func:`membership_sums` (``split_every``, ``client``).
     """
-    m = int(np.asarray(neighbours).shape[0])
-    members = [neighbours, *permuted_neighbours(neighbours, rna_mod.n_obs, n_permutations, seed)]
-    stacked = sp.vstack([metacell_membership(nb, rna_mod.n_obs) for nb in members], format="csr")
-    view = _GeneColumns(rna_mod, np.asarray(rna_columns))
-    blocks, _ = membership_sums(view, stacked, token=tokenize(neighbours, n_permutations, seed), **options)
-    token = tokenize([b.sums.key for b in blocks], m)
-    real = [ColumnBlock(b.first, b.stop, delayed(_rows, pure=True)(b.sums, 0, m,
-                                                                   dask_key_name=f"p2g-permute-real-{token}-{i}"))
-            for i, b in enumerate(blocks)]
-    stacked_totals = delayed(_last_column, pure=True)(blocks[-1].sums, dask_key_name=f"p2g-permute-totals-{token}")
-    real_totals = delayed(_rows, pure=True)(stacked_totals, 0, m, dask_key_name=f"p2g-permute-realtotals-{token}")
-    return real, real_totals, blocks, stacked_totals
+    rows = GeneColumns(rna_mod, np.asarray(rna_columns), chunk_cells)
+    membership = metacell_membership(np.asarray(neighbours), rna_mod.n_obs)
+    blocks, _ = membership_sums(rows, membership, chunk_cells=chunk_cells, token=tokenize(neighbours), **options)
+    totals = delayed(_last_column, pure=True)(blocks[-1].sums,
+                                             dask_key_name=f"p2g-permute-totals-{tokenize(blocks[-1].sums.key)}")
+    return blocks, totals, rows
 
 
-def _sorted_pvalues(links: pd.DataFrame) -> np.ndarray:
-    p = links["pval"].to_numpy(dtype=np.float64)
-    return np.sort(p[np.isfinite(p)])
+def _sorted_scores(links: pd.DataFrame) -> np.ndarray:
+    """``-|r|`` of the links with a defined r, ascending (the order of their p values)."""
+    r = links["correlation"].to_numpy(dtype=np.float64)
+    return np.sort(-np.abs(r[np.isfinite(r)]))
 
 
-def _count_chromosome(atac_sums, atac_totals, rna_sums, rna_totals, centres, tss, max_distance: int,
-                      scale_to: float, n_metacells: int, permutations: list, observed: np.ndarray) -> np.ndarray:
-    """Per sorted observed p, how many permuted p of this chromosome fall in ``(observed[i-1], observed[i]]``."""
+def _bin_counts(r: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Permuted ``-|r|`` binned between the sorted observed ``-|r|`` (NaN r dropped)."""
+    score = -np.abs(r[np.isfinite(r)])
+    return np.bincount(np.searchsorted(observed, score, side="left"), minlength=observed.size + 1)
+
+
+def _piece(block, columns: np.ndarray) -> sp.csr_matrix:
+    """The ``columns`` of a :func:`_select_columns` block (one chromosome's genes) as CSR."""
+    return _graph.load(block).to_csr()[:, columns]
+
+
+def _count_cells_chromosome(atac_sums, atac_totals, centres, tss, max_distance: int, scale_to: float,
+                            neighbours: np.ndarray, n_permutations: int, seed: int, observed: np.ndarray,
+                            batch_bytes: int, cell_totals: np.ndarray, *pieces: sp.csr_matrix) -> np.ndarray:
+    """Permuted-r counts of one chromosome under ``n_permutations`` cell permutations, from its RNA columns."""
     counts = np.zeros(observed.size + 1, dtype=np.int64)
     local_peak, local_gene = pairs_within(centres, tss, max_distance)
     if local_peak.size == 0:
         return counts
-    atac_std, _ = standardize_columns(normalize_log2(atac_sums, atac_totals, scale_to), overwrite=True)
-    real_rna = None
-    for k, order in enumerate(permutations):
-        if order is None:  # cells: the k-th permuted aggregate, rows (k + 1) m .. (k + 2) m
-            rows = slice((k + 1) * n_metacells, (k + 2) * n_metacells)
-            rna_std, _ = standardize_columns(normalize_log2(rna_sums[rows], rna_totals[rows], scale_to), overwrite=True)
-            atac = atac_std
-        else:  # metacells: the real aggregate, the ATAC metacells in a shuffled order
-            if real_rna is None:
-                real_rna, _ = standardize_columns(normalize_log2(rna_sums[:n_metacells], rna_totals[:n_metacells],
-                                                                 scale_to), overwrite=True)
-            rna_std, atac = real_rna, atac_std[order]
-        _, pval = t_and_pvalue(pair_correlation(atac, rna_std, local_peak, local_gene), n_metacells)
-        pval = pval[np.isfinite(pval)]
-        counts += np.bincount(np.searchsorted(observed, pval, side="left"), minlength=counts.size)
+    m = neighbours.shape[0]
+    atac_t, _ = standardized_features(atac_sums, atac_totals, scale_to)
+    rows = _graph.Rows.of(sp.vstack(pieces, format="csr"))
+    n_cells, n_genes = rows.n_rows, rows.n_vars
+    # A batch of permutations summed in one kernel call: batch_bytes of sums, whatever N.
+    batch = max(1, min(n_permutations, int(batch_bytes // max(1, m * n_genes * 4))))
+    permuted = permuted_neighbours(neighbours, n_cells, n_permutations, seed)
+    for first in range(0, n_permutations, batch):
+        members = sp.vstack([metacell_membership(nb, n_cells) for nb in permuted[first:first + batch]], format="csr")
+        members.sort_indices()
+        sums = metacell_sum_block(rows, members.indptr, members.indices, members.shape[0], np.float32)
+        totals = members @ cell_totals
+        for k in range(members.shape[0] // m):
+            rna_t, _ = standardized_features(sums[k * m:(k + 1) * m], totals[k * m:(k + 1) * m], scale_to)
+            counts += _bin_counts(pair_correlation_t(atac_t, rna_t, local_peak, local_gene), observed)
     return counts
 
 
+def _count_metacells_chromosome(atac_sums, atac_totals, rna_sums_, rna_totals, centres, tss, max_distance: int,
+                                scale_to: float, orders: list, observed: np.ndarray) -> np.ndarray:
+    """Permuted-r counts of one chromosome with the ATAC metacells shuffled (ArchR's null)."""
+    counts = np.zeros(observed.size + 1, dtype=np.int64)
+    local_peak, local_gene = pairs_within(centres, tss, max_distance)
+    if local_peak.size == 0:
+        return counts
+    atac_t, _ = standardized_features(atac_sums, atac_totals, scale_to)
+    rna_t, _ = standardized_features(rna_sums_, rna_totals, scale_to)
+    for order in orders:
+        counts += _bin_counts(pair_correlation_t(np.ascontiguousarray(atac_t[:, order]), rna_t, local_peak,
+                                                 local_gene), observed)
+    return counts
+
+
+def _cell_totals(*blocks) -> np.ndarray:
+    return np.concatenate([_graph.load(b).to_csr()[:, -1].toarray().ravel() for b in blocks]).astype(np.float64)
+
+
 def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *, peak_chrom, centres, gene_chrom,
-                     tss, rna_columns, n_metacells: int, n_permutations: int, permute: str, max_distance: int,
-                     scale_to: float, seed: int, token: str, split_every: int = 4):
+                     tss, rna_columns, neighbours: np.ndarray, n_permutations: int, permute: str, max_distance: int,
+                     scale_to: float, seed: int, token: str, rna_rows: GeneColumns | None = None,
+                     split_every: int = 4, batch_bytes: int = 256 * 2**20):
     """Lazy ``links`` with ``perm_pval``, ``perm_fdr`` and ``attrs['permutation']`` (see the module docstring).
 
-    ``rna_blocks``/``rna_totals`` are the stacked sums (real then permuted rows) for ``"cells"``,
-    the real sums for ``"metacells"``; ``rna_columns`` index their columns.
+    ``rna_rows`` (``"cells"``) are the row blocks the real RNA sums came from (:func:`rna_sums`);
+    ``rna_blocks``/``rna_columns`` are the real sums and their column positions.
     """
-    observed = delayed(_sorted_pvalues, pure=True)(links, dask_key_name=f"p2g-permute-observed-{token}")
-    orders = ([None] * n_permutations if permute == "cells"
-              else metacell_orders(n_metacells, n_permutations, seed))
+    observed = delayed(_sorted_scores, pure=True)(links, dask_key_name=f"p2g-permute-observed-{token}")
+    neighbours = np.asarray(neighbours)
+    if permute == "cells":
+        row_blocks, _ = rna_rows.blocks()
+        cell_totals = delayed(_cell_totals, pure=True)(*row_blocks, dask_key_name=f"p2g-permute-celltotals-{token}")
+    else:
+        orders = metacell_orders(neighbours.shape[0], n_permutations, seed)
     parts = []
     for chrom in pd.unique(peak_chrom):
         p_idx, g_idx = np.flatnonzero(peak_chrom == chrom), np.flatnonzero(gene_chrom == chrom)
         if not pairs_within(centres[p_idx], tss[g_idx], max_distance)[0].size:
             continue
         chrom_token = tokenize(token, chrom, permute, n_permutations, seed)
-        columns = []
-        for name, blocks, cols in (("atac", atac_blocks, p_idx), ("rna", rna_blocks, rna_columns[g_idx])):
-            needed = blocks_for(blocks, cols)
-            columns.append(delayed(take_block_columns, pure=True)(
-                cols, [b.first for b in needed], *[b.sums for b in needed],
-                dask_key_name=f"p2g-permute-columns-{tokenize(chrom_token, name)}"))
-        parts.append(delayed(_count_chromosome, pure=True)(
-            columns[0], atac_totals, columns[1], rna_totals, centres[p_idx], tss[g_idx], max_distance, scale_to,
-            n_metacells, orders, observed, dask_key_name=f"p2g-permute-{chrom_token}"))
+        atac = lane_columns(atac_blocks, p_idx, f"p2g-permute-atac-{chrom_token}")
+        if permute == "cells":
+            pieces = [delayed(_piece, pure=True)(block, rna_columns[g_idx],
+                                                 dask_key_name=f"p2g-permute-piece-{tokenize(chrom_token, i)}")
+                      for i, block in enumerate(row_blocks)]
+            part = delayed(_count_cells_chromosome, pure=True)(
+                atac, atac_totals, centres[p_idx], tss[g_idx], max_distance, scale_to, neighbours, n_permutations,
+                seed, observed, batch_bytes, cell_totals, *pieces, dask_key_name=f"p2g-permute-{chrom_token}")
+        else:
+            rna = lane_columns(rna_blocks, rna_columns[g_idx], f"p2g-permute-rna-{chrom_token}")
+            part = delayed(_count_metacells_chromosome, pure=True)(
+                atac, atac_totals, rna, rna_totals, centres[p_idx], tss[g_idx], max_distance, scale_to, orders,
+                observed, dask_key_name=f"p2g-permute-{chrom_token}")
+        parts.append(part)
     counts = _graph.tree_sum(parts, "permute-counts", token, split_every=split_every)
     return delayed(add_permutation_columns, pure=True)(links, counts, n_permutations, permute,
                                                        dask_key_name=f"p2g-permute-links-{token}")
@@ -173,8 +221,9 @@ def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *,
 def pooled_permutation_fdr(pval: np.ndarray, counts: np.ndarray, n_permutations: int) -> tuple[np.ndarray, np.ndarray]:
     """``perm_pval`` and ``perm_fdr`` of observed ``pval`` from the binned permuted counts.
 
-    ``counts[i]`` is the number of permuted p in ``(sorted_p[i-1], sorted_p[i]]`` over the sorted
-    defined observed p; NaN p give NaN.
+    ``pval`` is any statistic where smaller is more significant (p, or ``-|r|``); ``counts[i]`` is
+    the number of permuted statistics in ``(sorted[i-1], sorted[i]]`` over the sorted defined
+    observed ones; NaN gives NaN.
 
     Examples
     --------
@@ -199,7 +248,8 @@ def pooled_permutation_fdr(pval: np.ndarray, counts: np.ndarray, n_permutations:
 def add_permutation_columns(links: pd.DataFrame, counts: np.ndarray, n_permutations: int, permute: str) -> pd.DataFrame:
     """``links`` with ``perm_pval``, ``perm_fdr`` and ``attrs['permutation']``."""
     links = links.copy()
-    links["perm_pval"], links["perm_fdr"] = pooled_permutation_fdr(links["pval"].to_numpy(), counts, n_permutations)
+    score = -np.abs(links["correlation"].to_numpy(dtype=np.float64))  # the order of the p values
+    links["perm_pval"], links["perm_fdr"] = pooled_permutation_fdr(score, counts, n_permutations)
     links.attrs["permutation"] = {"permute": permute, "n_permutations": int(n_permutations),
                                   "n_null_pvalues": int(np.sum(counts))}
     return links

@@ -328,10 +328,10 @@ def peak_to_gene(
     if params.n_permutations and params.permute == "cells":
         from p2g_dask.tl import _link_permutations
 
-        # The real and the permuted RNA sums in one pass; columns become positions in rna_columns.
-        rna_blocks, rna_totals, stacked_blocks, stacked_totals = _link_permutations.stacked_rna_sums(
-            rna_mod, rna_columns, neighbours, params.n_permutations, params.seed, chunk_cells=chunk_cells,
-            split_every=split_every, client=client)
+        # One pass over the RNA matrix: its row blocks give the real sums and the permutations'
+        # chromosome pieces; columns become positions in rna_columns.
+        rna_blocks, rna_totals, rna_rows = _link_permutations.rna_sums(
+            rna_mod, rna_columns, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
         rna_columns = np.arange(rna_columns.size)
     else:
         rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
@@ -391,13 +391,12 @@ def peak_to_gene(
     if params.n_permutations:
         from p2g_dask.tl import _link_permutations
 
-        cells = params.permute == "cells"
         result = _link_permutations.permutation_null(
-            result, atac_blocks, atac_totals, stacked_blocks if cells else rna_blocks,
-            stacked_totals if cells else rna_totals, peak_chrom=peak_chrom, centres=centres, gene_chrom=gene_chrom,
-            tss=tss_all, rna_columns=rna_columns, n_metacells=n_kept, n_permutations=params.n_permutations,
-            permute=params.permute, max_distance=params.max_distance, scale_to=params.scale_to, seed=params.seed,
-            token=token, split_every=split_every)
+            result, atac_blocks, atac_totals, rna_blocks, rna_totals, peak_chrom=peak_chrom, centres=centres,
+            gene_chrom=gene_chrom, tss=tss_all, rna_columns=rna_columns, neighbours=neighbours,
+            n_permutations=params.n_permutations, permute=params.permute, max_distance=params.max_distance,
+            scale_to=params.scale_to, seed=params.seed, token=token,
+            rna_rows=rna_rows if params.permute == "cells" else None, split_every=split_every)
     with timed("aggregate + correlate", timings):
         # Not empty: some chromosome has candidate pairs (checked above, before the graph ran).
         links = _graph.compute(result, client, show_progress)
