@@ -64,8 +64,16 @@ def metacell_orders(n_metacells: int, n_permutations: int, seed: int) -> list[np
 def _select_columns(block, columns: np.ndarray):
     """A row block restricted to ``columns``, plus a last column: each row's total over all features."""
     rows = _graph.load(block).to_csr()
-    totals = sp.csr_matrix(np.asarray(rows.sum(axis=1), dtype=np.float64).reshape(-1, 1))
-    return _graph.Rows.of(sp.hstack([rows[:, columns], totals], format="csr"))
+    selected = rows[:, columns]
+    selected.sort_indices()
+    dtype = selected.data.dtype if selected.data.dtype.kind in "iuf" else np.float64
+    totals = np.asarray(rows.sum(axis=1, dtype=np.float64)).ravel().astype(dtype)
+    # The totals go in as one more entry at the end of each row (one pass, no sparse hstack).
+    ends = selected.indptr[1:]
+    data = np.insert(selected.data.astype(dtype, copy=False), ends, totals)
+    indices = np.insert(selected.indices.astype(np.int32, copy=False), ends, np.int32(columns.size))
+    indptr = selected.indptr.astype(np.int64) + np.arange(selected.shape[0] + 1)
+    return _graph.Rows(data, indices, indptr, int(columns.size) + 1)
 
 
 class GeneColumns:
@@ -123,13 +131,23 @@ def _sorted_scores(links: pd.DataFrame) -> np.ndarray:
 
 def _bin_counts(r: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Permuted ``-|r|`` binned between the sorted observed ``-|r|`` (NaN r dropped)."""
-    score = -np.abs(r[np.isfinite(r)])
+    score = np.sort(-np.abs(r[np.isfinite(r)]))  # sorted keys: the search walks ``observed`` in order
     return np.bincount(np.searchsorted(observed, score, side="left"), minlength=observed.size + 1)
 
 
-def _piece(block, columns: np.ndarray) -> sp.csr_matrix:
-    """The ``columns`` of a :func:`_select_columns` block (one chromosome's genes) as CSR."""
-    return _graph.load(block).to_csr()[:, columns]
+def _chromosome_pieces(block, columns: list[np.ndarray]) -> list[sp.csr_matrix]:
+    """A :func:`_select_columns` block cut into one CSR piece per chromosome (``columns`` each).
+
+    One conversion to CSC makes every cut a major-axis selection: O(nonzeros) for the block
+    in all, not per chromosome.
+    """
+    by_column = _graph.load(block).to_csr().tocsc()
+    return [by_column[:, cols].tocsr() for cols in columns]
+
+
+def _piece(pieces: list, index: int) -> sp.csr_matrix:
+    # Its own task, so only this chromosome's piece moves to the worker that needs it.
+    return pieces[index]
 
 
 def _count_cells_chromosome(atac_sums, atac_totals, centres, tss, max_distance: int, scale_to: float,
@@ -193,17 +211,23 @@ def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *,
         cell_totals = delayed(_cell_totals, pure=True)(*row_blocks, dask_key_name=f"p2g-permute-celltotals-{token}")
     else:
         orders = metacell_orders(neighbours.shape[0], n_permutations, seed)
-    parts = []
+    chromosomes = []
     for chrom in pd.unique(peak_chrom):
         p_idx, g_idx = np.flatnonzero(peak_chrom == chrom), np.flatnonzero(gene_chrom == chrom)
-        if not pairs_within(centres[p_idx], tss[g_idx], max_distance)[0].size:
-            continue
+        if pairs_within(centres[p_idx], tss[g_idx], max_distance)[0].size:
+            chromosomes.append((chrom, p_idx, g_idx))
+    if permute == "cells":
+        cut = [rna_columns[g_idx] for _, _, g_idx in chromosomes]
+        split = [delayed(_chromosome_pieces, pure=True)(block, cut, dask_key_name=f"p2g-permute-split-{tokenize(token, i)}")
+                 for i, block in enumerate(row_blocks)]
+    parts = []
+    for index, (chrom, p_idx, g_idx) in enumerate(chromosomes):
         chrom_token = tokenize(token, chrom, permute, n_permutations, seed)
         atac = lane_columns(atac_blocks, p_idx, f"p2g-permute-atac-{chrom_token}")
         if permute == "cells":
-            pieces = [delayed(_piece, pure=True)(block, rna_columns[g_idx],
+            pieces = [delayed(_piece, pure=True)(pieces_of_block, index,
                                                  dask_key_name=f"p2g-permute-piece-{tokenize(chrom_token, i)}")
-                      for i, block in enumerate(row_blocks)]
+                      for i, pieces_of_block in enumerate(split)]
             part = delayed(_count_cells_chromosome, pure=True)(
                 atac, atac_totals, centres[p_idx], tss[g_idx], max_distance, scale_to, neighbours, n_permutations,
                 seed, observed, batch_bytes, cell_totals, *pieces, dask_key_name=f"p2g-permute-{chrom_token}")
