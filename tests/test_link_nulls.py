@@ -142,6 +142,21 @@ def test_peak_to_gene__permutation_counts_match_enumeration(tiny, permute):
     assert links.attrs["permutation"] == {"permute": permute, "n_permutations": 6, "n_null_pvalues": n_null}
 
 
+def test_peak_to_gene__permutation_batches_change_nothing(tiny, monkeypatch):
+    """One permutation per batch (the least memory) gives the same counts as all N at once."""
+    from p2g_dask.tl import _link_permutations as perms
+
+    sim, neighbours = tiny
+    kwargs = dict(rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours, max_distance=60_000, seed=3,
+                  n_permutations=5, chunk_cells=70)
+    with dask.config.set(scheduler="sync"):
+        whole = p2g.tl.peak_to_gene(sim.atac, **kwargs)
+        monkeypatch.setattr(perms, "BATCH_BYTES", 1)
+        batched = p2g.tl.peak_to_gene(sim.atac, **kwargs)
+    pd.testing.assert_frame_equal(whole, batched)
+    assert whole["perm_fdr"].notna().sum() > 20
+
+
 def test_peak_to_gene__permutations_cost_one_rna_pass(tiny, monkeypatch, local_client):
     from p2g_dask._modality import Modality
 

@@ -8,7 +8,7 @@ genes plus one column of each cell's total over all genes (the normalisation's d
 both the real metacell sums (:func:`p2g_dask.tl.aggregate.membership_sums`) and one piece per
 chromosome. Each chromosome task (``p2g-permute-*``) stacks its pieces (that chromosome's genes only)
 and sums the permuted memberships over them with the same kernel, a batch of permutations at a
-time (``batch_bytes`` of sums), then recomputes r of every candidate pair under each permutation
+time (``batch_bytes``, 32 MiB, of sums), then recomputes r of every candidate pair under each permutation
 and only COUNTS how many permuted statistics reach each observed one (one int64 array of length
 pairs + 1). Memory is the annotated RNA nonzeros (held by the chromosome tasks, spillable by Dask
 workers) plus one batch of sums: it does not grow with N.
@@ -40,6 +40,8 @@ from p2g_dask.tl.metacells import metacell_membership
 from p2g_dask.tl.pairs import pairs_within
 
 PERMUTE = ("cells", "metacells")
+#: Permuted sums a chromosome task holds at once (a batch of permutations): bounds memory whatever N.
+BATCH_BYTES = 32 * 2**20
 
 
 def permuted_neighbours(neighbours: np.ndarray, n_cells: int, n_permutations: int, seed: int) -> list[np.ndarray]:
@@ -50,9 +52,15 @@ def permuted_neighbours(neighbours: np.ndarray, n_cells: int, n_permutations: in
     >>> [p.shape for p in permuted_neighbours(np.array([[0, 1], [1, 2]]), 3, 2, seed=1)]
     [(2, 2), (2, 2)]
     """
+    return [nb for batch in permutation_batches(neighbours, n_cells, n_permutations, seed, 1) for nb in batch]
+
+
+def permutation_batches(neighbours: np.ndarray, n_cells: int, n_permutations: int, seed: int, batch: int):
+    """:func:`permuted_neighbours` made ``batch`` at a time (the same sequence, never all N at once)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
     neighbours = np.asarray(neighbours, dtype=np.int64)
-    return [rng.permutation(n_cells)[neighbours] for _ in range(int(n_permutations))]
+    for first in range(0, int(n_permutations), int(batch)):
+        yield [rng.permutation(n_cells)[neighbours] for _ in range(min(int(batch), int(n_permutations) - first))]
 
 
 def metacell_orders(n_metacells: int, n_permutations: int, seed: int) -> list[np.ndarray]:
@@ -164,9 +172,8 @@ def _count_cells_chromosome(atac_sums, atac_totals, centres, tss, max_distance: 
     n_cells, n_genes = rows.n_rows, rows.n_vars
     # A batch of permutations summed in one kernel call: batch_bytes of sums, whatever N.
     batch = max(1, min(n_permutations, int(batch_bytes // max(1, m * n_genes * 4))))
-    permuted = permuted_neighbours(neighbours, n_cells, n_permutations, seed)
-    for first in range(0, n_permutations, batch):
-        members = sp.vstack([metacell_membership(nb, n_cells) for nb in permuted[first:first + batch]], format="csr")
+    for permuted in permutation_batches(neighbours, n_cells, n_permutations, seed, batch):
+        members = sp.vstack([metacell_membership(nb, n_cells) for nb in permuted], format="csr")
         members.sort_indices()
         sums = metacell_sum_block(rows, members.indptr, members.indices, members.shape[0], np.float32)
         totals = members @ cell_totals
@@ -198,13 +205,14 @@ def _cell_totals(*blocks) -> np.ndarray:
 def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *, peak_chrom, centres, gene_chrom,
                      tss, rna_columns, neighbours: np.ndarray, n_permutations: int, permute: str, max_distance: int,
                      scale_to: float, seed: int, token: str, rna_rows: GeneColumns | None = None,
-                     split_every: int = 4, batch_bytes: int = 256 * 2**20):
+                     split_every: int = 4, batch_bytes: int | None = None):
     """Lazy ``links`` with ``perm_pval``, ``perm_fdr`` and ``attrs['permutation']`` (see the module docstring).
 
     ``rna_rows`` (``"cells"``) are the row blocks the real RNA sums came from (:func:`rna_sums`);
     ``rna_blocks``/``rna_columns`` are the real sums and their column positions.
     """
     observed = delayed(_sorted_scores, pure=True)(links, dask_key_name=f"p2g-permute-observed-{token}")
+    batch_bytes = BATCH_BYTES if batch_bytes is None else int(batch_bytes)
     neighbours = np.asarray(neighbours)
     if permute == "cells":
         row_blocks, _ = rna_rows.blocks()
