@@ -10,6 +10,7 @@ code still has to be read and linked). :class:`WarmWorker` does that when the wo
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 from types import ModuleType
 
@@ -106,6 +107,37 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
             load_cached_kernels(module)
         seconds[name] = round(time.perf_counter() - started, 4)
     return seconds
+
+
+def warm_in_background(modules: tuple[str, ...] = ("p2g_dask.tl._kernels",)) -> threading.Thread | None:
+    """Load the cached numba kernels of ``modules`` in a daemon thread; return it (None when off).
+
+    Called when :mod:`p2g_dask.tl` is imported: the kernels load while the caller reads its data,
+    so the first call in a fresh process does not wait for them (a call that comes first simply
+    loads them itself; numba serialises the two). Off with the dask config
+    ``p2g.warm-kernels: false`` (or ``DASK_P2G__WARM_KERNELS=false``).
+
+    Examples
+    --------
+    >>> thread = warm_in_background(())
+    >>> thread is None or thread.name == "p2g-warm"
+    True
+    """
+    import dask
+
+    if not dask.config.get("p2g.warm-kernels", True):
+        return None
+
+    def run() -> None:
+        for name in modules:
+            try:
+                load_cached_kernels(importlib.import_module(name))
+            except Exception as err:  # noqa: BLE001 - best effort: the first call loads them anyway
+                logger.debug("warm: %s not preloaded (%s)", name, err)
+
+    thread = threading.Thread(target=run, name="p2g-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 class WarmWorker(WorkerPlugin):
