@@ -135,16 +135,23 @@ def _correlate_peak_pairs(sums: np.ndarray, totals: np.ndarray, peak_index: np.n
                          "t": t, "pval": pval}), variance
 
 
-def _assemble(results: list, chrom_peaks: list, peaks: pd.DataFrame, centres: np.ndarray) -> pd.DataFrame:
-    """Both orders of every pair, undefined r dropped, BH over all rows, variance quantiles over rows."""
-    variance = np.full(len(peaks), np.nan)
+def _pair_numbers(results: list, chrom_peaks: list, n_peaks: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The chromosome tables as one numeric table (undefined r dropped) and every peak's variance.
+
+    Numbers only: they leave the cluster as contiguous arrays; names are added on the client.
+    """
+    variance = np.full(n_peaks, np.nan)
     halves = []
     for (table, chrom_variance), p_idx in zip(results, chrom_peaks):
         variance[p_idx] = chrom_variance
         halves.append(table)
     half = pd.concat(halves, ignore_index=True) if halves else pd.DataFrame(
         {"index1": [], "index2": [], "correlation": [], "t": [], "pval": []})
-    half = half[np.isfinite(half["correlation"].to_numpy(dtype=float))]
+    return half[np.isfinite(half["correlation"].to_numpy(dtype=float))], variance
+
+
+def _assemble(half: pd.DataFrame, variance: np.ndarray, peaks: pd.DataFrame, centres: np.ndarray) -> pd.DataFrame:
+    """Both orders of every pair, BH over all rows, variance quantiles over rows."""
     # The statistics of (j, i) are those of (i, j): emit the computed half twice.
     i1 = np.concatenate([half["index1"].to_numpy(np.int64), half["index2"].to_numpy(np.int64)])
     i2 = np.concatenate([half["index2"].to_numpy(np.int64), half["index1"].to_numpy(np.int64)])
@@ -269,10 +276,10 @@ def co_accessibility(
                                                      centres[p_idx]), "tree", nout=2)
         results.append(task)
         chrom_peaks.append(p_idx)
-    graph = delayed(_assemble, pure=True)(results, chrom_peaks, peaks, centres,
-                                          dask_key_name=f"p2g-coaccessibility-table-{token}")
+    graph = delayed(_pair_numbers, pure=True, nout=2)(results, chrom_peaks, len(peaks),
+                                                      dask_key_name=f"p2g-coaccessibility-table-{token}")
     with timed("aggregate + correlate", timings):
-        table = _graph.compute(graph, client, show_progress)
+        table = _assemble(*_graph.compute(graph, client, show_progress), peaks, centres)
     logger.info("co_accessibility: %d ordered pairs, %d with FDR < 0.05", len(table), int((table["fdr"] < 0.05).sum()))
     timings["total"] = round(time.perf_counter() - started, 4)
     table.attrs.update({

@@ -98,16 +98,30 @@ class PeakToGeneParams:
         ])
 
 
-def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
-    """Concatenate the chromosome tables, BH over all pairs, variance quantiles over all features."""
-    peak_var = np.zeros(len(peaks))
-    gene_var = np.zeros(len(genes))
+def _assemble_numbers(results, chrom_peaks, chrom_genes, n_peaks: int, n_genes: int) -> pd.DataFrame:
+    """The chromosome tables as one numeric table: BH over all pairs, variance quantiles over all features.
+
+    Numbers only (positions, no names): it leaves the cluster as a few contiguous arrays instead
+    of ~800k pickled strings per name column; :func:`_name_links` adds the names on the client.
+    """
+    peak_var = np.zeros(n_peaks)
+    gene_var = np.zeros(n_genes)
     tables = []
     for (table, atac_var, rna_var), p_idx, g_idx in zip(results, chrom_peaks, chrom_genes):
         tables.append(table)
         peak_var[p_idx] = atac_var
         gene_var[g_idx] = rna_var
     stats = pd.concat(tables, ignore_index=True)
+    p_idx = stats["peak_index"].to_numpy(dtype=np.int64)
+    g_idx = stats["gene_index"].to_numpy(dtype=np.int64)
+    stats["fdr"] = benjamini_hochberg(stats["pval"].to_numpy())
+    stats["var_q_atac"] = variance_quantiles(peak_var)[p_idx]
+    stats["var_q_rna"] = variance_quantiles(gene_var)[g_idx]
+    return stats
+
+
+def _name_links(stats: pd.DataFrame, peaks: pd.DataFrame, genes: pd.DataFrame) -> pd.DataFrame:
+    """The links table of :func:`_assemble_numbers`' output: names and positions, then any null columns."""
     p_idx = stats["peak_index"].to_numpy(dtype=np.int64)
     g_idx = stats["gene_index"].to_numpy(dtype=np.int64)
     links = pd.DataFrame(
@@ -119,15 +133,20 @@ def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
             "peak_end": peaks["end"].to_numpy()[p_idx],
             "tss": genes["tss"].to_numpy()[g_idx],
             "distance": stats["distance"].to_numpy(dtype=np.int64),
-            "correlation": stats["correlation"].to_numpy(dtype=np.float64),
-            "t": stats["t"].to_numpy(dtype=np.float64),
-            "pval": stats["pval"].to_numpy(dtype=np.float64),
         }
     )
-    links["fdr"] = benjamini_hochberg(links["pval"].to_numpy())
-    links["var_q_atac"] = variance_quantiles(peak_var)[p_idx]
-    links["var_q_rna"] = variance_quantiles(gene_var)[g_idx]
-    return links[LINK_COLUMNS]
+    extra = [c for c in stats.columns if c not in LINK_COLUMNS and c not in ("peak_index", "gene_index")]
+    for column in [c for c in LINK_COLUMNS if c not in links.columns] + extra:
+        links[column] = stats[column].to_numpy()
+    links = links[list(LINK_COLUMNS) + extra]
+    links.attrs.update(stats.attrs)
+    return links
+
+
+def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
+    """Concatenate the chromosome tables into the links table (see :func:`_assemble_numbers`)."""
+    return _name_links(_assemble_numbers(results, chrom_peaks, chrom_genes, len(peaks), len(genes)), peaks,
+                       genes)
 
 
 def _gene_modality(atac: Modality, extra_obsm: dict, gene_obsm: str, gene_names) -> Modality:
@@ -378,8 +397,8 @@ def peak_to_gene(
         results.append(task)
         chrom_peaks.append(p_idx)
         chrom_genes.append(g_idx)
-    result = delayed(_assemble, pure=True)(results, chrom_peaks, chrom_genes, peaks, genes,
-                                           dask_key_name=f"p2g-links-{token}")
+    result = delayed(_assemble_numbers, pure=True)(results, chrom_peaks, chrom_genes, len(peaks), len(genes),
+                                                   dask_key_name=f"p2g-links-{token}")
     if params.empirical_pval:
         from p2g_dask.tl import link_nulls
 
@@ -399,7 +418,7 @@ def peak_to_gene(
             rna_rows=rna_rows if params.permute == "cells" else None, split_every=split_every)
     with timed("aggregate + correlate", timings):
         # Not empty: some chromosome has candidate pairs (checked above, before the graph ran).
-        links = _graph.compute(result, client, show_progress)
+        links = _name_links(_graph.compute(result, client, show_progress), peaks, genes)
     n_sig = int((links["fdr"] < 0.05).sum())
     logger.info("peak_to_gene: %d candidate pairs, %d with FDR < 0.05", len(links), n_sig)
     timings["total"] = round(time.perf_counter() - started, 4)
