@@ -42,7 +42,8 @@ def _add_block(accumulator, block, members, n_metacells, dtype, columns):
                               out=accumulator, columns=columns)
 
 
-def _default_lanes(client: Any) -> int:
+def default_lanes(client: Any) -> int:
+    """Accumulators per streaming pass: the cluster's worker threads, or the local cores up to 4."""
     if client is not None:
         try:
             return max(1, sum(client.nthreads().values()))
@@ -172,7 +173,7 @@ def membership_sums(
     if not lanes:
         # One accumulator per worker thread, fewer when they would hold over ~1 GiB in all.
         matrix_bytes = n_metacells * n_features * np.dtype(dtype).itemsize
-        lanes = max(1, min(_default_lanes(client), int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
+        lanes = max(1, min(default_lanes(client), int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
     n_lanes = max(1, min(len(chunks), int(lanes)))
     accumulators = [[None] * n_lanes for _ in column_blocks]
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
