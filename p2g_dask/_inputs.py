@@ -108,6 +108,11 @@ def resolve_input(
         if rna is not None:
             raise ValueError("with a store as input, leave rna=None: the store holds both modalities.")
         atac_mod = Modality("atac", data.atac.obs, data.atac.var, store=data.atac)
+        if data.rna is None:  # an ATAC-only store
+            if need_rna:
+                raise ValueError(f"the store {data.path!r} holds no RNA (an ATAC-only store); pass gene_obsm= "
+                                 "(e.g. 'X_gene_score' from p2g.tl.gene_scores(..., store=...)) with gene_names=.")
+            return atac_mod, None, extra_obsm
         rna_mod = Modality("rna", data.rna.obs, data.rna.var, store=data.rna)
         return atac_mod, rna_mod, extra_obsm
     if is_mudata(data):

@@ -132,7 +132,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from p2g_dask.io import ingest
 
     store = ingest(args.atac, args.rna, args.store, chunk_cells=args.chunk_cells, overwrite=args.overwrite,
-                   mod_atac=args.mod_atac, mod_rna=args.mod_rna)
+                   mod_atac=args.mod_atac, mod_rna=args.mod_rna, atac_only=args.atac_only)
     print(store)
     return 0
 
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--atac-only", action="store_true", help="no RNA: gene scores from the fragments instead")
     demo.set_defaults(func=cmd_demo)
 
-    ing = sub.add_parser("ingest", help="write ATAC + RNA into one chunked Zarr store")
+    ing = sub.add_parser("ingest", help="write ATAC + RNA (or ATAC alone) into one chunked Zarr store")
     ing.add_argument("atac", help=".h5ad, .h5mu or 10x filtered_feature_bc_matrix.h5")
     ing.add_argument("rna", nargs="?", default=None, help=".h5ad (omit for .h5mu / 10x h5)")
     ing.add_argument("store", help="output store folder (e.g. pbmc.zarr)")
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--mod-atac", default="atac")
     ing.add_argument("--mod-rna", default="rna")
     ing.add_argument("--overwrite", action="store_true")
+    ing.add_argument("--atac-only", action="store_true",
+                     help="no RNA: an ATAC-only store (then p2g gene-scores --store for the gene side)")
     ing.set_defaults(func=cmd_ingest)
 
     run = sub.add_parser("run", help="run the pipeline from a YAML config (see deploy/example-config.yaml)")

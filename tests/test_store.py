@@ -124,3 +124,46 @@ def test_parse_peak_names__three_separators(names):
 def test_parse_peak_names__unparseable_shows_one():
     with pytest.raises(ValueError, match="'peak_42'"):
         p2g.io.parse_peak_names(["chr1:1-2", "peak_42"])
+
+
+def test_ingest__atac_only_store_runs_lsi_gene_scores_and_peak_to_gene(tmp_path):
+    """ATAC-only: ingest -> iterative_lsi -> gene_scores(store=) -> peak_to_gene(store, gene_obsm=) equals
+    the same steps in memory; the store verifies, opens with rna None and says what is missing."""
+    import dask
+    import subprocess
+    import sys
+
+    from p2g_dask.datasets import simulate_fragments, simulate_multiome
+    from p2g_dask.io._integrity import verify_store
+
+    sim = simulate_multiome(n_cells=240, n_peaks=900, n_genes=60, n_linked_genes=8, seed=5)
+    frags = simulate_fragments(sim.atac, tmp_path / "f.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=5)
+    with pytest.raises(ValueError, match="atac_only=True"):
+        ingest(sim.atac, None, tmp_path / "no.zarr")
+    with pytest.raises(ValueError, match="leave rna=None"):
+        ingest(sim.atac, sim.rna, tmp_path / "no.zarr", atac_only=True)
+    store = ingest(sim.atac, path=tmp_path / "a.zarr", chunk_cells=64, atac_only=True)
+    assert store.rna is None and store.modalities == ("atac",) and "ATAC-only" in repr(store)
+    assert not (tmp_path / "a.zarr" / "rna").exists()
+    assert verify_store(tmp_path / "a.zarr").startswith("ok: 3 chunks")  # atac X: data, indices, indptr
+    with pytest.raises(ValueError, match="holds no RNA"):
+        p2g.tl.peak_to_gene(store.path, gene_annotation=sim.genes, use_rep="X_latent")
+    atac = sim.atac.copy()
+    with dask.config.set(scheduler="synchronous"):
+        p2g.tl.iterative_lsi(store.path, n_components=8, var_features=400, seed=1)
+        p2g.tl.iterative_lsi(atac, n_components=8, var_features=400, seed=1)
+        modality = p2g.tl.gene_scores(frags, genes=sim.genes, store=store.path, chunk_cells=64, show_progress=False)
+        scores = p2g.tl.gene_scores(frags, genes=sim.genes, cells=atac, show_progress=False)
+    np.testing.assert_array_equal(modality.to_memory().toarray(), scores.X.toarray())
+    kwargs = dict(gene_annotation=sim.genes, use_rep="X_iterative_lsi", n_metacells=30, k_neighbors=15)
+    from_store = p2g.tl.peak_to_gene(store.path, gene_obsm="X_gene_score", gene_names=modality.var.index, **kwargs)
+    atac.obsm["X_gene_score"] = scores.X
+    from_memory = p2g.tl.peak_to_gene(atac, gene_obsm="X_gene_score", gene_names=scores.var_names, **kwargs)
+    assert len(from_store) > 100
+    pd.testing.assert_frame_equal(from_store, from_memory, check_exact=False, rtol=1e-5, atol=1e-9)
+    # The command line writes the same ATAC-only store.
+    sim.atac.write_h5ad(tmp_path / "atac.h5ad")
+    done = subprocess.run([sys.executable, "-m", "p2g_dask.cli", "ingest", str(tmp_path / "atac.h5ad"),
+                           str(tmp_path / "cli.zarr"), "--atac-only"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert open_store(tmp_path / "cli.zarr").rna is None

@@ -147,8 +147,10 @@ def verify_store(path: str | os.PathLike) -> str:
     from p2g_dask.io.store import open_store
 
     store = open_store(path)
-    n_chunks = check_store_chunks(store.path)
+    n_chunks = check_store_chunks(store.path, store.modalities)
     for modality in (store.atac, store.rna):
+        if modality is None:  # an ATAC-only store
+            continue
         for start, stop in modality.row_chunks():
             read_block(store.path, modality.name, start, stop, modality.n_vars)
     if store.attrs.get(INTEGRITY_ATTR) == "crc32c":

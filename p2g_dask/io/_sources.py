@@ -131,9 +131,9 @@ def _read_10x_h5(path: Path) -> tuple[dict[str, Modality], h5py.File]:
 
 
 def open_sources(
-    atac: Any, rna: Any, *, mod_atac: str = "atac", mod_rna: str = "rna"
-) -> tuple[Modality, Modality, list]:
-    """Resolve the inputs of ``ingest`` into two row sources; returns open handles to close."""
+    atac: Any, rna: Any, *, mod_atac: str = "atac", mod_rna: str = "rna", atac_only: bool = False
+) -> tuple[Modality, Modality | None, list]:
+    """Resolve the inputs of ``ingest`` into row sources (RNA None with ``atac_only``); returns open handles."""
     handles: list = []
 
     def from_anndata(adata: ad.AnnData, name: str) -> Modality:
@@ -177,6 +177,10 @@ def open_sources(
         )
 
     try:
+        if atac_only:
+            if rna is not None:
+                raise ValueError("atac_only=True writes no RNA: leave rna=None.")
+            return open_one(atac, "atac", mod_atac), None, handles
         single = rna is None
         if single:
             path = None if isinstance(atac, ad.AnnData) else atac
@@ -195,7 +199,8 @@ def open_sources(
                 return open_one(path, "atac", mod_atac), open_one(path, "rna", mod_rna), handles
             raise ValueError(
                 "rna=None needs a combined input: a MuData, an .h5mu path or a 10x multiome .h5; "
-                "otherwise pass rna=<AnnData or .h5ad>."
+                "otherwise pass rna=<AnnData or .h5ad>, or atac_only=True for an ATAC-only store "
+                "(gene scores from the fragments then take the RNA's place: p2g.tl.gene_scores)."
             )
         return open_one(atac, "atac", mod_atac), open_one(rna, "rna", mod_rna), handles
     except BaseException:

@@ -152,8 +152,9 @@ def ingest(
     mod_atac: str = "atac",
     mod_rna: str = "rna",
     overwrite: bool = False,
+    atac_only: bool = False,
 ) -> "MultiomeStore":
-    """Write paired ATAC and RNA counts into one chunked Zarr store.
+    """Write paired ATAC and RNA counts (or ATAC alone) into one chunked Zarr store.
 
     Parameters
     ----------
@@ -171,6 +172,9 @@ def ingest(
         Modality names in a MuData / ``.h5mu`` input.
     overwrite
         Replace an existing store at ``path``.
+    atac_only
+        Write the ATAC counts alone (``rna=None``): a store for data without RNA, whose gene side
+        is then a gene-score matrix (:func:`p2g_dask.tl.gene_scores` with ``store=``).
 
     Returns
     -------
@@ -190,13 +194,14 @@ def ingest(
     if path is None:
         raise ValueError("path is required: the output folder of the store, e.g. 'pbmc.zarr'.")
     with timed("ingest"):
-        atac_src, rna_src, handles = open_sources(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna)
+        atac_src, rna_src, handles = open_sources(atac, rna, mod_atac=mod_atac, mod_rna=mod_rna, atac_only=atac_only)
         try:
             atac_names = pd.Index(atac_src.obs.index.astype(str))
-            rna_names = pd.Index(rna_src.obs.index.astype(str))
+            rna_names = atac_names if rna_src is None else pd.Index(rna_src.obs.index.astype(str))
             common = common_cells(atac_names, rna_names)
             atac_rows = atac_names.get_indexer(common)
             rna_rows = rna_names.get_indexer(common)
+            sources = [(atac_src, atac_rows)] + ([] if rna_src is None else [(rna_src, rna_rows)])
             if chunk_cells is None:
                 nnz = atac_src.row_nnz
                 mean_nnz = float(nnz.mean()) if nnz is not None and nnz.size else 2_000.0
@@ -211,12 +216,13 @@ def ingest(
                         "p2g_dask_version": p2g_dask.__version__,
                         "n_obs": int(common.size),
                         INTEGRITY_ATTR: "crc32c",
+                        MODALITIES_ATTR: [source.name for source, _ in sources],
                     }
                 )
-                for source, rows in ((atac_src, atac_rows), (rna_src, rna_rows)):
+                for source, rows in sources:
                     _write_modality(root.create_group(source.name), source, rows, int(chunk_cells))
-                logger.info("stored %d cells x %d peaks x %d genes in %s", common.size,
-                            atac_src.n_vars, rna_src.n_vars, path)
+                logger.info("stored %d cells x %d peaks x %s genes in %s", common.size, atac_src.n_vars,
+                            "no" if rna_src is None else rna_src.n_vars, path)
         finally:
             for handle in handles:
                 handle.close()
@@ -344,8 +350,13 @@ class StoreModality:
         return f"StoreModality({self.name!r}, {self.n_obs} cells x {self.n_vars} features, nnz={self.nnz})"
 
 
+#: Root attribute listing the count modalities of a store (["atac"] for an ATAC-only store).
+MODALITIES_ATTR = "p2g_modalities"
+
+
 class MultiomeStore:
-    """An opened p2g store: ``.atac`` and ``.rna`` modalities over the same cells."""
+    """An opened p2g store: ``.atac`` and ``.rna`` modalities over the same cells (``.rna`` None
+    in an ATAC-only store)."""
 
     def __init__(self, path: str | os.PathLike, chunk_cells: int | None = None):
         self.path = str(Path(path).resolve())
@@ -366,18 +377,21 @@ class MultiomeStore:
             )
         self.attrs = dict(root.attrs)
         # Zarr would read a missing chunk as zeros: check they are all there before any work.
-        check_store_chunks(self.path)
-        for modality in ("atac", "rna"):
+        # Stores written before ATAC-only stores existed hold both modalities.
+        self.modalities = tuple(root.attrs.get(MODALITIES_ATTR, ("atac", "rna")))
+        check_store_chunks(self.path, self.modalities)
+        for modality in self.modalities:
             first_indptr_ok(self.path, modality)
         self.atac = StoreModality(self.path, "atac", chunk_cells)
-        self.rna = StoreModality(self.path, "rna", chunk_cells)
+        self.rna = StoreModality(self.path, "rna", chunk_cells) if "rna" in self.modalities else None
 
     @property
     def obs_names(self) -> pd.Index:
         return self.atac.obs.index
 
     def __repr__(self) -> str:
-        return f"MultiomeStore({self.path!r}: {self.atac!r}, {self.rna!r})"
+        rna = "no RNA (ATAC-only)" if self.rna is None else repr(self.rna)
+        return f"MultiomeStore({self.path!r}: {self.atac!r}, {rna})"
 
 
 def open_store(path: str | os.PathLike, *, chunk_cells: int | None = None) -> MultiomeStore:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -150,6 +151,19 @@ def _assemble(results, chrom_peaks, chrom_genes, peaks, genes):
 
 
 def _gene_modality(atac: Modality, extra_obsm: dict, gene_obsm: str, gene_names) -> Modality:
+    if atac.store is not None and gene_obsm and (Path(atac.store.path) / gene_obsm / "X").is_dir():
+        # A gene-score modality of the store (p2g.tl.gene_scores(..., store=)): read out of core,
+        # in row blocks like any count matrix, instead of loading obsm[gene_obsm] into memory.
+        from p2g_dask.io.store import StoreModality
+
+        scores = StoreModality(atac.store.path, gene_obsm, atac.store.chunk_cells)
+        names = scores.var.index if gene_names is None else pd.Index(np.asarray(gene_names).astype(str))
+        if names.size != scores.n_vars or not scores.obs.index.equals(atac.obs.index):
+            raise ValueError(
+                f"gene_names has {names.size} names and the store's {gene_obsm!r} modality is {scores.n_obs} "
+                f"cells x {scores.n_vars} genes (ATAC: {atac.n_obs} cells); leave gene_names=None to use its "
+                "own gene names, or rewrite it with p2g.tl.gene_scores(..., store=).")
+        return Modality("rna", atac.obs, pd.DataFrame(index=names), store=scores)
     matrix = get_obsm(atac, gene_obsm, extra_obsm, argument="gene_obsm")
     if gene_names is None:
         raise ValueError(f"gene_obsm={gene_obsm!r} needs gene_names= (one name per column of obsm[{gene_obsm!r}]).")
@@ -246,7 +260,9 @@ def peak_to_gene(
         runs share it; ``use_rep``/``n_metacells``/``k_neighbors`` are then unused.
     gene_obsm, gene_names
         Use a gene-score matrix ``atac.obsm[gene_obsm]`` (cells x genes, named by ``gene_names``)
-        instead of RNA.
+        instead of RNA. With a store holding the modality ``<store>/<gene_obsm>`` (written by
+        :func:`p2g_dask.tl.gene_scores` with ``store=``; ATAC-only stores included), that modality
+        is read out of core and ``gene_names`` defaults to its own gene names.
     mod_atac, mod_rna
         Modality names in a MuData.
     chunk_cells, split_every
