@@ -7,7 +7,7 @@ Config sections (all but ``inputs`` and ``output`` optional)::
     output:        folder for store.zarr (when ingesting), links.parquet, bigwig/, plots, run.json
     overwrite:     replace existing outputs (default false)
     cluster:       start_cluster options: kind (local | slurm | address) and that kind's options
-    ingest:        ingest options (chunk_cells)
+    ingest:        ingest options (chunk_cells, atac_only: an ATAC-only store, with gene_scores for the gene side)
     iterative_lsi: iterative_lsi parameters, or false to skip (then peak_to_gene.use_rep must exist)
     peak_to_gene:  peak_to_gene parameters
     filter_links:  filter_links cutoffs (writes links_filtered.parquet)
@@ -108,7 +108,7 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         if isinstance(value, Mapping):
             _check_keys(section, value, _function_keys(function))
     if isinstance(config.get("ingest"), Mapping):
-        _check_keys("ingest", config["ingest"], {"chunk_cells"})
+        _check_keys("ingest", config["ingest"], {"chunk_cells", "atac_only"})
     if isinstance(config.get("plots"), Mapping):
         from p2g_dask.pl import plot_peak2gene
 

@@ -167,3 +167,32 @@ def test_ingest__atac_only_store_runs_lsi_gene_scores_and_peak_to_gene(tmp_path)
                            str(tmp_path / "cli.zarr"), "--atac-only"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert open_store(tmp_path / "cli.zarr").rna is None
+
+
+def test_run_pipeline__atac_only_config(tmp_path):
+    """`p2g run` without RNA: ingest.atac_only, gene_scores, peak_to_gene(gene_obsm=) on the store."""
+    import dask
+
+    from p2g_dask.datasets import simulate_fragments, simulate_multiome
+    from p2g_dask.pipeline import run_pipeline
+
+    sim = simulate_multiome(n_cells=240, n_peaks=900, n_genes=60, n_linked_genes=8, seed=6)
+    sim.atac.write_h5ad(tmp_path / "atac.h5ad")
+    sim.genes.to_csv(tmp_path / "genes.tsv", sep="\t", index=False)
+    frags = simulate_fragments(sim.atac, tmp_path / "f.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=6)
+    meta = {"use_rep": "X_latent", "n_metacells": 30, "k_neighbors": 15}
+    config = {"inputs": {"atac": str(tmp_path / "atac.h5ad"), "gene_annotation": str(tmp_path / "genes.tsv"),
+                         "fragments": {"sim": str(frags)}},
+              "output": str(tmp_path / "run"), "ingest": {"atac_only": True}, "iterative_lsi": False,
+              "gene_scores": {"chunk_cells": 100}, "peak_to_gene": {"gene_obsm": "X_gene_score", **meta}}
+    with dask.config.set(scheduler="synchronous"):
+        run_pipeline(config)
+        scores = p2g.tl.gene_scores(frags, genes=sim.genes, cells=sim.atac, show_progress=False)
+    assert open_store(tmp_path / "run" / "store.zarr").rna is None
+    links = p2g.io.read_links(tmp_path / "run" / "links.parquet")
+    atac = sim.atac.copy()
+    atac.obsm["X_gene_score"] = scores.X
+    direct = p2g.tl.peak_to_gene(atac, gene_obsm="X_gene_score", gene_names=scores.var_names,
+                                 gene_annotation=sim.genes, **meta)
+    assert len(links) == len(direct) > 100
+    np.testing.assert_allclose(links["correlation"], direct["correlation"], rtol=1e-5, atol=1e-6)
