@@ -37,6 +37,10 @@ CACHE_VERSION = 1
 _SCHEMA = pa.schema([("start", pa.uint32()), ("end", pa.uint32()), ("barcode_id", pa.int32()), ("count", pa.int32())])
 # zstd: smallest cache here at the same read speed as lz4 (3 M fragments read back in 0.05 s).
 _COMPRESSION = "zstd"
+# Dictionary pages only for barcode ids (few distinct values): on positions (nearly all distinct)
+# parquet's default tries a dictionary and gives up, which made writing 4x slower (5 M fragments:
+# 2.2 s -> 0.5 s) and the files 40% larger.
+_DICTIONARY_COLUMNS = ["barcode_id"]
 
 
 def _source_signature(source: Path) -> dict:
@@ -220,7 +224,8 @@ def _write_cache(source: Path, out: Path, block_size: int) -> dict:
                 if name not in writers:
                     files[name] = f"fragments/chrom={urllib.parse.quote(name, safe='')}/part-0.parquet"
                     (out / files[name]).parent.mkdir(parents=True)
-                    writers[name] = pq.ParquetWriter(out / files[name], _SCHEMA, compression=_COMPRESSION)
+                    writers[name] = pq.ParquetWriter(out / files[name], _SCHEMA, compression=_COMPRESSION,
+                                                     use_dictionary=_DICTIONARY_COLUMNS)
                     counts[name] = 0
                 piece = pa.table(
                     [start[rows], end[rows], ids[rows], count[rows]], schema=_SCHEMA
