@@ -233,14 +233,14 @@ def parse_block(buf, n_fields: int) -> tuple:
     """Parse one block of whole lines with block-local name ids (thread-safe: no shared state).
 
     Returns ``(chrom, start, end, barcode, count, chrom_names, barcode_names)``: ids (int32)
-    index the block's name lists (bytes, in order of first appearance), start/end uint32,
+    index the block's names (:class:`_Names`, in order of first appearance), start/end uint32,
     count int32. Raises :class:`FastParseUnsupported` for a line the general parser must judge.
 
     Examples
     --------
-    >>> rows = parse_block(b"chr1\t10\t60\tAAAC-1\t2\nchr2\t5\t9\tAAAC-1\t1\n", 5)
-    >>> [r.tolist() if hasattr(r, "tolist") else r for r in rows]
-    [[0, 1], [10, 5], [60, 9], [0, 0], [2, 1], [b'chr1', b'chr2'], [b'AAAC-1']]
+    >>> rows = parse_block(b"chr1\\t10\\t60\\tAAAC-1\\t2\\nchr2\\t5\\t9\\tAAAC-1\\t1\\n", 5)
+    >>> [r.tolist() for r in rows[:5]], rows[5].names(), rows[6].names()
+    ([[0, 1], [10, 5], [60, 9], [0, 0], [2, 1]], [b'chr1', b'chr2'], [b'AAAC-1'])
     """
     data = np.frombuffer(buf, np.uint8)
     n = int(np.count_nonzero(data == _NEWLINE)) + 1
@@ -256,11 +256,24 @@ def parse_block(buf, n_fields: int) -> tuple:
         c.n, c.used = int(c_state[0]), int(c_state[1])
         b.n, b.used = int(b_state[0]), int(b_state[1])
         if status == _OK:
-            return (*(a[:m] for a in out), c.names(), b.names())
+            return (*(a[:m] for a in out), c, b)
         if status == _BAD:
             line = bytes(data[pos : pos + 200]).split(b"\n", 1)[0]
             raise FastParseUnsupported(f"line {line!r} needs the general parser")
         (c if status == _FULL_CHROMS else b).grow()
+
+
+@numba.njit(cache=True, nogil=True)
+def _map_names(src_arena, src_start, src_length, first, n, out,
+               arena, starts, lengths, hashes, table, state):  # pragma: no cover - numba
+    """``out[i]`` = file-wide id of block name ``i`` for ``first <= i < n``; stops where the tables are full."""
+    for i in range(first, n):
+        a = src_start[i]
+        k = _intern(src_arena, a, a + src_length[i], arena, starts, lengths, hashes, table, state)
+        if k < 0:
+            return i
+        out[i] = k
+    return n
 
 
 class FileIds:
@@ -269,21 +282,32 @@ class FileIds:
     Examples
     --------
     >>> ids = FileIds()
-    >>> ids.map("barcode", [b"B", b"A"]).tolist(), ids.map("barcode", [b"A", b"C"]).tolist(), ids.names("barcode")
+    >>> first = parse_block(b"c1\\t1\\t5\\tB\\t1\\nc1\\t2\\t5\\tA\\t1\\n", 5)[6]
+    >>> second = parse_block(b"c1\\t1\\t5\\tA\\t1\\nc1\\t2\\t5\\tC\\t1\\n", 5)[6]
+    >>> ids.map("barcode", first).tolist(), ids.map("barcode", second).tolist(), ids.names("barcode")
     ([0, 1], [1, 2], ['B', 'A', 'C'])
     """
 
     def __init__(self):
-        self._ids: dict[str, dict[bytes, int]] = {"chrom": {}, "barcode": {}}
+        self._names = {"chrom": _Names(64), "barcode": _Names(1 << 14)}
 
-    def map(self, kind: str, block_names: list[bytes]) -> np.ndarray:
+    def map(self, kind: str, block: _Names) -> np.ndarray:
         """File-wide id of each of a block's names (index it with the block's ids)."""
-        ids = self._ids[kind]
-        return np.fromiter((ids.setdefault(k, len(ids)) for k in block_names), np.int32, len(block_names))
+        names = self._names[kind]
+        out = np.empty(block.n, np.int32)
+        done = 0
+        while True:
+            state = np.array([names.n, names.used], np.int64)
+            done = _map_names(block.arena, block.start, block.length, done, block.n, out,
+                              names.arena, names.start, names.length, names.hash, names.table, state)
+            names.n, names.used = int(state[0]), int(state[1])
+            if done == block.n:
+                return out
+            names.grow()
 
     def names(self, kind: str) -> list[str]:
         try:
-            return [k.decode("utf-8") for k in self._ids[kind]]
+            return [k.decode("utf-8") for k in self._names[kind].names()]
         except UnicodeDecodeError as err:
             raise FastParseUnsupported(f"{kind} names are not UTF-8 ({err})") from None
 

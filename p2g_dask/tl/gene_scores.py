@@ -176,17 +176,22 @@ def gene_scores(
                                  dir=None if store_obj is None else Path(store_obj.path).parent))
     cache_root = Path(cache_fragments) if cache_fragments is not None else work / "cache"
     try:
-        with timed(f"gene scores: fragment caches of {len(files)} file(s)"):
+        with timed(f"gene scores: fragment caches of {len(files)} file(s) and tile weights"):
             tasks = [dask.delayed(build_fragment_cache, pure=False)(
                 path, cache_root / _safe(sample), dask_key_name=f"p2g-gene-score-cache-{tokenize(sample, str(path))}")
                 for sample, path in files.items()]
-            caches = dict(zip(files, _compute(tasks, client, show_progress)))
+            # The weights need no fragments: computed while the files are parsed (parsing runs in
+            # its own GIL-free threads). On a cluster they stay there as futures.
+            weight_tasks = _weight_tasks(regions, params)
+            done = _compute(tasks + list(weight_tasks.values()), client, show_progress, keep_futures=True)
+            caches = dict(zip(files, client.gather(done[: len(tasks)]) if client is not None else done[: len(tasks)]))
+            weights = dict(zip(weight_tasks, done[len(tasks) :]))
         obs, lookups = _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col)
         n_cells = len(obs)
         blocks = [(b, min(b + chunk_cells, n_cells)) for b in range(0, n_cells, chunk_cells)] or [(0, 0)]
         with timed(f"gene scores: {n_cells} cells x {len(regions)} genes, {len(blocks)} block(s)"):
             parts_dir = work / "blocks" if store_obj is not None else None
-            tasks = _graph(regions, params, caches, lookups, blocks, as_checkpoint(checkpoint), parts_dir)
+            tasks = _graph(regions, params, weights, caches, lookups, blocks, as_checkpoint(checkpoint), parts_dir)
             results = _compute(tasks, client, show_progress)
         var = regions.set_index("gene_name")
         var.index.name = None
@@ -239,18 +244,38 @@ def _current_client(client):
         return None
 
 
-def _compute(tasks: list, client, show_progress: bool) -> list:
+def _compute(tasks: list, client, show_progress: bool, keep_futures: bool = False) -> list:
     if client is not None:
         futures = client.compute(tasks)
         if show_progress:
             import distributed
 
             distributed.progress(futures)
-        return client.gather(futures)
+        return futures if keep_futures else client.gather(futures)
     from dask.diagnostics import ProgressBar
 
     with ProgressBar() if show_progress else contextlib.nullcontext():
-        return list(dask.compute(*tasks))
+        return list(dask.compute(*tasks, scheduler=_local_scheduler()))
+
+
+def _local_scheduler():
+    """The configured local scheduler (default threads), resolved without importing ``distributed``.
+
+    ``dask.compute`` imports ``distributed`` to look for a client (~0.5 s in a fresh process);
+    with no client possible (see :func:`_current_client`) the named schedulers are enough.
+    """
+    import sys
+
+    from dask.base import named_schedulers
+
+    chosen = dask.config.get("scheduler", None)
+    if "distributed" in sys.modules or chosen is None and dask.config.get("get", None) is not None:
+        return chosen
+    if chosen is None:
+        return named_schedulers["threads"]
+    if isinstance(chosen, str) and chosen.lower() in named_schedulers:
+        return named_schedulers[chosen.lower()]
+    return chosen
 
 
 def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
@@ -304,30 +329,44 @@ def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
     return obs, lookups
 
 
-def _graph(regions, params, caches, lookups, blocks, checkpoint, parts_dir):
-    lookup_keys = {s: dask.delayed(lk, name=f"p2g-gene-score-barcodes-{tokenize(lk)}") for s, lk in lookups.items()}
-    cache_ids = [(c.manifest["source"], c.manifest["size"], c.manifest["mtime_ns"]) for c in caches.values()]
-    lookup_token = tokenize([lookups[s] for s in caches])
+def _chrom_regions(regions: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {chrom: part.reset_index(drop=True) for chrom, part in regions.groupby("chrom", sort=False, observed=True)}
+
+
+def _weight_tasks(regions, params) -> dict:
+    """One ``p2g-gene-score-weights`` task per chromosome: its tiles x genes weight matrix."""
     blacklist = {}
     for chrom, start, end in params.blacklist or ():
         blacklist.setdefault(chrom, []).append((start, end))
-    chroms = list(pd.unique(regions["chrom"]))
-    n_genes = [int((regions["chrom"] == c).sum()) for c in chroms]
+    return {chrom: dask.delayed(tile_weights, pure=True)(
+                part, params, blacklist.get(chrom, []),
+                dask_key_name=f"p2g-gene-score-weights-{tokenize(chrom, part, params.key_parts())}")
+            for chrom, part in _chrom_regions(regions).items()}
+
+
+def _graph(regions, params, weights, caches, lookups, blocks, checkpoint, parts_dir):
+    lookup_keys = {s: dask.delayed(lk, name=f"p2g-gene-score-barcodes-{tokenize(lk)}") for s, lk in lookups.items()}
+    cache_ids = [(c.manifest["source"], c.manifest["size"], c.manifest["mtime_ns"]) for c in caches.values()]
+    lookup_token = tokenize([lookups[s] for s in caches])
+    by_chrom = _chrom_regions(regions)
+    chroms = list(by_chrom)
+    n_genes = [len(by_chrom[c]) for c in chroms]
     per_block = [[] for _ in blocks]
-    for chrom, n in zip(chroms, n_genes):
+    for chrom in chroms:
         sources = [(caches[s].chrom_file(chrom), lookup_keys[s]) for s in caches if chrom in caches[s].chroms]
-        chrom_regions = regions[regions["chrom"] == chrom].reset_index(drop=True)
+        chrom_regions = by_chrom[chrom]
         if not sources:  # no fragment on this chromosome: its genes score 0
             for parts in per_block:
                 parts.append(None)
             continue
-        token = tokenize(chrom, chrom_regions, params.key_parts())
-        weights = dask.delayed(tile_weights, pure=True)(chrom_regions, params, blacklist.get(chrom, []),
-                                                        dask_key_name=f"p2g-gene-score-weights-{token}")
+        region_token = tokenize(chrom, chrom_regions, params.key_parts())
+        weight = weights[chrom]
+        if not hasattr(weight, "key"):  # a computed matrix (local scheduler), not a cluster future
+            weight = dask.delayed(weight, name=f"p2g-gene-score-weights-{region_token}")
         for b, (first, stop) in enumerate(blocks):
-            token = tokenize(chrom, cache_ids, lookup_token, first, stop, chrom_regions, params.key_parts())
+            token = tokenize(cache_ids, lookup_token, first, stop, region_token)
             part = dask.delayed(chrom_block_scores, pure=True, nout=3)(
-                sources, first, stop, weights, params.tile_size, params.ceiling,
+                sources, first, stop, weight, params.tile_size, params.ceiling,
                 dask_key_name=f"p2g-gene-score-tiles-{token}")
             if checkpoint is not None:
                 part = checkpointed(part, checkpoint, checkpoint.key("gene-score-tiles", token), "tree")
@@ -376,7 +415,10 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
         # probe may span a few blocks.
         first, last = int(rows.min()) // chunk, int(rows.max()) // chunk
         span = sp.vstack([sp.load_npz(parts_dir / f"block-{b:06d}.npz") for b in range(first, last + 1)], format="csr")
-        return span[rows - first * chunk]
+        local = rows - first * chunk
+        if local.size == span.shape[0] and np.array_equal(local, np.arange(local.size)):
+            return span  # the usual request: exactly one whole block, no row gather
+        return span[local]
 
     source = Modality(key_added, obs, var, reader=read_rows)
     target = Path(store_obj.path) / key_added
