@@ -342,7 +342,7 @@ def _bgzf_blocks(raw: memoryview, final: bool) -> tuple[list[tuple[int, int, int
     return blocks, pos
 
 
-def _bgzf_chunks(path: Path) -> Iterator[bytes]:
+def _bgzf_chunks(path: Path) -> Iterator[list[bytes]]:
     import deflate
 
     with open(path, "rb") as fh:
@@ -362,13 +362,13 @@ def _bgzf_chunks(path: Path) -> Iterator[bytes]:
                         raise FastParseUnsupported("BGZF block CRC mismatch")
                     out.append(text)
             if out:
-                yield b"".join(out)
+                yield out
             rest = raw[used:]
             if not piece:
                 return
 
 
-def _stream_chunks(path: Path, compressed: bool, size: int) -> Iterator[bytes]:
+def _stream_chunks(path: Path, compressed: bool, size: int) -> Iterator[list[bytes]]:
     import pyarrow as pa
 
     try:
@@ -377,7 +377,7 @@ def _stream_chunks(path: Path, compressed: bool, size: int) -> Iterator[bytes]:
                 piece = stream.read(size)
                 if not piece:
                     return
-                yield piece
+                yield [piece]
     except (OSError, pa.ArrowInvalid) as err:
         raise FastParseUnsupported(f"unreadable stream ({err})") from None
 
@@ -388,7 +388,7 @@ def _is_bgzf(path: Path) -> bool:
     return len(head) == 18 and head[:2] == b"\x1f\x8b" and head[3] & 4 != 0 and head[12:14] == b"BC"
 
 
-def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+def _prefetch(chunks: Iterator, depth: int = 2) -> Iterator:
     """Run ``chunks`` in a background thread, ``depth`` chunks ahead (decompress while parsing)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -429,29 +429,39 @@ def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
         thread.join()
 
 
-def iter_line_blocks(path: str | os.PathLike, n_header: int, block_size: int) -> Iterator[bytes]:
-    """The file's text after its ``n_header`` header lines, in blocks of whole lines (decompressed ahead)."""
+def iter_line_blocks(path: str | os.PathLike, n_header: int, block_size: int) -> Iterator[memoryview]:
+    """The file's text after its ``n_header`` header lines, in blocks of whole lines (decompressed ahead).
+
+    Each block is joined once from the decompressed pieces and the previous block's partial
+    last line, and handed out as a memoryview (no further copies).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.tsv"
+    >>> _ = p.write_text("# h\\nchr1\\t1\\t5\\tA\\t1\\nchr1\\t2\\t9\\tB\\t1")
+    >>> [bytes(b) for b in iter_line_blocks(p, 1, 1 << 20)]
+    [b'chr1\\t1\\t5\\tA\\t1\\n', b'chr1\\t2\\t9\\tB\\t1\\n']
+    """
     path = Path(path)
     with open(path, "rb") as fh:
         compressed = fh.read(2) == b"\x1f\x8b"
     chunks = _bgzf_chunks(path) if compressed and _is_bgzf(path) else _stream_chunks(path, compressed, block_size)
     rest = b""
     skip = n_header
-    for chunk in _prefetch(chunks):
-        text = rest + chunk if rest else chunk
-        while skip and text:
-            cut = text.find(b"\n")
+    for pieces in _prefetch(chunks):
+        text = b"".join([rest, *pieces]) if rest or len(pieces) > 1 else pieces[0]
+        start = 0
+        while skip:
+            cut = text.find(b"\n", start)
             if cut < 0:
                 break
-            text, skip = text[cut + 1 :], skip - 1
-        if skip:
-            rest = text
-            continue
-        cut = text.rfind(b"\n")
-        if cut < 0:
-            rest = text
+            start, skip = cut + 1, skip - 1
+        cut = text.rfind(b"\n", start)
+        if skip or cut < 0:
+            rest = text[start:]
             continue
         rest = text[cut + 1 :]
-        yield text[: cut + 1]
+        yield memoryview(text)[start : cut + 1]
     if rest:
-        yield rest + b"\n"
+        yield memoryview(rest + b"\n")
