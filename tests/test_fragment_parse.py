@@ -119,20 +119,14 @@ def test_build_fragment_cache__bad_line_error_from_general_parser(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_build_fragment_cache__truncated_bgzip_error(tmp_path):
-    path = write_fragment_file(tmp_path / "f.tsv.gz", _frags(20_000), "bgzip")
-    raw = path.read_bytes()
-    cut = tmp_path / "cut.tsv.gz"
-    cut.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match=r"cut\.tsv\.gz.*truncated"):
-        fc.build_fragment_cache(cut, tmp_path / "cache")
-
-
-def test_build_fragment_cache__damaged_bgzip_block_error(tmp_path):
-    path = write_fragment_file(tmp_path / "f.tsv.gz", _frags(20_000), "bgzip")
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    bad = tmp_path / "bad.tsv.gz"
-    bad.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"bad\.tsv\.gz"):
-        fc.build_fragment_cache(bad, tmp_path / "cache")
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_build_fragment_cache__damaged_bgzip_error(tmp_path, damage):
+    raw = bytearray(write_fragment_file(tmp_path / "f.tsv.gz", _frags(20_000), "bgzip").read_bytes())
+    if damage == "truncated":
+        del raw[len(raw) // 2 :]
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "bad.tsv.gz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"bad\.tsv\.gz" + (".*truncated" if damage == "truncated" else "")):
+        fc.build_fragment_cache(tmp_path / "bad.tsv.gz", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
