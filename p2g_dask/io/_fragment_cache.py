@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from p2g_dask._atomic import atomic_path
 from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger, timed
-from p2g_dask.io._fragment_parse import FastParseUnsupported, FileIds, iter_line_blocks, parse_block
+from p2g_dask.io._fragment_parse import FastParseUnsupported, FileIds, ThreadTables, iter_line_blocks, parse_block
 from p2g_dask.io.fragments import DEFAULT_BLOCK_SIZE, _sniff, iter_fragments
 
 CACHE_VERSION = 1
@@ -263,7 +263,7 @@ def _write_cache_fast(source: Path, out: Path, block_size: int) -> dict:
     if n_fields and n_fields < 4:
         raise FastParseUnsupported(f"{n_fields} fields")
     out.mkdir(parents=True)
-    ids = FileIds()
+    ids, tables = FileIds(), ThreadTables()
     sink = _ChromWriters(out)
     if not n_fields:  # only header lines
         return sink.manifest(source, [])
@@ -274,7 +274,7 @@ def _write_cache_fast(source: Path, out: Path, block_size: int) -> dict:
         with ThreadPoolExecutor(2, thread_name_prefix="p2g-fragment-parse") as pool:
             pending: deque = deque()
             for text in blocks:
-                pending.append(pool.submit(parse_block, text, n_fields))
+                pending.append(pool.submit(parse_block, text, n_fields, tables))
                 if len(pending) == 2:
                     _write_parsed(sink, ids, pending.popleft().result())
             while pending:

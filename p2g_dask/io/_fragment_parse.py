@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -69,8 +70,43 @@ class _Names:
         self.table = _rehash(self.hash, self.n, 2 * capacity)
 
     def names(self) -> list[bytes]:
-        data = self.arena[: self.used].tobytes()
+        return _Snapshot(self, self.arena, self.start, self.length, 0, self.n).names()
+
+    def snapshot(self, first: int) -> _Snapshot:
+        """Names ``first:n`` as they are now (``grow`` replaces arrays, so these stay valid)."""
+        return _Snapshot(self, self.arena, self.start, self.length, first, self.n)
+
+
+class _Snapshot(NamedTuple):
+    """A table's names as they were when a block was parsed; ``first:n`` were new in that block."""
+
+    table: _Names
+    arena: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    first: int
+    n: int
+
+    def names(self) -> list[bytes]:
+        data = self.arena.tobytes()
         return [data[s : s + n] for s, n in zip(self.start[: self.n].tolist(), self.length[: self.n].tolist())]
+
+
+class ThreadTables:
+    """Name tables kept per parsing thread across the blocks of one file.
+
+    A thread's table learns each name once per file (not once per block), so a block's
+    snapshot holds only the names new to that thread, and :class:`FileIds` maps only those.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self) -> tuple[_Names, _Names]:
+        pair = getattr(self._local, "pair", None)
+        if pair is None:
+            pair = self._local.pair = (_Names(64), _Names(1 << 14))
+        return pair
 
 
 @numba.njit(cache=True, nogil=True)
@@ -229,12 +265,14 @@ def _parse_lines(buf, pos, n_fields, out_chrom, out_start, out_end, out_barcode,
     return _OK, pos, m
 
 
-def parse_block(buf, n_fields: int) -> tuple:
-    """Parse one block of whole lines with block-local name ids (thread-safe: no shared state).
+def parse_block(buf, n_fields: int, tables: ThreadTables | None = None) -> tuple:
+    """Parse one block of whole lines; name ids are those of the calling thread's tables.
 
     Returns ``(chrom, start, end, barcode, count, chrom_names, barcode_names)``: ids (int32)
-    index the block's names (:class:`_Names`, in order of first appearance), start/end uint32,
-    count int32. Raises :class:`FastParseUnsupported` for a line the general parser must judge.
+    index the thread's names (snapshots, :class:`_Snapshot`, in order of first appearance;
+    ``tables=None``: fresh tables for this block alone), start/end uint32, count int32.
+    Thread-safe: each thread has its own tables. Raises :class:`FastParseUnsupported` for a
+    line the general parser must judge.
 
     Examples
     --------
@@ -249,16 +287,17 @@ def parse_block(buf, n_fields: int) -> tuple:
     out = (np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.uint32), np.empty(n, np.int32),
            np.empty(n, np.int32))
     pos = m = 0
-    c, b = _Names(64), _Names(1 << 14)
-    c_state, b_state = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    c, b = tables.get() if tables is not None else (_Names(64), _Names(1 << 14))
+    c_first, b_first = c.n, b.n
     while True:
+        c_state, b_state = np.array([c.n, c.used], np.int64), np.array([b.n, b.used], np.int64)
         status, pos, m = _parse_lines(data, pos, n_fields, *out, m,
                                       c.arena, c.start, c.length, c.hash, c.table, c_state,
                                       b.arena, b.start, b.length, b.hash, b.table, b_state)
         c.n, c.used = int(c_state[0]), int(c_state[1])
         b.n, b.used = int(b_state[0]), int(b_state[1])
         if status == _OK:
-            return (*(a[:m] for a in out), c, b)
+            return (*(a[:m] for a in out), c.snapshot(c_first), b.snapshot(b_first))
         if status == _BAD:
             line = bytes(data[pos : pos + 200]).split(b"\n", 1)[0]
             raise FastParseUnsupported(f"line {line!r} needs the general parser")
@@ -292,20 +331,29 @@ class FileIds:
 
     def __init__(self):
         self._names = {"chrom": _Names(64), "barcode": _Names(1 << 14)}
+        self._maps: dict[int, tuple[_Names, list]] = {}  # per thread table: [table-to-file ids, names mapped]
 
-    def map(self, kind: str, block: _Names) -> np.ndarray:
-        """File-wide id of each of a block's names (index it with the block's ids)."""
+    def map(self, kind: str, block: _Snapshot) -> np.ndarray:
+        """File-wide id of each name of a block's table (index it with the block's ids).
+
+        Only the names the table learnt since its last mapped block are looked up.
+        """
         names = self._names[kind]
-        out = np.empty(block.n, np.int32)
-        done = 0
-        while True:
+        _, entry = self._maps.setdefault(id(block.table), (block.table, [np.empty(0, np.int32), 0]))
+        if entry[0].size < block.n:
+            grown = np.empty(max(block.n, 2 * entry[0].size), np.int32)
+            grown[: entry[1]] = entry[0][: entry[1]]
+            entry[0] = grown
+        done = entry[1]
+        while done < block.n:
             state = np.array([names.n, names.used], np.int64)
-            done = _map_names(block.arena, block.start, block.length, done, block.n, out,
+            done = _map_names(block.arena, block.start, block.length, done, block.n, entry[0],
                               names.arena, names.start, names.length, names.hash, names.table, state)
             names.n, names.used = int(state[0]), int(state[1])
-            if done == block.n:
-                return out
-            names.grow()
+            if done < block.n:
+                names.grow()
+        entry[1] = max(entry[1], block.n)
+        return entry[0]
 
     def names(self, kind: str) -> list[str]:
         try:
