@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from p2g_dask._atomic import atomic_path
 from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger, timed
-from p2g_dask.io._fragment_parse import FastParseUnsupported, FileIds, ThreadTables, iter_line_blocks, parse_block
+from p2g_dask.io._fragment_parse import FastParseUnsupported, FileIds, ThreadTables, parse_block
+from p2g_dask.io._fragment_text import iter_line_blocks
 from p2g_dask.io.fragments import DEFAULT_BLOCK_SIZE, _sniff, iter_fragments
 
 CACHE_VERSION = 1
