@@ -3,9 +3,12 @@
 Graph (task key prefixes)::
 
     p2g-gene-score-cache     one per fragment file: the parquet fragment cache (built once, reused)
-    p2g-gene-score-weights   one per chromosome: the tiles x genes weight matrix (ArchR's model)
+    p2g-gene-score-weights   one per chromosome: the tiles x genes weight matrix (ArchR's model),
+                             computed in the same pass as the caches (it needs no fragments)
     p2g-gene-score-tiles     one per (chromosome, cell block): capped tile counts x weights
     p2g-gene-score-block     one per cell block: join the chromosomes, scale each cell to scale_to
+
+(the last three are built in tl/_gene_score_graph.py).
 
 A task holds one chromosome's fragments of one cell block (read in batches from the cache) and
 that block's scores, so memory does not grow with the number of cells. The model's conventions
@@ -30,11 +33,11 @@ import scipy.sparse as sp
 from dask.base import tokenize
 
 from p2g_dask._atomic import TMP_MARKER, _remove, atomic_path
-from p2g_dask._checkpoint import as_checkpoint, checkpointed
+from p2g_dask._checkpoint import as_checkpoint
 from p2g_dask._logging import logger, timed
 from p2g_dask.io._fragment_cache import build_fragment_cache
-from p2g_dask.tl._gene_score_kernels import chrom_block_scores, finish_block
-from p2g_dask.tl._gene_score_model import GeneScoreParams, gene_regions, tile_weights
+from p2g_dask.tl._gene_score_graph import score_graph, weight_tasks
+from p2g_dask.tl._gene_score_model import GeneScoreParams, gene_regions
 from p2g_dask.tl._genes import gene_table
 
 _DEFAULTS = GeneScoreParams()
@@ -176,17 +179,22 @@ def gene_scores(
                                  dir=None if store_obj is None else Path(store_obj.path).parent))
     cache_root = Path(cache_fragments) if cache_fragments is not None else work / "cache"
     try:
-        with timed(f"gene scores: fragment caches of {len(files)} file(s)"):
+        with timed(f"gene scores: fragment caches of {len(files)} file(s) and tile weights"):
             tasks = [dask.delayed(build_fragment_cache, pure=False)(
                 path, cache_root / _safe(sample), dask_key_name=f"p2g-gene-score-cache-{tokenize(sample, str(path))}")
                 for sample, path in files.items()]
-            caches = dict(zip(files, _compute(tasks, client, show_progress)))
+            # The weights need no fragments: computed while the files are parsed (parsing runs in
+            # its own GIL-free threads). On a cluster they stay there as futures.
+            weights = weight_tasks(regions, params)
+            done = _compute(tasks + list(weights.values()), client, show_progress, keep_futures=True)
+            caches = dict(zip(files, client.gather(done[: len(tasks)]) if client is not None else done[: len(tasks)]))
+            weights = dict(zip(weights, done[len(tasks) :]))
         obs, lookups = _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col)
         n_cells = len(obs)
         blocks = [(b, min(b + chunk_cells, n_cells)) for b in range(0, n_cells, chunk_cells)] or [(0, 0)]
         with timed(f"gene scores: {n_cells} cells x {len(regions)} genes, {len(blocks)} block(s)"):
             parts_dir = work / "blocks" if store_obj is not None else None
-            tasks = _graph(regions, params, caches, lookups, blocks, as_checkpoint(checkpoint), parts_dir)
+            tasks = score_graph(regions, params, weights, caches, lookups, blocks, as_checkpoint(checkpoint), parts_dir)
             results = _compute(tasks, client, show_progress)
         var = regions.set_index("gene_name")
         var.index.name = None
@@ -239,18 +247,38 @@ def _current_client(client):
         return None
 
 
-def _compute(tasks: list, client, show_progress: bool) -> list:
+def _compute(tasks: list, client, show_progress: bool, keep_futures: bool = False) -> list:
     if client is not None:
         futures = client.compute(tasks)
         if show_progress:
             import distributed
 
             distributed.progress(futures)
-        return client.gather(futures)
+        return futures if keep_futures else client.gather(futures)
     from dask.diagnostics import ProgressBar
 
     with ProgressBar() if show_progress else contextlib.nullcontext():
-        return list(dask.compute(*tasks))
+        return list(dask.compute(*tasks, scheduler=_local_scheduler()))
+
+
+def _local_scheduler():
+    """The configured local scheduler (default threads), resolved without importing ``distributed``.
+
+    ``dask.compute`` imports ``distributed`` to look for a client (~0.5 s in a fresh process);
+    with no client possible (see :func:`_current_client`) the named schedulers are enough.
+    """
+    import sys
+
+    from dask.base import named_schedulers
+
+    chosen = dask.config.get("scheduler", None)
+    if "distributed" in sys.modules or chosen is None and dask.config.get("get", None) is not None:
+        return chosen
+    if chosen is None:
+        return named_schedulers["threads"]
+    if isinstance(chosen, str) and chosen.lower() in named_schedulers:
+        return named_schedulers[chosen.lower()]
+    return chosen
 
 
 def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
@@ -304,55 +332,6 @@ def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
     return obs, lookups
 
 
-def _graph(regions, params, caches, lookups, blocks, checkpoint, parts_dir):
-    lookup_keys = {s: dask.delayed(lk, name=f"p2g-gene-score-barcodes-{tokenize(lk)}") for s, lk in lookups.items()}
-    cache_ids = [(c.manifest["source"], c.manifest["size"], c.manifest["mtime_ns"]) for c in caches.values()]
-    lookup_token = tokenize([lookups[s] for s in caches])
-    blacklist = {}
-    for chrom, start, end in params.blacklist or ():
-        blacklist.setdefault(chrom, []).append((start, end))
-    chroms = list(pd.unique(regions["chrom"]))
-    n_genes = [int((regions["chrom"] == c).sum()) for c in chroms]
-    per_block = [[] for _ in blocks]
-    for chrom, n in zip(chroms, n_genes):
-        sources = [(caches[s].chrom_file(chrom), lookup_keys[s]) for s in caches if chrom in caches[s].chroms]
-        chrom_regions = regions[regions["chrom"] == chrom].reset_index(drop=True)
-        if not sources:  # no fragment on this chromosome: its genes score 0
-            for parts in per_block:
-                parts.append(None)
-            continue
-        token = tokenize(chrom, chrom_regions, params.key_parts())
-        weights = dask.delayed(tile_weights, pure=True)(chrom_regions, params, blacklist.get(chrom, []),
-                                                        dask_key_name=f"p2g-gene-score-weights-{token}")
-        for b, (first, stop) in enumerate(blocks):
-            token = tokenize(chrom, cache_ids, lookup_token, first, stop, chrom_regions, params.key_parts())
-            part = dask.delayed(chrom_block_scores, pure=True, nout=3)(
-                sources, first, stop, weights, params.tile_size, params.ceiling,
-                dask_key_name=f"p2g-gene-score-tiles-{token}")
-            if checkpoint is not None:
-                part = checkpointed(part, checkpoint, checkpoint.key("gene-score-tiles", token), "tree")
-            per_block[b].append(part)
-    tasks = []
-    for b, (first, stop) in enumerate(blocks):
-        token = tokenize([getattr(p, "key", None) for p in per_block[b]], first, stop, str(parts_dir))
-        tasks.append(dask.delayed(_block_task, pure=False)(
-            per_block[b], n_genes, stop - first, params.scale_to, None if parts_dir is None else str(parts_dir), b,
-            dask_key_name=f"p2g-gene-score-block-{token}"))
-    return tasks
-
-
-def _block_task(parts, n_genes, n_rows, scale_to, parts_dir, index):
-    empty = (np.empty(0), np.empty(0, np.int32), np.zeros(n_rows + 1, np.int64))
-    matrix = finish_block([empty if p is None else p for p in parts], n_genes, scale_to)
-    if parts_dir is None:
-        return matrix
-    Path(parts_dir).mkdir(parents=True, exist_ok=True)
-    with atomic_path(Path(parts_dir) / f"block-{index:06d}.npz", overwrite=True) as tmp:
-        with open(tmp, "wb") as fh:
-            sp.save_npz(fh, matrix, compressed=False)
-    return matrix.nnz
-
-
 def _log_summary(matrix) -> None:
     empty = int((np.diff(matrix.indptr) == 0).sum())
     logger.info("gene scores: %d cells x %d genes, %d non-zeros (%.1f%%); %d cells without any score",
@@ -376,7 +355,10 @@ def _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, over
         # probe may span a few blocks.
         first, last = int(rows.min()) // chunk, int(rows.max()) // chunk
         span = sp.vstack([sp.load_npz(parts_dir / f"block-{b:06d}.npz") for b in range(first, last + 1)], format="csr")
-        return span[rows - first * chunk]
+        local = rows - first * chunk
+        if local.size == span.shape[0] and np.array_equal(local, np.arange(local.size)):
+            return span  # the usual request: exactly one whole block, no row gather
+        return span[local]
 
     source = Modality(key_added, obs, var, reader=read_rows)
     target = Path(store_obj.path) / key_added
