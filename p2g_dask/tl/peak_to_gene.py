@@ -39,7 +39,7 @@ from p2g_dask._variables import (
 from p2g_dask.io.peaks import peak_table
 from p2g_dask.tl._genes import gene_table, harmonize_chromosomes
 from p2g_dask.tl._kernels import benjamini_hochberg, variance_quantiles
-from p2g_dask.tl.aggregate import default_lanes, lane_columns, metacell_sums
+from p2g_dask.tl.aggregate import lane_columns, metacell_sums
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import resolve_metacells
@@ -359,23 +359,19 @@ def peak_to_gene(
     )
 
     client = _graph.current_client(client)
-    # The two matrices are summed at the same time: half the worker threads each, so a chromosome's
-    # columns come from fewer accumulators (less to move and add) and workers hold fewer of them.
-    lanes = max(1, default_lanes(client) // 2) if client is not None else None
     atac_blocks, atac_totals = metacell_sums(atac_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every,
-                                             client=client, lanes=lanes)
+                                             client=client)
     if params.n_permutations and params.permute == "cells":
         from p2g_dask.tl import _link_permutations
 
         # One pass over the RNA matrix: its row blocks give the real sums and the permutations'
         # chromosome pieces; columns become positions in rna_columns.
         rna_blocks, rna_totals, rna_rows = _link_permutations.rna_sums(
-            rna_mod, rna_columns, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client,
-            lanes=lanes)
+            rna_mod, rna_columns, neighbours, chunk_cells=chunk_cells, split_every=split_every, client=client)
         rna_columns = np.arange(rna_columns.size)
     else:
         rna_blocks, rna_totals = metacell_sums(rna_mod, neighbours, chunk_cells=chunk_cells, split_every=split_every,
-                                               client=client, lanes=lanes)
+                                               client=client)
     ckpt = as_checkpoint(checkpoint)
     if ckpt is not None:
         # Keys hash every parameter field (all but those marked as not changing the sums).
