@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import pandas as pd
 import pytest
 
@@ -310,3 +311,24 @@ def test_peak_to_gene__small_data_warning_on_real_cells(real, tmp_path, caplog, 
     assert bool(messages) == warns, messages
     if warns:
         assert "each of the 1000 cells is in 50.0 metacells" in messages[0] and "n_metacells=100" in messages[0]
+
+
+def test_csr_block_ok__agrees_with_the_named_check():
+    """The compiled one-pass check of a store block accepts exactly what csr_block_problem accepts."""
+    from p2g_dask._variables import csr_block_problem
+    from p2g_dask.io._integrity import _csr_block_ok
+
+    rng = np.random.default_rng(0)
+    cases = [(np.array([0, 2, 3]), np.array([1, 4, 0]), 5, 3), (np.array([0, 2, 3]), np.array([1, 1, 0]), 5, 3),
+             (np.array([0, 2, 3]), np.array([1, 5, 0]), 5, 3), (np.array([0, 3, 2]), np.array([1, 2, 0]), 5, 3),
+             (np.array([0, 2, 3]), np.array([1, 4]), 5, 3), (np.array([1, 2, 3]), np.array([1, 4, 0]), 5, 3),
+             (np.array([0, 2, 3]), np.array([-1, 4, 0]), 5, 3), (np.array([0, 0, 0]), np.array([], dtype=int), 5, 0)]
+    for _ in range(200):
+        matrix = sp.random(20, 30, density=0.2, format="csr", random_state=rng)
+        indices = matrix.indices.copy()
+        if indices.size and rng.random() < 0.5:
+            indices[rng.integers(indices.size)] = rng.integers(-2, 33)  # maybe out of range or out of order
+        cases.append((matrix.indptr, indices, 30, matrix.nnz))
+    for case in cases:
+        assert _csr_block_ok(*case) == (csr_block_problem(*case) is None), case
+    assert sum(csr_block_problem(*case) is not None for case in cases) > 50
