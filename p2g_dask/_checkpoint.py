@@ -317,9 +317,12 @@ def checkpointed_sums(
     saved_totals = checkpointed(totals, ckpt, ckpt.key(key, "totals"), "array")
     if isinstance(sums, Delayed):
         return checkpointed(sums, ckpt, ckpt.key(key, "sums"), "array", after=saved_totals), saved_totals
+    # A block's lanes (partial sums) would recompute what is saved: its columns come from the
+    # saved sums instead.
+    no_lanes = {"lanes": ()} if sums and "lanes" in sums[0]._fields else {}
     blocks = [
         block._replace(sums=checkpointed(block.sums, ckpt, ckpt.key(key, "block", int(block.first), int(block.stop)),
-                                         "array", after=saved_totals))
+                                         "array", after=saved_totals), **no_lanes)
         for block in sums
     ]
     return blocks, saved_totals

@@ -50,7 +50,7 @@ from p2g_dask.tl._kernels import (
     t_and_pvalue,
     variance_quantiles,
 )
-from p2g_dask.tl.aggregate import blocks_for, metacell_sums, take_block_columns
+from p2g_dask.tl.aggregate import lane_columns, metacell_sums
 from p2g_dask.tl.metacells import MetacellMembership
 from p2g_dask.tl.metacells import resolve_metacells
 from p2g_dask.tl.pairs import peak_centres
@@ -264,10 +264,7 @@ def co_accessibility(
         if p_idx.size < 2:
             continue
         chrom_token = dask.base.tokenize(token, chrom)
-        needed = blocks_for(blocks, p_idx)
-        columns = delayed(take_block_columns, pure=True)(
-            p_idx, [b.first for b in needed], *[b.sums for b in needed],
-            dask_key_name=f"p2g-coaccessibility-columns-{chrom_token}")
+        columns = lane_columns(blocks, p_idx, f"p2g-coaccessibility-columns-{chrom_token}")
         task = delayed(_correlate_peak_pairs, pure=True, nout=2)(
             columns, totals, p_idx, centres[p_idx], params.max_distance, params.scale_to,
             dask_key_name=f"p2g-coaccessibility-pairs-{chrom_token}")

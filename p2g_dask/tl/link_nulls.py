@@ -20,8 +20,8 @@ import pandas as pd
 from dask.delayed import delayed
 from scipy import stats
 
-from p2g_dask.tl._kernels import benjamini_hochberg, normalize_log2, standardize_columns
-from p2g_dask.tl.aggregate import blocks_for, take_block_columns
+from p2g_dask.tl._kernels import benjamini_hochberg, standardized_features
+from p2g_dask.tl.aggregate import lane_columns
 from p2g_dask.tl.pairs import pairs_within
 
 __all__ = ["empirical_null", "empirical_pvalues", "null_peaks", "NULL_PEAKS"]
@@ -48,19 +48,13 @@ def null_peaks(peak_chrom: np.ndarray, chrom: Any, seed: int, index: int, n: int
 
 def _null_summary(atac_sums, atac_totals, rna_sums, rna_totals, scale_to: float) -> dict:
     """All null r of one chromosome (sampled peaks x its genes), summarised: n, sum, sum of squares, median."""
-    atac_std, _ = standardize_columns(normalize_log2(atac_sums, atac_totals, scale_to), overwrite=True)
-    rna_std, _ = standardize_columns(normalize_log2(rna_sums, rna_totals, scale_to), overwrite=True)
-    # Standardised columns: r is a dot product, NaN for a constant feature (dropped, as na.omit).
-    r = np.clip(atac_std.T @ rna_std, -1.0, 1.0).ravel()
+    atac_t, _ = standardized_features(atac_sums, atac_totals, scale_to)
+    rna_t, _ = standardized_features(rna_sums, rna_totals, scale_to)
+    # Standardised rows: r is a dot product, NaN for a constant feature (dropped, as na.omit).
+    r = np.clip(atac_t @ rna_t.T, -1.0, 1.0).ravel()
     r = r[np.isfinite(r)]
     return {"n": int(r.size), "sum": float(r.sum()), "sum_squares": float(np.dot(r, r)),
             "median": float(np.median(r)) if r.size else np.nan}
-
-
-def _gather(blocks, columns: np.ndarray, key: str):
-    needed = blocks_for(blocks, columns)
-    return delayed(take_block_columns, pure=True)(columns, [b.first for b in needed], *[b.sums for b in needed],
-                                                  dask_key_name=key)
 
 
 def _null_record(summaries: list[dict], chroms: list[str]) -> dict:
@@ -112,8 +106,10 @@ def empirical_null(atac_blocks, atac_totals, rna_blocks, rna_totals, *, peak_chr
         if genes.size == 0 or sampled.size == 0:
             continue
         chrom_token = dask.base.tokenize(token, chrom, seed)
-        atac_cols = _gather(atac_blocks, sampled, f"p2g-nullcorrelation-columns-{dask.base.tokenize(chrom_token, 1)}")
-        rna_cols = _gather(rna_blocks, rna_columns[genes], f"p2g-nullcorrelation-columns-{dask.base.tokenize(chrom_token, 2)}")
+        atac_cols = lane_columns(atac_blocks, sampled,
+                                 f"p2g-nullcorrelation-columns-{dask.base.tokenize(chrom_token, 1)}")
+        rna_cols = lane_columns(rna_blocks, rna_columns[genes],
+                                f"p2g-nullcorrelation-columns-{dask.base.tokenize(chrom_token, 2)}")
         summaries.append(delayed(_null_summary, pure=True)(atac_cols, atac_totals, rna_cols, rna_totals, scale_to,
                                                            dask_key_name=f"p2g-nullcorrelation-{chrom_token}"))
         chroms.append(chrom)

@@ -379,9 +379,6 @@ def peak_to_gene(
                             params_token(params, "sums"))
         atac_blocks, atac_totals = checkpointed_sums(atac_blocks, atac_totals, ckpt, ckpt.key(sums_key, "atac"))
         rna_blocks, rna_totals = checkpointed_sums(rna_blocks, rna_totals, ckpt, ckpt.key(sums_key, "rna"))
-        # Columns come from the saved sums, not from the lanes that would recompute them.
-        atac_blocks = [b._replace(lanes=()) for b in atac_blocks]
-        rna_blocks = [b._replace(lanes=()) for b in rna_blocks]
     token = dask.base.tokenize(atac_totals.key, rna_totals.key, params_token(params))
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
