@@ -131,31 +131,39 @@ def rna_sums(rna_mod: Any, rna_columns: np.ndarray, neighbours: np.ndarray, *, c
     return blocks, totals, rows
 
 
+def _score(correlation) -> np.ndarray:
+    """``-|r|``: ordered as the p values are (smaller is more significant), NaN where r is."""
+    return -np.abs(np.asarray(correlation, dtype=np.float64))
+
+
 def _sorted_scores(links: pd.DataFrame) -> np.ndarray:
-    """``-|r|`` of the links with a defined r, ascending (the order of their p values)."""
-    r = links["correlation"].to_numpy(dtype=np.float64)
-    return np.sort(-np.abs(r[np.isfinite(r)]))
+    """The scores of the links with a defined r, ascending."""
+    score = _score(links["correlation"])
+    return np.sort(score[np.isfinite(score)])
 
 
 def _bin_counts(r: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Permuted ``-|r|`` binned between the sorted observed ``-|r|`` (NaN r dropped)."""
-    score = np.sort(-np.abs(r[np.isfinite(r)]))  # sorted keys: the search walks ``observed`` in order
+    """Permuted scores binned between the sorted observed ones (NaN r dropped)."""
+    score = _score(r)
+    score = np.sort(score[np.isfinite(score)])  # sorted keys: the search walks ``observed`` in order
     return np.bincount(np.searchsorted(observed, score, side="left"), minlength=observed.size + 1)
 
 
-def _chromosome_pieces(block, columns: list[np.ndarray]) -> list[sp.csr_matrix]:
-    """A :func:`_select_columns` block cut into one CSR piece per chromosome (``columns`` each).
+def _chromosome_pieces(block, columns: list[np.ndarray]) -> tuple[list[sp.csr_matrix], np.ndarray]:
+    """A :func:`_select_columns` block cut into one CSR piece per chromosome (``columns`` each),
+    and its cells' totals (the block's last column).
 
     One conversion to CSC makes every cut a major-axis selection: O(nonzeros) for the block
     in all, not per chromosome.
     """
     by_column = _graph.load(block).to_csr().tocsc()
-    return [by_column[:, cols].tocsr() for cols in columns]
+    totals = by_column[:, by_column.shape[1] - 1].toarray().ravel().astype(np.float64)
+    return [by_column[:, cols].tocsr() for cols in columns], totals
 
 
-def _piece(pieces: list, index: int) -> sp.csr_matrix:
+def _piece(split: tuple, index: int) -> sp.csr_matrix:
     # Its own task, so only this chromosome's piece moves to the worker that needs it.
-    return pieces[index]
+    return split[0][index]
 
 
 def _count_cells_chromosome(atac_sums, atac_totals, centres, tss, max_distance: int, scale_to: float,
@@ -198,8 +206,12 @@ def _count_metacells_chromosome(atac_sums, atac_totals, rna_sums_, rna_totals, c
     return counts
 
 
-def _cell_totals(*blocks) -> np.ndarray:
-    return np.concatenate([_graph.load(b).to_csr()[:, -1].toarray().ravel() for b in blocks]).astype(np.float64)
+def _block_totals(split: tuple) -> np.ndarray:
+    return split[1]
+
+
+def _cell_totals(*block_totals: np.ndarray) -> np.ndarray:
+    return np.concatenate(block_totals)
 
 
 def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *, peak_chrom, centres, gene_chrom,
@@ -214,20 +226,22 @@ def permutation_null(links, atac_blocks, atac_totals, rna_blocks, rna_totals, *,
     observed = delayed(_sorted_scores, pure=True)(links, dask_key_name=f"p2g-permute-observed-{token}")
     batch_bytes = BATCH_BYTES if batch_bytes is None else int(batch_bytes)
     neighbours = np.asarray(neighbours)
-    if permute == "cells":
-        row_blocks, _ = rna_rows.blocks()
-        cell_totals = delayed(_cell_totals, pure=True)(*row_blocks, dask_key_name=f"p2g-permute-celltotals-{token}")
-    else:
-        orders = metacell_orders(neighbours.shape[0], n_permutations, seed)
     chromosomes = []
     for chrom in pd.unique(peak_chrom):
         p_idx, g_idx = np.flatnonzero(peak_chrom == chrom), np.flatnonzero(gene_chrom == chrom)
         if pairs_within(centres[p_idx], tss[g_idx], max_distance)[0].size:
             chromosomes.append((chrom, p_idx, g_idx))
     if permute == "cells":
+        row_blocks, _ = rna_rows.blocks()
         cut = [rna_columns[g_idx] for _, _, g_idx in chromosomes]
         split = [delayed(_chromosome_pieces, pure=True)(block, cut, dask_key_name=f"p2g-permute-split-{tokenize(token, i)}")
                  for i, block in enumerate(row_blocks)]
+        # Each block's totals are taken where the block was split: only those vectors move.
+        cell_totals = delayed(_cell_totals, pure=True)(
+            *[delayed(_block_totals, pure=True)(s, dask_key_name=f"p2g-permute-blocktotals-{tokenize(token, i)}")
+              for i, s in enumerate(split)], dask_key_name=f"p2g-permute-celltotals-{token}")
+    else:
+        orders = metacell_orders(neighbours.shape[0], n_permutations, seed)
     parts = []
     for index, (chrom, p_idx, g_idx) in enumerate(chromosomes):
         chrom_token = tokenize(token, chrom, permute, n_permutations, seed)
@@ -280,8 +294,8 @@ def pooled_permutation_fdr(pval: np.ndarray, counts: np.ndarray, n_permutations:
 def add_permutation_columns(links: pd.DataFrame, counts: np.ndarray, n_permutations: int, permute: str) -> pd.DataFrame:
     """``links`` with ``perm_pval``, ``perm_fdr`` and ``attrs['permutation']``."""
     links = links.copy()
-    score = -np.abs(links["correlation"].to_numpy(dtype=np.float64))  # the order of the p values
-    links["perm_pval"], links["perm_fdr"] = pooled_permutation_fdr(score, counts, n_permutations)
+    links["perm_pval"], links["perm_fdr"] = pooled_permutation_fdr(_score(links["correlation"]), counts,
+                                                                   n_permutations)
     links.attrs["permutation"] = {"permute": permute, "n_permutations": int(n_permutations),
                                   "n_null_pvalues": int(np.sum(counts))}
     return links
