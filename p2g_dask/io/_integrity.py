@@ -171,8 +171,8 @@ def verify_store(path: str | os.PathLike) -> str:
     """
     from p2g_dask.io.store import open_store
 
-    store = open_store(path)
-    n_chunks = check_store_chunks(store.path, store.modalities)
+    store = open_store(path)  # checks every chunk file is present (store.n_chunks)
+    n_chunks = store.n_chunks
     for modality in (store.atac, store.rna):
         if modality is None:  # an ATAC-only store
             continue

@@ -379,7 +379,7 @@ class MultiomeStore:
         # Zarr would read a missing chunk as zeros: check they are all there before any work.
         # Stores written before ATAC-only stores existed hold both modalities.
         self.modalities = tuple(root.attrs.get(MODALITIES_ATTR, ("atac", "rna")))
-        check_store_chunks(self.path, self.modalities)
+        self.n_chunks = check_store_chunks(self.path, self.modalities)
         for modality in self.modalities:
             first_indptr_ok(self.path, modality)
         self.atac = StoreModality(self.path, "atac", chunk_cells)

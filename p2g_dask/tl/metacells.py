@@ -259,4 +259,3 @@ class MetacellMembership:
 
     def __repr__(self) -> str:
         return f"MetacellMembership({self.shape[0]} metacells x {self.shape[1]} cells)"
-
