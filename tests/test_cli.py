@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from _sim_files import write_sim_inputs
+
 import p2g_dask as p2g
 from p2g_dask.cli import main
 
@@ -14,10 +16,7 @@ from p2g_dask.cli import main
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli_inputs")
     sim = p2g.datasets.simulate_multiome(n_cells=500, n_peaks=3000, n_genes=300, n_linked_genes=30, seed=5)
-    sim.atac.write_h5ad(folder / "atac.h5ad")
-    sim.rna.write_h5ad(folder / "rna.h5ad")
-    sim.genes.to_csv(folder / "genes.tsv", sep="\t", index=False)
-    sim.truth.to_csv(folder / "truth.tsv", sep="\t", index=False)
+    write_sim_inputs(sim, folder, truth=True)
     return folder, sim
 
 

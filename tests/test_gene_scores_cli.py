@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
+from _sim_files import write_sim_inputs
+
 import p2g_dask as p2g
 from p2g_dask.cli import main
 from p2g_dask.pipeline import load_config, run_pipeline
@@ -19,9 +21,7 @@ from p2g_dask.pipeline import load_config, run_pipeline
 def sim_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gene_scores_cli")
     sim = p2g.datasets.simulate_multiome(n_cells=300, n_peaks=1500, n_genes=120, n_linked_genes=12, seed=9)
-    sim.atac.write_h5ad(folder / "atac.h5ad")
-    sim.rna.write_h5ad(folder / "rna.h5ad")
-    sim.genes.to_csv(folder / "genes.tsv", sep="\t", index=False)
+    write_sim_inputs(sim, folder)
     p2g.datasets.simulate_fragments(sim.atac, folder / "fragments.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=9)
     return folder, sim
 

@@ -7,6 +7,8 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
+from _sim_files import write_sim_inputs
+
 import p2g_dask as p2g
 from p2g_dask.io import ingest, open_store
 
@@ -177,8 +179,7 @@ def test_run_pipeline__atac_only_config(tmp_path):
     from p2g_dask.pipeline import run_pipeline
 
     sim = simulate_multiome(n_cells=240, n_peaks=900, n_genes=60, n_linked_genes=8, seed=6)
-    sim.atac.write_h5ad(tmp_path / "atac.h5ad")
-    sim.genes.to_csv(tmp_path / "genes.tsv", sep="\t", index=False)
+    write_sim_inputs(sim, tmp_path, rna=False)
     frags = simulate_fragments(sim.atac, tmp_path / "f.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=6)
     meta = {"use_rep": "X_latent", "n_metacells": 30, "k_neighbors": 15}
     config = {"inputs": {"atac": str(tmp_path / "atac.h5ad"), "gene_annotation": str(tmp_path / "genes.tsv"),
