@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -229,6 +230,8 @@ def current_client(client: Any = None) -> Any:
     """``client``, else the current ``distributed`` client, else None (the local scheduler)."""
     if client is not None:
         return client
+    if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~1 s
+        return None
     try:
         from distributed import get_client
 
@@ -279,10 +282,29 @@ def compute(graph: Any, client: Any = None, progress: bool = False, *, scheduler
     else:
         from dask.diagnostics import ProgressBar
 
-        options = {k: v for k, v in (("scheduler", scheduler), ("num_workers", num_workers)) if v is not None}
+        options = {k: v for k, v in (("scheduler", scheduler or local_scheduler()), ("num_workers", num_workers))
+                   if v is not None}
         with ProgressBar() if progress else contextlib.nullcontext():
             results = dask.compute(*tasks, **options)
     return list(results) if many else results[0]
+
+
+def local_scheduler() -> Any:
+    """The configured local scheduler (default threads), resolved without importing ``distributed``.
+
+    ``dask.compute`` imports ``distributed`` to look for a client (~0.5 s in a fresh process);
+    with no client possible (see :func:`current_client`) the named schedulers are enough.
+    """
+    from dask.base import named_schedulers
+
+    chosen = dask.config.get("scheduler", None)
+    if "distributed" in sys.modules or chosen is None and dask.config.get("get", None) is not None:
+        return chosen
+    if chosen is None:
+        return named_schedulers["threads"]
+    if isinstance(chosen, str) and chosen.lower() in named_schedulers:
+        return named_schedulers[chosen.lower()]
+    return chosen
 
 
 class _KnownFailureFilter:

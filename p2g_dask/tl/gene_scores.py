@@ -17,7 +17,6 @@ are in docs/gene_scores.md.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 from dask.base import tokenize
 
+from p2g_dask import _graph
 from p2g_dask._atomic import TMP_MARKER, _remove, atomic_path
 from p2g_dask._checkpoint import as_checkpoint
 from p2g_dask._logging import logger, timed
@@ -174,7 +174,7 @@ def gene_scores(
     store_obj = _open_store(store, cells)
     if store_obj is not None:
         _check_free(store_obj, key_added, overwrite)
-    client = _current_client(client)
+    client = _graph.current_client(client)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}genescore-",
                                  dir=None if store_obj is None else Path(store_obj.path).parent))
     cache_root = Path(cache_fragments) if cache_fragments is not None else work / "cache"
@@ -186,7 +186,7 @@ def gene_scores(
             # The weights need no fragments: computed while the files are parsed (parsing runs in
             # its own GIL-free threads). On a cluster they stay there as futures.
             weights = weight_tasks(regions, params)
-            done = _compute(tasks + list(weights.values()), client, show_progress, keep_futures=True)
+            done = _submit(tasks + list(weights.values()), client, show_progress)
             caches = dict(zip(files, client.gather(done[: len(tasks)]) if client is not None else done[: len(tasks)]))
             weights = dict(zip(weights, done[len(tasks) :]))
         obs, lookups = _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col)
@@ -195,7 +195,7 @@ def gene_scores(
         with timed(f"gene scores: {n_cells} cells x {len(regions)} genes, {len(blocks)} block(s)"):
             parts_dir = work / "blocks" if store_obj is not None else None
             tasks = score_graph(regions, params, weights, caches, lookups, blocks, as_checkpoint(checkpoint), parts_dir)
-            results = _compute(tasks, client, show_progress)
+            results = _graph.compute(tasks, client, show_progress)
         var = regions.set_index("gene_name")
         var.index.name = None
         if store_obj is None:
@@ -232,53 +232,16 @@ def _check_free(store_obj, key_added: str, overwrite: bool) -> None:
                               "overwrite=True (CLI: --overwrite) or another key_added.")
 
 
-def _current_client(client):
-    if client is not None:
-        return client
-    import sys
+def _submit(tasks: list, client, show_progress: bool) -> list:
+    """Futures of ``tasks`` on ``client`` (results stay on the cluster), or their results locally."""
+    if client is None:
+        return _graph.compute(tasks, None, show_progress)
+    futures = client.compute(tasks)
+    if show_progress:
+        import distributed
 
-    if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~1 s
-        return None
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
-def _compute(tasks: list, client, show_progress: bool, keep_futures: bool = False) -> list:
-    if client is not None:
-        futures = client.compute(tasks)
-        if show_progress:
-            import distributed
-
-            distributed.progress(futures)
-        return futures if keep_futures else client.gather(futures)
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar() if show_progress else contextlib.nullcontext():
-        return list(dask.compute(*tasks, scheduler=_local_scheduler()))
-
-
-def _local_scheduler():
-    """The configured local scheduler (default threads), resolved without importing ``distributed``.
-
-    ``dask.compute`` imports ``distributed`` to look for a client (~0.5 s in a fresh process);
-    with no client possible (see :func:`_current_client`) the named schedulers are enough.
-    """
-    import sys
-
-    from dask.base import named_schedulers
-
-    chosen = dask.config.get("scheduler", None)
-    if "distributed" in sys.modules or chosen is None and dask.config.get("get", None) is not None:
-        return chosen
-    if chosen is None:
-        return named_schedulers["threads"]
-    if isinstance(chosen, str) and chosen.lower() in named_schedulers:
-        return named_schedulers[chosen.lower()]
-    return chosen
+        distributed.progress(futures)
+    return futures
 
 
 def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
