@@ -1,0 +1,100 @@
+"""Direct reads of a store's 1-D count arrays: chunk files decoded with one blosc call each.
+
+Zarr 3's codec pipeline costs ~3.5x the decoding itself on these arrays (an event loop, buffer
+prototypes and a copy per chunk: 0.52 s against 0.15 s for the 250 MB of PBMC10k's ATAC
+indices). The arrays ingest writes have one fixed layout, a regular 1-D chunk grid encoded as
+``bytes (little endian) -> blosc [-> crc32c]``, so this module reads exactly that layout and
+nothing else: :func:`direct_layout` returns None for any other array, and the caller then reads
+through zarr. Every check zarr makes is made here too (the checksum of each chunk, the decoded
+size); a chunk that fails one makes :func:`read_range` raise, and the caller lets zarr re-read
+the range so that the error it reports is zarr's, naming the chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+_DTYPES = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32, "uint64": np.uint64,
+           "float32": np.float32, "float64": np.float64, "int16": np.int16, "uint16": np.uint16}
+
+
+class DirectLayout(NamedTuple):
+    """What :func:`read_range` needs to decode an array's chunks by itself."""
+
+    folder: Path
+    size: int
+    chunk: int
+    dtype: np.dtype
+    checksum: bool
+    separator: str
+
+
+def direct_layout(folder: Path, meta: dict) -> DirectLayout | None:
+    """The array's layout when it is one this module decodes (see the module docstring), else None.
+
+    Examples
+    --------
+    >>> meta = {"zarr_format": 3, "shape": [10], "data_type": "int32",
+    ...         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4]}},
+    ...         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "blosc"}]}
+    >>> direct_layout(Path("x"), meta).chunk
+    4
+    >>> direct_layout(Path("x"), {**meta, "codecs": [{"name": "sharding_indexed"}]}) is None
+    True
+    """
+    try:
+        codecs = [c["name"] for c in meta["codecs"]]
+        endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
+        key = meta.get("chunk_key_encoding", {"name": "default"})
+        ok = (meta.get("zarr_format") == 3 and len(meta["shape"]) == 1 and meta["data_type"] in _DTYPES
+              and meta["chunk_grid"]["name"] == "regular" and codecs[:2] == ["bytes", "blosc"]
+              and codecs[2:] in ([], ["crc32c"]) and endian == "little" and key["name"] == "default"
+              and not meta.get("storage_transformers"))
+        if not ok:
+            return None
+        return DirectLayout(folder, int(meta["shape"][0]), int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]),
+                            np.dtype(_DTYPES[meta["data_type"]]), codecs[2:] == ["crc32c"],
+                            key.get("configuration", {}).get("separator", "/"))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def read_range(layout: DirectLayout, first: int, stop: int) -> np.ndarray:
+    """Elements ``first:stop`` of the array, decoded chunk by chunk straight into the result.
+
+    Raises ``ValueError`` when a chunk's checksum or decoded size is wrong, ``OSError`` when a
+    chunk file cannot be read.
+    """
+    import google_crc32c
+    from numcodecs import blosc
+
+    out = np.empty(max(0, stop - first), dtype=layout.dtype)
+    if stop <= first:
+        return out
+    chunk_bytes = layout.chunk * layout.dtype.itemsize
+    scratch = None
+    for i in range(first // layout.chunk, math.ceil(stop / layout.chunk)):
+        raw = (layout.folder / f"c{layout.separator}{i}").read_bytes()
+        if layout.checksum:
+            payload = memoryview(raw)[:-4]
+            if len(raw) < 4 or google_crc32c.value(bytes(payload)) != int.from_bytes(raw[-4:], "little"):
+                raise ValueError(f"chunk {i} fails its crc32c checksum")
+        else:
+            payload = raw
+        # Bytes 4-7 of a blosc header: the decoded size.
+        if len(payload) < 16 or int.from_bytes(payload[4:8], "little") != chunk_bytes:
+            raise ValueError(f"chunk {i} decodes to the wrong size")
+        lo, hi = i * layout.chunk, (i + 1) * layout.chunk
+        if first <= lo and hi <= stop:  # a whole chunk: decoded in place
+            blosc.decompress(payload, out[lo - first : hi - first])
+            continue
+        if scratch is None:
+            scratch = np.empty(layout.chunk, dtype=layout.dtype)
+        blosc.decompress(payload, scratch)
+        a, b = max(lo, first), min(hi, stop)
+        out[a - first : b - first] = scratch[a - lo : b - lo]
+    return out
