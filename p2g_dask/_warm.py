@@ -1,7 +1,7 @@
 """Warm a process before its first p2g_dask call: imports done, numba kernels loaded from cache.
 
 A fresh Dask worker otherwise pays, inside the user's first call, the imports of the package and
-its dependencies (sklearn, zarr, igraph and, through igraph, matplotlib) and the loading of every
+its dependencies (zarr, scipy, numba) and the loading of every
 numba kernel from its on-disk cache (``cache=True``: no compilation, but each signature's machine
 code still has to be read and linked). :class:`WarmWorker` does that when the worker starts;
 :func:`p2g_dask.cluster.start_cluster` registers it on the clusters it starts.
@@ -29,9 +29,7 @@ WARM_MODULES = (
     "p2g_dask.tl._coverage",
     "p2g_dask.io._bigwig_writer",
     "scipy.special",
-    "sklearn.neighbors",
     "zarr",
-    "igraph",
 )
 
 
@@ -138,6 +136,21 @@ def warm_in_background(modules: tuple[str, ...] = ("p2g_dask.tl._kernels",)) -> 
     thread = threading.Thread(target=run, name="p2g-warm", daemon=True)
     thread.start()
     return thread
+
+
+def in_worker_process() -> bool:
+    """Whether this process runs a Dask worker: its tasks never need the client-side libraries
+    (scikit-learn's kNN, igraph's Leiden), so :mod:`p2g_dask.tl` does not import them there.
+
+    Examples
+    --------
+    >>> in_worker_process()
+    False
+    """
+    import sys
+
+    worker = sys.modules.get("distributed.worker")
+    return bool(worker is not None and len(getattr(worker.Worker, "_instances", ())))
 
 
 class WarmWorker(WorkerPlugin):

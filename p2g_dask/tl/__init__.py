@@ -38,6 +38,10 @@ __all__ = sorted(_EXPORTS)
 
 # The kernels of peak_to_gene load from numba's cache in the background while the caller reads
 # its data (seconds of a fresh process's first call otherwise); p2g.warm-kernels: false disables.
-from p2g_dask._warm import warm_in_background  # noqa: E402
+from p2g_dask._warm import in_worker_process, warm_in_background  # noqa: E402
 
 warm_in_background()
+if not in_worker_process():
+    # The metacells' and clusters' kNN: scikit-learn's import (~1.5 s) is paid here, not inside a
+    # first call. Dask workers never run it, and skip its ~65 MiB.
+    import sklearn.neighbors  # noqa: E402, F401

@@ -16,7 +16,6 @@ import random
 import numba
 import numpy as np
 import scipy.sparse as sp
-from sklearn.neighbors import NearestNeighbors
 
 #: Seurat's default ``prune.SNN``: edges with a Jaccard index below this are dropped.
 PRUNE_SNN = 1 / 15
@@ -54,6 +53,8 @@ def snn_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
     n_obs = coords.shape[0]
     k = min(n_neighbors, n_obs)
     # Exact neighbours (the cell itself first), so the graph does not depend on a random tree.
+    from sklearn.neighbors import NearestNeighbors  # imported with p2g_dask.tl outside workers
+
     _, neighbours = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(coords).kneighbors(coords)
     neighbours = neighbours.astype(np.int64)
     weights = _jaccard_of_neighbours(neighbours, np.sort(neighbours, axis=1))

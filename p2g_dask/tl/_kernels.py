@@ -181,17 +181,33 @@ def standardize_columns(values: np.ndarray, *, overwrite: bool = False) -> tuple
     return values, sum_squares / max(1, values.shape[0] - 1)
 
 
+#: Small integer sums whose log2(x / total * scale_to + 1) is looked up, not computed, per metacell.
+_LOG_TABLE = 256
+
+
 @numba.njit(cache=True, nogil=True)
 def _standardized_features_kernel(sums, safe_totals, scale_to, columns, out_t, variances):  # pragma: no cover - jit
     m = sums.shape[0]
     tile = 64
+    # Sums of counts are mostly small integers: a per-metacell table of their logs, computed by
+    # the same expression (so bit-identical), replaces ~10 ns of log2 by a lookup; other values
+    # (large or fractional sums) take log2.
+    table = np.empty((m, _LOG_TABLE))
+    for i in range(m):
+        for c in range(_LOG_TABLE):
+            table[i, c] = math.log2(float(c) / safe_totals[i] * scale_to + 1.0)
     for t0 in range(0, columns.size, tile):
         t1 = min(t0 + tile, columns.size)
         # Tiles of columns: each metacell row of sums is read in short contiguous runs.
         for i in range(m):
             total_i = safe_totals[i]
             for j in range(t0, t1):
-                out_t[j, i] = math.log2(sums[i, columns[j]] / total_i * scale_to + 1.0)
+                value = sums[i, columns[j]]
+                count = int(value) if 0 <= value < _LOG_TABLE else -1
+                if count >= 0 and count == value:
+                    out_t[j, i] = table[i, count]
+                else:
+                    out_t[j, i] = math.log2(value / total_i * scale_to + 1.0)
         for j in range(t0, t1):
             row = out_t[j]
             total = 0.0

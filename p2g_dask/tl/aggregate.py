@@ -262,7 +262,7 @@ def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums
             # another worker is serialised as its own columns only.
             return sums[:, columns[0] - first : columns[-1] - first + 1]
         if inside.all():
-            return np.take(sums, columns - first, axis=1)  # one gather, no boolean scatter
+            return sums[:, columns - first]  # one gather (2x np.take along axis 1), no boolean scatter
         out[:, inside] = sums[:, columns[inside] - first]
     return out
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import scipy.sparse as sp
 # At import, not in the first call: scikit-learn takes ~1.5 s to import (scipy.stats with it).
-from sklearn.neighbors import NearestNeighbors
 
 from p2g_dask._logging import logger
 from p2g_dask._variables import check_metacell_params, check_metacells, warn_small_data
@@ -117,6 +116,8 @@ def metacells(
         )
     rng = np.random.default_rng(seed)
     seeds = rng.choice(n_cells, size=n_metacells, replace=replace)
+    from sklearn.neighbors import NearestNeighbors  # imported with p2g_dask.tl outside workers
+
     index = NearestNeighbors(n_neighbors=k_neighbors, algorithm="auto").fit(embedding)
     distances, neighbours = index.kneighbors(embedding[seeds], return_distance=True)
     # The seed is its own nearest neighbour; put it first even when duplicated points tie at 0.
