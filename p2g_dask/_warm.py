@@ -28,6 +28,10 @@ WARM_MODULES = (
     "p2g_dask.tl._cluster_cells",
     "p2g_dask.tl._coverage",
     "p2g_dask.io._bigwig_writer",
+    "p2g_dask.io._integrity",
+    "p2g_dask.io._chunks",
+    "numcodecs.blosc",
+    "google_crc32c",
     "scipy.special",
     "zarr",
 )

@@ -42,6 +42,8 @@ from p2g_dask._warm import in_worker_process, warm_in_background  # noqa: E402
 
 warm_in_background()
 if not in_worker_process():
-    # The metacells' and clusters' kNN: scikit-learn's import (~1.5 s) is paid here, not inside a
-    # first call. Dask workers never run it, and skip its ~65 MiB.
+    # The metacells' and clusters' kNN (scikit-learn, ~1.5 s to import) and the Leiden clustering
+    # of iterative_lsi (igraph, which imports matplotlib: ~0.5 s) are imported here, not inside a
+    # first call. Dask workers never run them, and skip their ~100 MiB.
+    import igraph  # noqa: E402, F401
     import sklearn.neighbors  # noqa: E402, F401
