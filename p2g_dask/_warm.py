@@ -111,7 +111,13 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
     return seconds
 
 
-def warm_in_background(modules: tuple[str, ...] = ("p2g_dask.tl._kernels",)) -> threading.Thread | None:
+#: Loaded by :func:`warm_in_background` when :mod:`p2g_dask.tl` is imported: the kernels of
+#: peak_to_gene, iterative_lsi (and its clustering) and the store reader.
+BACKGROUND_MODULES = ("p2g_dask.tl._kernels", "p2g_dask.tl._lsi_kernels", "p2g_dask.tl._cluster_cells",
+                      "p2g_dask.io._integrity")
+
+
+def warm_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread | None:
     """Load the cached numba kernels of ``modules`` in a daemon thread; return it (None when off).
 
     Called when :mod:`p2g_dask.tl` is imported: the kernels load while the caller reads its data,
@@ -130,12 +136,21 @@ def warm_in_background(modules: tuple[str, ...] = ("p2g_dask.tl._kernels",)) -> 
     if not dask.config.get("p2g.warm-kernels", True):
         return None
 
+    # Imported here, in the caller's thread: two threads importing at once can meet Python's
+    # import-deadlock guard and see half-initialised modules. Only the kernel loading runs behind.
+    loaded = []
+    for name in modules:
+        try:
+            loaded.append(importlib.import_module(name))
+        except Exception as err:  # noqa: BLE001 - optional module missing: nothing to warm
+            logger.debug("warm: %s not imported (%s)", name, err)
+
     def run() -> None:
-        for name in modules:
+        for module in loaded:
             try:
-                load_cached_kernels(importlib.import_module(name))
+                load_cached_kernels(module)
             except Exception as err:  # noqa: BLE001 - best effort: the first call loads them anyway
-                logger.debug("warm: %s not preloaded (%s)", name, err)
+                logger.debug("warm: %s not preloaded (%s)", module.__name__, err)
 
     thread = threading.Thread(target=run, name="p2g-warm", daemon=True)
     thread.start()
