@@ -160,32 +160,6 @@ def test_write_links__parquet_round_trip_keeps_attrs(small_sim, tmp_path):
         p2g.io.write_links(links, out)
 
 
-def test_metacell_sums__store_column_blocks_pace_their_reads(small_sim, small_store, local_client):
-    """Several column blocks of a store on a cluster: each chunk is read once for all blocks, and
-    a read waits for the sums two chunks back (chunks never pile up in worker memory)."""
-    from p2g_dask._inputs import resolve_input
-    from p2g_dask.tl.aggregate import PACE, metacell_sums, take_block_columns
-
-    mod = resolve_input(small_store)[0]
-    neighbours = p2g.tl.metacells(small_sim.atac.obsm["X_latent"], n_metacells=30, k_neighbors=25, seed=2)
-    blocks, totals = metacell_sums(mod, neighbours, chunk_cells=70, lanes=2, block_bytes=90_000,
-                                   client=local_client)  # 4 column blocks of 750 peaks
-    assert len(blocks) > 2
-    graph = {}
-    for value in [b.sums for b in blocks] + [totals]:
-        graph.update(dict(value.__dask_graph__()))
-    reads = sorted((k for k in graph if str(k).startswith("p2g-read-")), key=str)
-    assert len(reads) == -(-mod.n_obs // 70)  # one read per chunk, shared by every column block
-    dependencies = {k: {str(d) for d in dask.core.get_dependencies(graph, k)} for k in reads}
-    paced = [k for k in reads if any(d.startswith("p2g-metacell-sum-done-") for d in dependencies[k])]
-    assert len(paced) == len(reads) - PACE
-    sums, totals = local_client.compute([[b.sums for b in blocks], totals], sync=True)
-    expected = np.stack([small_sim.atac.X.toarray()[cells].sum(0) for cells in neighbours])
-    np.testing.assert_array_equal(take_block_columns(np.arange(mod.n_vars), [b.first for b in blocks], *sums),
-                                  expected)
-    np.testing.assert_array_equal(totals, expected.sum(1))
-
-
 @pytest.mark.parametrize("block_bytes, lanes, sort", [(10**9, 1, True), (600, 2, True), (600, 3, False)])
 def test_metacell_sums__column_blocks_and_lanes_match_numpy(small_sim, block_bytes, lanes, sort):
     from p2g_dask._inputs import Modality

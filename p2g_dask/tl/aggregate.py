@@ -164,10 +164,7 @@ def membership_sums(
         return _memory_sums(modality, membership, column_blocks, n_metacells, dtype, token)
     # One column block: the summing task reads its rows itself, so no chunk waits in worker
     # memory between a read task and its sum (memory stays flat with cells).
-    # Several column blocks from a store: one read per chunk feeds them all, and reads wait
-    # for the sums two chunks back (_paced_reads), so chunks never pile up in worker memory.
-    paced = len(column_blocks) > 1 and modality.store is not None
-    chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1 or paced)
+    chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
     token = tokenize(modality.name, token if token is not None else membership, bounds, str(dtype),
                      column_blocks, [c.key for c in chunks])
     # Chunks are folded into a few accumulators ("lanes") per column block, each a chain of
@@ -179,24 +176,15 @@ def membership_sums(
         lanes = max(1, min(default_lanes(client), int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
     n_lanes = max(1, min(len(chunks), int(lanes)))
     accumulators = [[None] * n_lanes for _ in column_blocks]
-    done: list[list[Delayed]] = []
     for i, (chunk, (start, stop)) in enumerate(zip(chunks, bounds)):
         # The chunk's membership is one graph value shared by the tasks of every column block.
         members = delayed(block_membership(membership, start, stop), name=f"p2g-members-{token}-{i}")
         lane = i % n_lanes
-        if paced:
-            chunk = delayed(_read_after, pure=True)(chunk, *(done[i - PACE] if i >= PACE else ()),
-                                                    dask_key_name=f"p2g-read-{tokenize(token, i)}")
-        done.append([])
         for b, columns in enumerate(column_blocks):
-            key = tokenize(token, b, i)
             accumulators[b][lane] = delayed(_add_block, pure=True)(
                 accumulators[b][lane], chunk, members, n_metacells, dtype, columns,
-                dask_key_name=f"p2g-metacell-sum-{key}",
+                dask_key_name=f"p2g-metacell-sum-{tokenize(token, b, i)}",
             )
-            if paced:
-                done[i].append(delayed(_finished, pure=True)(accumulators[b][lane],
-                                                             dask_key_name=f"p2g-metacell-sum-done-{key}"))
     blocks = [
         ColumnBlock(first, stop, _graph.tree_sum(accumulators[b], "metacell-sum-combine", tokenize(token, b),
                                                  split_every=split_every),
@@ -208,20 +196,6 @@ def membership_sums(
                    for b, lanes_of_block in enumerate(accumulators) for lane, acc in enumerate(lanes_of_block)]
     totals = delayed(_graph.add_arrays, pure=True)(*lane_totals, dask_key_name=f"p2g-metacell-totals-{token}")
     return blocks, totals
-
-
-#: A chunk's read waits until every column block has added the chunk this many places earlier.
-PACE = 2
-
-
-def _read_after(block, *finished) -> _graph.Rows:
-    # ``finished``: the None markers of earlier sums, only there to order this read after them.
-    return _graph.load(block)
-
-
-def _finished(accumulator) -> None:
-    # Runs where the accumulator lives and returns nothing: a marker that moves no data.
-    return None
 
 
 def _row_totals(sums: np.ndarray) -> np.ndarray:
