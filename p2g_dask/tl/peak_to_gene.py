@@ -2,7 +2,8 @@
 
 Graph (task key prefixes as they appear on the dashboard)::
 
-    p2g-read / p2g-rows          row chunks of the store (or p2g-input-* in-memory Rows)
+    p2g-read                     row chunks of the store, when sums span several column blocks
+                                 (else each p2g-metacell-sum task reads its own rows)
     p2g-metacell-sum             partial metacell sums per chunk, tree-reduced (_graph.tree_sum)
     p2g-feature-variance-*       variance of every normalised feature -> quantiles
     p2g-columns                  one chromosome's columns (only these move between workers)
