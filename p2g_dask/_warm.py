@@ -30,8 +30,6 @@ WARM_MODULES = (
     "p2g_dask.io._bigwig_writer",
     "p2g_dask.io._integrity",
     "p2g_dask.io._chunks",
-    "numcodecs.blosc",
-    "google_crc32c",
     "scipy.special",
     "zarr",
 )

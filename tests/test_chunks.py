@@ -32,6 +32,9 @@ def test_read_range__equals_zarr_on_every_kind_of_range(tmp_path, dtype):
     # Whole chunks, partial first/last chunks, inside one chunk, the ragged last chunk, empty.
     for first, stop in [(0, 10_007), (0, 1000), (999, 1001), (1500, 1600), (2500, 7300), (9999, 10_007), (42, 42)]:
         np.testing.assert_array_equal(read_range(layout, first, stop), array[first:stop])
+    # The last chunk is padded to its full size: reading past the end is refused, not padded.
+    with pytest.raises(ValueError, match="outside the array"):
+        read_range(layout, 10_000, 10_008)
 
 
 def test_read_range__altered_chunk_fails_its_checksum(tmp_path):

@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+import google_crc32c
 import numpy as np
+from numcodecs import blosc
 
 _DTYPES = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32, "uint64": np.uint64,
            "float32": np.float32, "float64": np.float64, "int16": np.int16, "uint16": np.uint16}
@@ -30,7 +32,21 @@ class DirectLayout(NamedTuple):
     chunk: int
     dtype: np.dtype
     checksum: bool
-    separator: str
+    key_encoding: dict
+
+
+def chunk_key(index: int, key_encoding: dict | None = None) -> str:
+    """The file name of chunk ``index`` under a zarr 3 ``chunk_key_encoding`` (default: ``c/<index>``).
+
+    Examples
+    --------
+    >>> chunk_key(3), chunk_key(3, {"name": "default", "configuration": {"separator": "."}})
+    ('c/3', 'c.3')
+    """
+    key_encoding = key_encoding or {}
+    if key_encoding.get("name", "default") != "default":
+        return str(index)
+    return f"c{key_encoding.get('configuration', {}).get('separator', '/')}{index}"
 
 
 def direct_layout(folder: Path, meta: dict) -> DirectLayout | None:
@@ -57,8 +73,7 @@ def direct_layout(folder: Path, meta: dict) -> DirectLayout | None:
         if not ok:
             return None
         return DirectLayout(folder, int(meta["shape"][0]), int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]),
-                            np.dtype(_DTYPES[meta["data_type"]]), codecs[2:] == ["crc32c"],
-                            key.get("configuration", {}).get("separator", "/"))
+                            np.dtype(_DTYPES[meta["data_type"]]), codecs[2:] == ["crc32c"], key)
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
 
@@ -66,19 +81,19 @@ def direct_layout(folder: Path, meta: dict) -> DirectLayout | None:
 def read_range(layout: DirectLayout, first: int, stop: int) -> np.ndarray:
     """Elements ``first:stop`` of the array, decoded chunk by chunk straight into the result.
 
-    Raises ``ValueError`` when a chunk's checksum or decoded size is wrong, ``OSError`` when a
-    chunk file cannot be read.
+    Raises ``ValueError`` when the range is outside the array (the last chunk's padding is not
+    data) or a chunk's checksum or decoded size is wrong, ``OSError`` when a chunk file cannot be
+    read.
     """
-    import google_crc32c
-    from numcodecs import blosc
-
+    if first < 0 or stop > layout.size:
+        raise ValueError(f"elements {first}:{stop} are outside the array of {layout.size}")
     out = np.empty(max(0, stop - first), dtype=layout.dtype)
     if stop <= first:
         return out
     chunk_bytes = layout.chunk * layout.dtype.itemsize
     scratch = None
     for i in range(first // layout.chunk, math.ceil(stop / layout.chunk)):
-        raw = (layout.folder / f"c{layout.separator}{i}").read_bytes()
+        raw = (layout.folder / chunk_key(i, layout.key_encoding)).read_bytes()
         if layout.checksum:
             payload = memoryview(raw)[:-4]
             if len(raw) < 4 or google_crc32c.value(bytes(payload)) != int.from_bytes(raw[-4:], "little"):

@@ -44,9 +44,9 @@ def _array_meta(path: str, modality: str, name: str) -> dict:
 
 
 def _chunk_file(path: str, modality: str, name: str, index: int, meta: dict) -> Path:
-    encoding = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
-    key = f"c{encoding}{index}" if meta.get("chunk_key_encoding", {}).get("name", "default") == "default" else str(index)
-    return Path(path) / modality / "X" / name / key
+    from p2g_dask.io._chunks import chunk_key
+
+    return Path(path) / modality / "X" / name / chunk_key(index, meta.get("chunk_key_encoding"))
 
 
 def require_chunks(path: str, modality: str, name: str, first: int = 0, stop: int | None = None) -> int:
@@ -125,11 +125,7 @@ def _read_direct(path: str, modality: str, start: int, stop: int):
         if any(layout is None for layout in layouts.values()):
             return None
         indptr = read_range(layouts["indptr"], start, stop + 1)
-        if indptr.size != stop + 1 - start:
-            return None
         lo, hi = int(indptr[0]), int(indptr[-1])
-        if not 0 <= lo <= hi <= min(layouts["data"].size, layouts["indices"].size):
-            return None
         return read_range(layouts["data"], lo, hi), read_range(layouts["indices"], lo, hi), indptr
     except Exception:  # noqa: BLE001 - any failure: the zarr path reads again and reports it
         return None

@@ -36,8 +36,9 @@ from p2g_dask.tl.peak_to_gene import peak_to_gene  # noqa: E402
 from p2g_dask.tl.gene_scores import gene_scores  # noqa: E402
 __all__ = sorted(_EXPORTS)
 
-# The kernels of peak_to_gene load from numba's cache in the background while the caller reads
-# its data (seconds of a fresh process's first call otherwise); p2g.warm-kernels: false disables.
+# The numba kernels of peak_to_gene, iterative_lsi and the store reader load from numba's cache in
+# the background while the caller reads its data (seconds of a fresh process's first call
+# otherwise); p2g.warm-kernels: false disables.
 from p2g_dask._warm import in_worker_process, warm_in_background  # noqa: E402
 
 warm_in_background()

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
-# At import, not in the first call: scikit-learn takes ~1.5 s to import (scipy.stats with it).
 
 from p2g_dask._logging import logger
 from p2g_dask._variables import check_metacell_params, check_metacells, warn_small_data
