@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._lazy import LazyModule
 from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._variables import check_counts
 from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._sources import is_mudata, require_modality
 from p2g_dask._modality import Modality
 from p2g_dask.io.store import MultiomeStore, is_store, open_store
+
+# Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
+ad = LazyModule("anndata")
 
 
 def _read_path(obj: Any, argument: str = "data") -> Any:

@@ -1,4 +1,5 @@
-"""Lazy attribute export for the namespaces, so each stage's module is imported on first use."""
+"""Lazy attribute export for the namespaces, so each stage's module is imported on first use, and
+lazy stand-ins for heavy dependencies that only some code paths need."""
 
 from __future__ import annotations
 
@@ -18,3 +19,27 @@ def lazy_exports(package: str, exports: dict[str, str]):
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+class LazyModule:
+    """A stand-in for the module ``name``, imported at the first attribute access.
+
+    Dask workers import the tool modules but run only their numeric tasks: reading
+    AnnData/HDF5 files is the client's job, so ``anndata`` and ``h5py`` (~30 MiB per process)
+    are imported where they are first used, not when a worker imports the package.
+
+    Examples
+    --------
+    >>> json = LazyModule("json")
+    >>> json.dumps([1])
+    '[1]'
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"

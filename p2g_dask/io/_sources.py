@@ -10,15 +10,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from p2g_dask._lazy import LazyModule
 from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask._modality import Modality
+
+# Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
+ad = LazyModule("anndata")
+h5py = LazyModule("h5py")
 
 
 def _h5_csr_reader(group: h5py.Group, n_vars: int):

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import dask
 import dask.array as da
 import numpy as np
@@ -29,6 +28,7 @@ import scipy.sparse as sp
 import zarr
 
 import p2g_dask
+from p2g_dask._lazy import LazyModule
 from p2g_dask._atomic import atomic_path
 from p2g_dask._graph import StoreRange, row_bounds, store_array
 from p2g_dask._logging import logger, timed
@@ -38,6 +38,9 @@ from p2g_dask.io._barcodes import common_cells
 from p2g_dask.io._integrity import INTEGRITY_ATTR, check_store_chunks, first_indptr_ok
 from p2g_dask._modality import Modality
 from p2g_dask.io._sources import open_sources
+
+# Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
+ad = LazyModule("anndata")
 
 #: Bytes of CSR (data + indices) per row chunk when none is given.
 DEFAULT_CHUNK_BYTES = 96 * 2**20

@@ -43,8 +43,10 @@ from p2g_dask._warm import in_worker_process, warm_in_background  # noqa: E402
 
 warm_in_background()
 if not in_worker_process():
-    # The metacells' and clusters' kNN (scikit-learn, ~1.5 s to import) and the Leiden clustering
-    # of iterative_lsi (igraph, which imports matplotlib: ~0.5 s) are imported here, not inside a
-    # first call. Dask workers never run them, and skip their ~100 MiB.
+    # The metacells' and clusters' kNN (scikit-learn, ~1.5 s to import), the Leiden clustering
+    # of iterative_lsi (igraph, which imports matplotlib: ~0.5 s) and the AnnData reader (~0.5 s)
+    # are imported here, not inside a first call. Dask workers never run them, and skip their
+    # ~130 MiB.
+    import anndata  # noqa: E402, F401
     import igraph  # noqa: E402, F401
     import sklearn.neighbors  # noqa: E402, F401

@@ -24,13 +24,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from dask.base import tokenize
 
+from p2g_dask._lazy import LazyModule
 from p2g_dask import _graph
 from p2g_dask._atomic import TMP_MARKER, _remove, atomic_path
 from p2g_dask._checkpoint import as_checkpoint
@@ -39,6 +39,9 @@ from p2g_dask.io._fragment_cache import build_fragment_cache
 from p2g_dask.tl._gene_score_graph import score_graph, weight_tasks
 from p2g_dask.tl._gene_score_model import GeneScoreParams, gene_regions
 from p2g_dask.tl._genes import gene_table
+
+# Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
+ad = LazyModule("anndata")
 
 _DEFAULTS = GeneScoreParams()
 UNS_KEY = "gene_scores"
