@@ -86,6 +86,15 @@ class StoreRange(NamedTuple):
         data, indices, indptr = read_block(self.path, self.modality, self.start, self.stop, self.n_vars)
         return Rows(data, indices, indptr, self.n_vars)
 
+    def pieces(self) -> Iterator[tuple[int, int, Rows]]:
+        """The rows as consecutive verified pieces ``(first, stop, rows)`` (rows relative to
+        ``start``): a consumer folding each piece in holds one piece at a time, not the range."""
+        from p2g_dask.io._integrity import read_pieces
+
+        for first, stop, (data, indices, indptr) in read_pieces(self.path, self.modality, self.start, self.stop,
+                                                                self.n_vars):
+            yield first, stop, Rows(data, indices, indptr, self.n_vars)
+
 
 def load(block: Rows | StoreRange) -> Rows:
     """A block's rows: a :class:`StoreRange` is read here (on the worker), :class:`Rows` pass."""

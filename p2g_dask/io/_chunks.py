@@ -78,8 +78,11 @@ def direct_layout(folder: Path, meta: dict) -> DirectLayout | None:
         return None
 
 
-def read_range(layout: DirectLayout, first: int, stop: int) -> np.ndarray:
+def read_range(layout: DirectLayout, first: int, stop: int, carry: dict | None = None) -> np.ndarray:
     """Elements ``first:stop`` of the array, decoded chunk by chunk straight into the result.
+
+    ``carry``, a dict kept by a caller reading consecutive ranges, holds the last partly read
+    chunk, so the chunk two ranges share is decoded (and its checksum checked) once.
 
     Raises ``ValueError`` when the range is outside the array (the last chunk's padding is not
     data) or a chunk's checksum or decoded size is wrong, ``OSError`` when a chunk file cannot be
@@ -93,6 +96,11 @@ def read_range(layout: DirectLayout, first: int, stop: int) -> np.ndarray:
     chunk_bytes = layout.chunk * layout.dtype.itemsize
     scratch = None
     for i in range(first // layout.chunk, math.ceil(stop / layout.chunk)):
+        lo, hi = i * layout.chunk, (i + 1) * layout.chunk
+        a, b = max(lo, first), min(hi, stop)
+        if carry is not None and carry.get("index") == i:
+            out[a - first : b - first] = carry["values"][a - lo : b - lo]
+            continue
         raw = (layout.folder / chunk_key(i, layout.key_encoding)).read_bytes()
         if layout.checksum:
             payload = memoryview(raw)[:-4]
@@ -103,13 +111,13 @@ def read_range(layout: DirectLayout, first: int, stop: int) -> np.ndarray:
         # Bytes 4-7 of a blosc header: the decoded size.
         if len(payload) < 16 or int.from_bytes(payload[4:8], "little") != chunk_bytes:
             raise ValueError(f"chunk {i} decodes to the wrong size")
-        lo, hi = i * layout.chunk, (i + 1) * layout.chunk
         if first <= lo and hi <= stop:  # a whole chunk: decoded in place
             blosc.decompress(payload, out[lo - first : hi - first])
             continue
-        if scratch is None:
+        if scratch is None or carry is not None:
             scratch = np.empty(layout.chunk, dtype=layout.dtype)
         blosc.decompress(payload, scratch)
-        a, b = max(lo, first), min(hi, stop)
         out[a - first : b - first] = scratch[a - lo : b - lo]
+        if carry is not None:
+            carry.update(index=i, values=scratch)
     return out

@@ -8,6 +8,7 @@ cells into the metacells they belong to, and partials are summed ``split_every``
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,11 +36,49 @@ class ColumnBlock(NamedTuple):
     lanes: tuple = ()
 
 
+#: Accumulators a failed summing task left part-added to (by id): a rerun of the task on the
+#: same input (dask ``retries``) must fail, not count the rows already added twice.
+_PART_ADDED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def _add_block(accumulator, block, members, n_metacells, dtype, columns):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
     member_indptr, member_cells = members
-    return metacell_sum_block(_graph.load(block), member_indptr, member_cells, n_metacells, dtype,
-                              out=accumulator, columns=columns)
+    if not isinstance(block, _graph.StoreRange):
+        return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
+                                  columns=columns)
+    if accumulator is not None and _PART_ADDED.get(id(accumulator)) is accumulator:
+        raise RuntimeError("a metacell sum holds rows of a failed earlier attempt of this task; compute the "
+                           "result again from the start (without task retries)")
+    # A store range is read and added piece by piece: the worker holds one ~16 MiB piece, not
+    # the whole ~96 MiB chunk (measured: ~70 MiB less on the ATAC worker on PBMC10k, same speed).
+    given, added = accumulator, False
+    try:
+        for first, stop, rows in block.pieces():
+            accumulator = metacell_sum_block(rows, *rows_of_members(member_indptr, member_cells, first, stop),
+                                             n_metacells, dtype, out=accumulator, columns=columns)
+            added = True
+    except BaseException:
+        if given is not None and added:
+            _PART_ADDED[id(given)] = given
+        raise
+    return accumulator
+
+
+def rows_of_members(member_indptr: np.ndarray, member_cells: np.ndarray, first: int,
+                    stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block membership (CSR, block-local cells) restricted to the block's rows ``first:stop``,
+    with cells renumbered from ``first``.
+
+    Examples
+    --------
+    >>> indptr, cells = rows_of_members(np.array([0, 2, 3]), np.array([0, 3, 2]), 2, 4)
+    >>> indptr.tolist(), cells.tolist()
+    ([0, 1, 2], [1, 0])
+    """
+    keep = (member_cells >= first) & (member_cells < stop)
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    return kept_before[member_indptr].astype(np.int64), (member_cells[keep] - first).astype(np.int64)
 
 
 def default_lanes(client: Any) -> int:
@@ -50,6 +89,21 @@ def default_lanes(client: Any) -> int:
         except Exception:  # noqa: BLE001 - a client without workers yet
             return 2
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def nonzero_shares(*modalities: Any) -> list[float]:
+    """Each modality's fraction of the nonzeros of all: its share of the cluster's lanes when
+    they are summed side by side (``lane_share`` of :func:`membership_sums`).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> nonzero_shares(SimpleNamespace(nnz=30), SimpleNamespace(nnz=10))
+    [0.75, 0.25]
+    """
+    counts = [max(0, int(m.nnz)) for m in modalities]
+    total = sum(counts)
+    return [c / total if total else 1 / len(counts) for c in counts]
 
 
 def block_membership(membership: sp.csc_matrix, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +123,8 @@ def metacell_sums(modality: Modality, neighbours: np.ndarray, **options: Any) ->
     neighbours
         ``(n_metacells, k)`` cell indices (from :func:`p2g_dask.tl.metacells`).
     **options
-        ``chunk_cells``, ``split_every``, ``lanes``, ``block_bytes``, ``dtype``, ``client``:
-        see :func:`membership_sums`.
+        ``chunk_cells``, ``split_every``, ``lanes``, ``lane_share``, ``block_bytes``, ``dtype``,
+        ``client``: see :func:`membership_sums`.
 
     Returns
     -------
@@ -102,8 +156,9 @@ def membership_sums(
     chunk_cells: int | None = None,
     split_every: int = 4,
     lanes: int | None = None,
+    lane_share: float = 1.0,
     block_bytes: int = 256 * 2**20,
-    dtype=np.float32,
+    dtype=None,
     client: Any = None,
     token: str | None = None,
 ) -> tuple[list[ColumnBlock], Delayed]:
@@ -128,10 +183,17 @@ def membership_sums(
     lanes
         Accumulators that chunks are folded into (default: the cluster's worker threads, or
         the local cores up to 4); memory is ``lanes x groups x features``.
+    lane_share
+        This modality's share of those default lanes when others are summed at the same time
+        (:func:`nonzero_shares`; at least one lane): peak_to_gene's ATAC and RNA then each take
+        about half the workers, and each sum is held once or twice instead of once per worker.
     block_bytes
         Largest accumulator: features are summed in column blocks of about this many bytes.
     dtype
-        Accumulator dtype. float32 sums integer counts exactly up to 2**24 per entry.
+        Accumulator dtype. None: exact counts in uint16 while every value is a count and every
+        sum stays under 65,536 (half float32's memory, and faster), promoted to float32 (exactly)
+        where not; float32 in memory without a client. The sums are float32 either way (float32
+        holds integer sums exactly up to 2**24).
     client
         The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
     token
@@ -154,14 +216,17 @@ def membership_sums(
     """
     n_metacells, n_features = int(membership.shape[0]), modality.n_vars
     membership = sp.csc_matrix(membership)
+    # Sizes are planned at float32's (what a promoted accumulator holds).
+    planned = np.dtype(dtype if dtype is not None else np.float32)
     # Column blocks bound the size of every accumulator (so the scheduler can hold or spill
     # them one by one), however many metacells there are.
-    width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * np.dtype(dtype).itemsize))))
+    width = max(1, min(n_features, int(block_bytes // max(1, n_metacells * planned.itemsize))))
     column_blocks = [(c, min(c + width, n_features)) for c in range(0, n_features, width)] or [(0, 0)]
     # In memory on the local scheduler, unless chunks or lanes are asked for: all cores on
     # one buffer per column block (nothing to stream, so nothing to chunk).
     if client is None and lanes is None and chunk_cells is None and modality.store is None and modality.X is not None:
-        return _memory_sums(modality, membership, column_blocks, n_metacells, dtype, token)
+        return _memory_sums(modality, membership, column_blocks, n_metacells, planned.type, token)
+    dtype = np.uint16 if dtype is None else dtype
     # One column block: the summing task reads its rows itself, so no chunk waits in worker
     # memory between a read task and its sum (memory stays flat with cells).
     chunks, bounds = modality.blocks(chunk_cells, fused=len(column_blocks) == 1)
@@ -171,9 +236,11 @@ def membership_sums(
     # tasks that adds one chunk in place: memory is lanes x metacells x features at most,
     # whatever the number of cells.
     if not lanes:
-        # One accumulator per worker thread, fewer when they would hold over ~1 GiB in all.
-        matrix_bytes = n_metacells * n_features * np.dtype(dtype).itemsize
-        lanes = max(1, min(default_lanes(client), int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
+        # One accumulator per worker thread (this modality's share of them), fewer when they
+        # would hold over ~1 GiB in all.
+        matrix_bytes = n_metacells * n_features * planned.itemsize
+        shared = max(1, round(default_lanes(client) * lane_share))
+        lanes = max(1, min(shared, int(max(matrix_bytes, 2**30) // max(1, matrix_bytes))))
     n_lanes = max(1, min(len(chunks), int(lanes)))
     accumulators = [[None] * n_lanes for _ in column_blocks]
     inline = len(column_blocks) == 1
@@ -194,9 +261,7 @@ def membership_sums(
                 dask_key_name=f"p2g-metacell-sum-{tokenize(token, b, i)}",
             )
     blocks = [
-        ColumnBlock(first, stop, _graph.tree_sum(accumulators[b], "metacell-sum-combine", tokenize(token, b),
-                                                 split_every=split_every),
-                    tuple(accumulators[b]) if n_lanes > 1 else ())
+        ColumnBlock(first, stop, _lanes_total(accumulators[b], tokenize(token, b), split_every), tuple(accumulators[b]))
         for b, (first, stop) in enumerate(column_blocks)
     ]
     # Totals from each accumulator's row sums where it lives (m values move, not the sums).
@@ -204,6 +269,28 @@ def membership_sums(
                    for b, lanes_of_block in enumerate(accumulators) for lane, acc in enumerate(lanes_of_block)]
     totals = delayed(_graph.add_arrays, pure=True)(*lane_totals, dask_key_name=f"p2g-metacell-totals-{token}")
     return blocks, totals
+
+
+def _lanes_total(lanes: list, token: str, split_every: int) -> Delayed:
+    # One lane is made float32 too: consumers of a block's sums never see uint16 counts.
+    if len(lanes) == 1:
+        return delayed(add_sums, pure=True)(lanes[0], dask_key_name=f"p2g-metacell-sum-combine-{token}-1-0")
+    return _graph.tree_sum(lanes, "metacell-sum-combine", token, split_every=split_every, combine=add_sums)
+
+
+def add_sums(*parts: np.ndarray) -> np.ndarray:
+    """The total of partial sums in float32 or wider (exact-count uint16 parts are converted).
+
+    Examples
+    --------
+    >>> add_sums(np.array([65535], dtype=np.uint16), np.array([1], dtype=np.uint16))
+    array([65536.], dtype=float32)
+    """
+    dtype = np.result_type(np.float32, *(part.dtype for part in parts))
+    total = parts[0] if len(parts) == 1 and parts[0].dtype == dtype else parts[0].astype(dtype)
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _row_totals(sums: np.ndarray) -> np.ndarray:
@@ -214,19 +301,25 @@ def lane_columns(blocks: list[ColumnBlock], columns: np.ndarray, key: str) -> De
     """A task holding ``columns`` (global positions) of the sums, moving only those columns.
 
     With lanes, each lane's columns are taken where the lane lives and the parts are added;
-    otherwise the columns are taken from the summed blocks.
+    otherwise the columns are taken from the summed blocks. The columns of a single lane keep
+    its dtype, which may be exact-count uint16 (half the bytes to move, no copy): consumers
+    normalise them in float64 (``standardized_features``, ``normalize_log2``).
     """
     needed = blocks_for(blocks, columns)
     starts = [b.first for b in needed]
     if not all(b.lanes for b in needed) or len({len(b.lanes) for b in needed}) != 1:
         return delayed(take_block_columns, pure=True)(columns, starts, *[b.sums for b in needed],
                                                       dask_key_name=key)
+    n_lanes = len(needed[0].lanes)
+    if n_lanes == 1:
+        return delayed(take_block_columns, pure=True)(columns, starts, *[b.lanes[0] for b in needed],
+                                                      dask_key_name=key)
     parts = [
         delayed(take_block_columns, pure=True)(columns, starts, *[b.lanes[lane] for b in needed],
                                                dask_key_name=f"{key}-{lane}")
-        for lane in range(len(needed[0].lanes))
+        for lane in range(n_lanes)
     ]
-    return delayed(_graph.add_arrays, pure=True)(*parts, dask_key_name=key)
+    return delayed(add_sums, pure=True)(*parts, dask_key_name=key)
 
 
 def _memory_sums(modality: Modality, membership: sp.csc_matrix, column_blocks: list[tuple[int, int]],
@@ -262,7 +355,8 @@ def take_block_columns(columns: np.ndarray, block_starts: list[int], *block_sums
     """Columns ``columns`` (global positions) gathered from the column blocks that hold them."""
     columns = np.asarray(columns, dtype=np.int64)
     n_rows = block_sums[0].shape[0] if block_sums else 0
-    out = np.empty((n_rows, columns.size), dtype=block_sums[0].dtype if block_sums else np.float32)
+    out = np.empty((n_rows, columns.size), dtype=np.result_type(*(sums.dtype for sums in block_sums))
+                   if block_sums else np.float32)
     for first, sums in zip(block_starts, block_sums):
         inside = (columns >= first) & (columns < first + sums.shape[1])
         if inside.all() and columns.size and columns[-1] - columns[0] + 1 == columns.size:

@@ -32,6 +32,7 @@ from p2g_dask import _graph
 from p2g_dask._checkpoint import as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask._inputs import obs_names_hash, resolve_input
 from p2g_dask._logging import logger, timed
+from p2g_dask._memory import release_freed_memory
 from p2g_dask._variables import (
     COACCESSIBILITY,
     check_max_distance,
@@ -278,6 +279,7 @@ def co_accessibility(
     with timed("aggregate + correlate", timings):
         table = _assemble(*_graph.compute(graph, client, show_progress), peaks, centres)
     logger.info("co_accessibility: %d ordered pairs, %d with FDR < 0.05", len(table), int((table["fdr"] < 0.05).sum()))
+    release_freed_memory()  # the client gives back what the call freed (see p2g_dask._memory)
     timings["total"] = round(time.perf_counter() - started, 4)
     table.attrs.update({
         "params": params_record(params), "metacells": MetacellMembership(neighbours), "n_cells": int(n_cells),

@@ -25,7 +25,7 @@ from p2g_dask import _graph
 from p2g_dask._inputs import get_obsm, obs_names_hash
 from p2g_dask._logging import logger
 from p2g_dask._variables import check_metacells, params_record, warn_small_data
-from p2g_dask.tl.aggregate import membership_sums
+from p2g_dask.tl.aggregate import membership_sums, nonzero_shares
 from p2g_dask.tl.correlate import correlate_chromosome
 from p2g_dask.tl.metacells import MetacellMembership, metacell_membership
 from p2g_dask.tl.metacells import metacells as compute_metacells
@@ -221,10 +221,11 @@ def grouped_peak_to_gene(
 
     client = _graph.current_client(client)
     token_of = dask.base.tokenize(stacked.indptr, stacked.indices, stacked.shape)
+    atac_share, rna_share = nonzero_shares(atac_mod, rna_mod)  # the workers' lanes, by nonzeros
     atac_blocks, atac_totals = membership_sums(atac_mod, stacked, chunk_cells=chunk_cells, split_every=split_every,
-                                               client=client, token=token_of)
+                                               client=client, token=token_of, lane_share=atac_share)
     rna_blocks, rna_totals = membership_sums(rna_mod, stacked, chunk_cells=chunk_cells, split_every=split_every,
-                                             client=client, token=token_of)
+                                             client=client, token=token_of, lane_share=rna_share)
     token = dask.base.tokenize(atac_totals.key, rna_totals.key, params_record(params), names)
     peak_chrom = peaks["chrom"].to_numpy(dtype=object)
     gene_chrom = genes["chrom"].to_numpy(dtype=object)
