@@ -31,14 +31,15 @@ def _membership(rng, n_groups: int, n_cells: int, size: int) -> sp.csr_matrix:
 def _chained(X: sp.csr_matrix, membership: sp.csr_matrix, cuts: list[int], columns=None) -> np.ndarray:
     """metacell_sum_block over consecutive row blocks into one uint16 accumulator, as a lane does."""
     out = None
+    max_members = int(np.diff(membership.indptr).max())  # over all blocks, as membership_sums gives it
     for start, stop in zip(cuts[:-1], cuts[1:]):
         indptr, cells = aggregate.block_membership(sp.csc_matrix(membership), start, stop)
         out = metacell_sum_block(X[start:stop], indptr, cells, membership.shape[0], np.uint16, out=out,
-                                 columns=columns)
+                                 columns=columns, max_members=max_members)
     return out
 
 
-@pytest.mark.parametrize("high", [5, 3_000, 70_000])
+@pytest.mark.parametrize("high", [5, 3_000, 3_300, 70_000])
 @pytest.mark.parametrize("columns", [None, (7, 61)])
 def test_uint16_accumulator__equals_scipy_and_promotes_exactly(high, columns):
     rng = np.random.default_rng(high)
@@ -50,8 +51,12 @@ def test_uint16_accumulator__equals_scipy_and_promotes_exactly(high, columns):
     if columns is not None:
         expected = expected[:, columns[0] : columns[1]]
     np.testing.assert_array_equal(sums.astype(np.float64), expected)
-    # uint16 while every sum fits; float32 (exact) once one would not.
-    assert sums.dtype == (np.uint16 if expected.max() <= COUNT_MAX else np.float32)
+    # uint16 while every value is at most 65535 // 20 (20 cells per group), so that no sum can
+    # pass 65,535; float32 (exact) from the first block with a larger value.
+    assert sums.dtype == (np.uint16 if X.data.max() <= COUNT_MAX // 20 else np.float32)
+    # Without the bound, a uint16 accumulator is promoted at once.
+    indptr, cells = aggregate.block_membership(sp.csc_matrix(membership), 0, 120)
+    assert metacell_sum_block(X, indptr, cells, 15, np.uint16).dtype == np.float32
 
 
 @pytest.mark.parametrize("values", ["fractional", "negative", "large"])

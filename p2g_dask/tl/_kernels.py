@@ -49,52 +49,18 @@ def _accumulate_csr(member_indptr, member_cells, x_indptr, x_indices, x_data, ou
 COUNT_MAX = 65535
 
 
-@numba.njit(cache=True, nogil=True)
-def _accumulate_exact(member_indptr, member_cells, x_indptr, x_indices, x_data, out, first_col, bisect,
-                      check_columns, metacell_from, t_from, p_from, counts):  # pragma: no cover - jit
-    # _accumulate_csr from a position (metacell_from, member t_from, entry p_from; p_from < 0: the
-    # row's first entry), returning the position of the first add it did not make, or -1s.
-    # ``counts`` (a uint16 ``out``, values known to be counts of 0..65535): stops before any sum
-    # that would exceed 65535, so what it added is exact; otherwise adds in float32.
-    last_col = first_col + out.shape[1]
-    for metacell in range(metacell_from, member_indptr.size - 1):
-        row_out = out[metacell]
-        t_first = t_from if metacell == metacell_from else member_indptr[metacell]
-        for t in range(t_first, member_indptr[metacell + 1]):
-            cell = member_cells[t]
-            start, stop = x_indptr[cell], x_indptr[cell + 1]
-            if bisect:
-                row = x_indices[start:stop]
-                start, stop = start + np.searchsorted(row, first_col), start + np.searchsorted(row, last_col)
-            if metacell == metacell_from and t == t_first and p_from >= 0:
-                start = p_from
-            for p in range(start, stop):
-                column = x_indices[p]
-                if check_columns and (column < first_col or column >= last_col):
-                    continue
-                if counts:
-                    # The values are counts of 0..65535 (checked by the caller): only the sum can overflow.
-                    total = np.uint32(row_out[column - first_col]) + np.uint32(x_data[p])
-                    if total > COUNT_MAX:
-                        return metacell, t, p
-                    row_out[column - first_col] = total
-                else:
-                    row_out[column - first_col] += np.float32(x_data[p])
-    return -1, -1, -1
-
-
-def _are_counts(values: np.ndarray) -> bool:
-    """Whether every value is an integer of 0..65535 (what a uint16 accumulator adds exactly)."""
+def _are_counts(values: np.ndarray, largest: int) -> bool:
+    """Whether every value is an integer of 0..``largest``."""
     if values.size == 0:
         return True
-    if not (0 <= values.min() and values.max() <= COUNT_MAX):
+    if not (0 <= values.min() and values.max() <= largest):
         return False
     return np.issubdtype(values.dtype, np.integer) or bool(np.all(np.floor(values) == values))
 
 
 def metacell_sum_block(
     block, member_indptr: np.ndarray, member_cells: np.ndarray, n_metacells: int, dtype=np.float32,
-    out: np.ndarray | None = None, columns: tuple[int, int] | None = None,
+    out: np.ndarray | None = None, columns: tuple[int, int] | None = None, max_members: int | None = None,
 ) -> np.ndarray:
     """Sum a block of cell rows into metacells without densifying the block.
 
@@ -110,13 +76,16 @@ def metacell_sum_block(
         Rows of the output.
     dtype
         Accumulator dtype when ``out`` is None. ``uint16`` holds exact counts in half the memory
-        of float32: when the block holds a value that is not a count of 0..65535, or at the
-        first sum over 65535, the accumulator is promoted to float32 (exactly: it holds counts)
-        and the sum goes on there.
+        of float32, given ``max_members``; it is promoted to float32 (exactly: it holds counts)
+        before a block with a value that is not a count of ``0..65535 // max_members``.
     out
         An accumulator to add into (in place) instead of a new zero array.
     columns
         ``(first, stop)``: sum only this column block (the output has ``stop - first`` columns).
+    max_members
+        The most cells any metacell has over *all* the blocks added into this accumulator. A
+        uint16 accumulator only ever adds values up to ``65535 // max_members``, so no sum can
+        pass 65,535 and no add needs a check. None: uint16 is promoted at once.
 
     Returns
     -------
@@ -127,9 +96,9 @@ def metacell_sum_block(
     Examples
     --------
     >>> X = sp.csr_matrix(np.array([[1, 0, 2], [3, 4, 0]], dtype=np.int32))
-    >>> metacell_sum_block(X, np.array([0, 2]), np.array([0, 1]), 1, np.uint16).tolist()
+    >>> metacell_sum_block(X, np.array([0, 2]), np.array([0, 1]), 1, np.uint16, max_members=2).tolist()
     [[4, 4, 2]]
-    >>> metacell_sum_block(X * 30000, np.array([0, 2]), np.array([0, 1]), 1, np.uint16).tolist()
+    >>> metacell_sum_block(X * 30000, np.array([0, 2]), np.array([0, 1]), 1, np.uint16, max_members=2).tolist()
     [[120000.0, 120000.0, 60000.0]]
     """
     if not isinstance(block, Rows):
@@ -146,17 +115,9 @@ def metacell_sum_block(
     whole = first == 0 and stop == n_features
     # Sorted column indices (the store writes them sorted) let each row find its block by bisection.
     sorted_rows = whole or _rows_sorted(indptr, indices)
-    if out.dtype == np.uint16 and not _are_counts(data):
-        out = out.astype(np.float32)  # exact: every value it holds is a count
-    if out.dtype == np.uint16:
-        arguments = (member_indptr, member_cells, indptr, indices, data)
-        bisect, check_columns = not whole and sorted_rows, not whole and not sorted_rows
-        stopped = _accumulate_exact(*arguments, out, int(first), bisect, check_columns, 0, member_indptr[0], -1, True)
-        if stopped[0] >= 0:
-            # Every add so far was exact, so float32 holds the same values; the rest adds there.
-            out = out.astype(np.float32)
-            _accumulate_exact(*arguments, out, int(first), bisect, check_columns, *stopped, False)
-        return out
+    if out.dtype == np.uint16 and not (max_members and _are_counts(data, COUNT_MAX // max(1, int(max_members)))):
+        # Exact: a uint16 accumulator has only ever added values below the same bound.
+        out = out.astype(np.float32)
     _accumulate_csr(member_indptr, member_cells, indptr, indices, data, out, int(first), not whole and sorted_rows,
                     whole, out.dtype == np.float32)
     return out

@@ -41,12 +41,12 @@ class ColumnBlock(NamedTuple):
 _PART_ADDED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _add_block(accumulator, block, members, n_metacells, dtype, columns):
+def _add_block(accumulator, block, members, n_metacells, dtype, columns, max_members=None):
     # The accumulator's only dependent is this task, so adding in place is safe and saves a copy.
     member_indptr, member_cells = members
     if not isinstance(block, _graph.StoreRange):
         return metacell_sum_block(block, member_indptr, member_cells, n_metacells, dtype, out=accumulator,
-                                  columns=columns)
+                                  columns=columns, max_members=max_members)
     if accumulator is not None and _PART_ADDED.get(id(accumulator)) is accumulator:
         raise RuntimeError("a metacell sum holds rows of a failed earlier attempt of this task; compute the "
                            "result again from the start (without task retries)")
@@ -56,7 +56,8 @@ def _add_block(accumulator, block, members, n_metacells, dtype, columns):
     try:
         for first, stop, rows in block.pieces():
             accumulator = metacell_sum_block(rows, *rows_of_members(member_indptr, member_cells, first, stop),
-                                             n_metacells, dtype, out=accumulator, columns=columns)
+                                             n_metacells, dtype, out=accumulator, columns=columns,
+                                             max_members=max_members)
             added = True
     except BaseException:
         if given is not None and added:
@@ -190,10 +191,11 @@ def membership_sums(
     block_bytes
         Largest accumulator: features are summed in column blocks of about this many bytes.
     dtype
-        Accumulator dtype. None: exact counts in uint16 while every value is a count and every
-        sum stays under 65,536 (half float32's memory, and faster), promoted to float32 (exactly)
-        where not; float32 in memory without a client. The sums are float32 either way (float32
-        holds integer sums exactly up to 2**24).
+        Accumulator dtype. None: exact counts in uint16 (half float32's memory, and faster) while
+        every value is a count of at most ``65535 // cells of the largest group`` (655 for
+        metacells of 100 cells), so no sum can pass 65,535; promoted to float32 (exactly) before
+        the first chunk that has a larger or non-count value; float32 in memory without a
+        client. The sums are float32 either way (exact for integer sums up to 2**24).
     client
         The ``distributed.Client`` the graph will run on (sets the default lanes), or None.
     token
@@ -216,6 +218,8 @@ def membership_sums(
     """
     n_metacells, n_features = int(membership.shape[0]), modality.n_vars
     membership = sp.csc_matrix(membership)
+    # Exact uint16 sums add values up to 65535 // (the largest group's cells) only.
+    max_members = int(np.diff(sp.csr_matrix(membership).indptr).max(initial=0))
     # Sizes are planned at float32's (what a promoted accumulator holds).
     planned = np.dtype(dtype if dtype is not None else np.float32)
     # Column blocks bound the size of every accumulator (so the scheduler can hold or spill
@@ -257,7 +261,7 @@ def membership_sums(
         lane = i % n_lanes
         for b, columns in enumerate(column_blocks):
             accumulators[b][lane] = delayed(_add_block, pure=True)(
-                accumulators[b][lane], chunk, members, n_metacells, dtype, columns,
+                accumulators[b][lane], chunk, members, n_metacells, dtype, columns, max_members,
                 dask_key_name=f"p2g-metacell-sum-{tokenize(token, b, i)}",
             )
     blocks = [
