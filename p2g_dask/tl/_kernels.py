@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy import special
 
 from p2g_dask._graph import Rows
@@ -95,6 +94,7 @@ def metacell_sum_block(
 
     Examples
     --------
+    >>> import scipy.sparse as sp
     >>> X = sp.csr_matrix(np.array([[1, 0, 2], [3, 4, 0]], dtype=np.int32))
     >>> metacell_sum_block(X, np.array([0, 2]), np.array([0, 1]), 1, np.uint16, max_members=2).tolist()
     [[4, 4, 2]]
