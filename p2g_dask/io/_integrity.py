@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from p2g_dask._errors import InputFileError
-from p2g_dask.io._chunks import chunk_key, read_range
+from p2g_dask.io._chunks import chunk_key, direct_layout, read_range
 
 #: Root attribute of a store whose count arrays carry a crc32c checksum per chunk.
 INTEGRITY_ATTR = "p2g_integrity"
@@ -101,16 +101,24 @@ def read_block(path: str, modality: str, start: int, stop: int, n_vars: int):
         lo, hi = int(indptr[0]), int(indptr[-1])
     else:
         data, indices, indptr, lo, hi = _read_through_zarr(path, modality, start, stop)
+    indptr = indptr - lo
+    _require_csr(path, modality, start, stop, indptr, indices, n_vars)
+    return data, indices, indptr
+
+
+def _require_csr(path: str, modality: str, start: int, stop: int, indptr: np.ndarray, indices: np.ndarray,
+                 n_vars: int) -> None:
+    """Raise :class:`InputFileError` when rows ``start:stop`` (``indptr`` rebased to 0) break the CSR format."""
+    nnz = indices.size if indptr.size == 0 else int(indptr[-1])
+    # One compiled pass decides; only a failing block pays for the numpy check that names the problem.
+    if _csr_block_ok(indptr, indices, n_vars, nnz):
+        return
     from p2g_dask._variables import csr_block_problem
 
-    indptr = indptr - lo
-    # One compiled pass decides; only a failing block pays for the numpy check that names the problem.
-    problem = None if _csr_block_ok(indptr, indices, n_vars, hi - lo) else csr_block_problem(indptr, indices, n_vars,
-                                                                                              hi - lo)
+    problem = csr_block_problem(indptr, indices, n_vars, nnz)
     if problem:
         raise InputFileError("store", path, f"is damaged: rows {start}-{stop} of {modality}/X break the CSR "
                              f"format ({problem})", _FIX)
-    return data, indices, indptr
 
 
 #: Entries per piece of :func:`read_pieces` (16 MiB of int32 data and indices).
@@ -136,10 +144,11 @@ def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, ma
             indptr = read_range(layouts["indptr"], start, stop + 1)
         except Exception:  # noqa: BLE001 - read_block reads again and reports it
             indptr = None
-    if indptr is None or indptr.size < 2 or int(indptr[-1]) - int(indptr[0]) <= max_entries:
+    if indptr is None or indptr.size < 2:
         yield 0, stop - start, read_block(path, modality, start, stop, n_vars)
         return
-    # Row cuts every ~max_entries entries (a row longer than that is a piece of its own).
+    # Row cuts every ~max_entries entries (a row longer than that is a piece of its own; a range
+    # of fewer entries is one piece).
     targets = np.arange(int(indptr[0]) + max_entries, int(indptr[-1]), max_entries)
     cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets, side="right") - 1, [stop - start]]))
     carries = {"data": {}, "indices": {}}
@@ -152,19 +161,12 @@ def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, ma
             yield first, stop - start, read_block(path, modality, start + first, stop, n_vars)
             return
         piece_indptr = indptr[first : last + 1] - lo
-        if not _csr_block_ok(piece_indptr, indices, n_vars, hi - lo):
-            from p2g_dask._variables import csr_block_problem
-
-            problem = csr_block_problem(piece_indptr, indices, n_vars, hi - lo)
-            raise InputFileError("store", path, f"is damaged: rows {start + first}-{start + last} of {modality}/X "
-                                 f"break the CSR format ({problem})", _FIX)
+        _require_csr(path, modality, start + first, start + last, piece_indptr, indices, n_vars)
         yield first, last, (data, indices, piece_indptr)
 
 
 def _direct_layouts(path: str, modality: str) -> dict | None:
     """The direct layouts of the three arrays of ``<modality>/X``, or None when one is not readable so."""
-    from p2g_dask.io._chunks import direct_layout
-
     try:
         layouts = {name: direct_layout(Path(path) / modality / "X" / name, _array_meta(path, modality, name))
                    for name in X_ARRAYS}

@@ -25,9 +25,9 @@ from p2g_dask.tl.metacells import metacell_membership
 class ColumnBlock(NamedTuple):
     """Metacell sums of the feature columns ``first:stop`` (a lazy m x (stop - first) array).
 
-    ``lanes`` are the partial sums (accumulators) whose total is ``sums``, when there are
-    several: a consumer of a few columns can take them from each lane where it lives and add
-    them, so the whole block never moves between workers.
+    ``lanes`` are the partial sums (accumulators, possibly exact-count uint16) whose total is
+    ``sums``: a consumer of a few columns can take them from each lane where it lives and add
+    them, so the whole block never moves between workers. Empty when the sums were checkpointed.
     """
 
     first: int
