@@ -124,8 +124,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from p2g_dask._logging import enable_console_logging
-    from p2g_dask.io._fragment_cache import build_fragment_cache
-    from p2g_dask.tl.pseudobulk import pseudobulk_with_fragments
+    from p2g_dask.io.fragment_cache import build_fragment_cache
+    from p2g_dask.tl.pseudobulk.pseudobulk import pseudobulk_with_fragments
 
     enable_console_logging(logging.INFO)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="p2g-bench-bigwig-", dir="/tmp"))

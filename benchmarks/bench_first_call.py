@@ -26,7 +26,7 @@ def prepare(folder: Path, n_fragments: int) -> None:
         return
     from bench_bigwig import SIMULATED, make_fragments
 
-    from p2g_dask.io._fragment_cache import build_fragment_cache
+    from p2g_dask.io.fragment_cache import build_fragment_cache
 
     folder.mkdir(parents=True, exist_ok=True)
     obs, chrom_sizes = make_fragments(folder / "fragments.tsv.gz", n_fragments=n_fragments, n_cells=5_000,
@@ -41,7 +41,7 @@ def run_path(folder: Path) -> None:
     import pandas as pd
 
     from p2g_dask.cluster import close_cluster, start_cluster
-    from p2g_dask.tl.pseudobulk import pseudobulk_with_fragments
+    from p2g_dask.tl.pseudobulk.pseudobulk import pseudobulk_with_fragments
 
     obs = pd.read_parquet(folder / "obs.parquet")
     kw = dict(chromsizes=json.loads((folder / "chrom_sizes.json").read_text()), cluster_key="group",

@@ -71,7 +71,7 @@ def step_generate(work: Path, n_fragments: int, n_cells: int) -> dict:
 
 
 def step_parse(work: Path) -> dict:
-    from p2g_dask.io._fragment_cache import build_fragment_cache
+    from p2g_dask.io.fragment_cache import build_fragment_cache
 
     shutil.rmtree(work / "cache" / "bench", ignore_errors=True)
     cache = build_fragment_cache(work / "fragments.tsv.gz", work / "cache" / "bench")
@@ -106,7 +106,7 @@ def step_baseline(work: Path, genes_path: str) -> dict:
     import pandas as pd
     import scipy.sparse as sp
 
-    from p2g_dask.tl._gene_score_model import GeneScoreParams, gene_regions, tile_weights
+    from p2g_dask.tl.scores._model import GeneScoreParams, gene_regions, tile_weights
 
     t0 = time.perf_counter()
     p = GeneScoreParams()

@@ -22,7 +22,7 @@ from unittest import mock
 import zarr
 
 import p2g_dask as p2g
-from p2g_dask.io import store as store_module
+from p2g_dask.io import _write as store_module
 from p2g_dask.io._integrity import read_block
 
 

@@ -44,7 +44,9 @@ import zarr
 import p2g_dask
 from p2g_dask._atomic import atomic_path, check_overwrite
 from p2g_dask._logging import enable_console_logging, logger
-from p2g_dask.io.store import _compressors, chunk_cells_for, open_store, zarr_write_settings
+from p2g_dask.io.blocks import chunk_cells_for
+from p2g_dask.io._write import _compressors, zarr_write_settings
+from p2g_dask.io.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from p2g_atlas_model import UNIT_CELLS, AtlasModel, build_model, draw_counts, simulate_cells  # noqa: E402

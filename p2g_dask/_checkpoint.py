@@ -344,7 +344,7 @@ def modality_token(modality: Any) -> str:
     Examples
     --------
     >>> import numpy as np, pandas as pd, scipy.sparse as sp
-    >>> from p2g_dask._inputs import Modality
+    >>> from p2g_dask.io.inputs import Modality
     >>> X = sp.csr_matrix(np.eye(3))
     >>> a = Modality("atac", pd.DataFrame(index=list("abc")), pd.DataFrame(index=list("xyz")), X=X)
     >>> b = Modality("atac", pd.DataFrame(index=list("abc")), pd.DataFrame(index=list("xyz")), X=X.copy())

@@ -131,7 +131,7 @@ class _Run:
         params = dict(self.config.get("pseudobulk") or {})
         params.setdefault("cache_fragments", str(self.out / "fragment_cache"))
         self.bigwigs = pseudobulk_with_fragments(
-            self.store_path, chromsizes=self.inputs["chrom_sizes"], path_to_fragments=self.inputs["fragments"],
+            self.store_path, chrom_sizes=self.inputs["chrom_sizes"], fragments=self.inputs["fragments"],
             bigwig_path=str(self.out / "bigwig"), client=self.client, show_progress=self.progress,
             overwrite=self.overwrite, **params,
         )
@@ -142,16 +142,19 @@ class _Run:
 
         options = dict(self.config.get("plots") or {})
         genes = options.pop("genes", []) or []
-        group_by = options.pop("group_by", None)
+        groupby = options.pop("groupby", None)
+        if "group_by" in options:  # the plots' old name of groupby (renamed in 0.2)
+            logger.warning("config plots: group_by is renamed groupby; group_by will stop working in the next release")
+            groupby = options.pop("group_by")
         want_summary = options.pop("summary", True)
         want_heatmap = options.pop("heatmap", True)
         # The style applies to these figures only (drawn and saved inside the context), never
         # to the caller's global matplotlib rcParams.
         with plot_style():
-            written = self._draw_plots(genes, group_by, want_summary, want_heatmap, options)
+            written = self._draw_plots(genes, groupby, want_summary, want_heatmap, options)
         self.record["outputs"]["plots"] = written
 
-    def _draw_plots(self, genes: list, group_by: str | None, want_summary: bool, want_heatmap: bool,
+    def _draw_plots(self, genes: list, groupby: str | None, want_summary: bool, want_heatmap: bool,
                     options: dict) -> list[str]:
         from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
 
@@ -160,12 +163,12 @@ class _Run:
             fig, _ = plot_link_summary(self.links)
             written.append(_save_figure(fig, self.out / "link_summary.png", self.overwrite))
         for gene in genes:
-            coverage = {"bigwig_files": self.bigwigs} if self.bigwigs else {"group_by": group_by}
+            coverage = {"bigwig_files": self.bigwigs} if self.bigwigs else {"groupby": groupby}
             fig, _ = plot_peak2gene(self.store_path, gene=gene, links=self.links, gene_annotation=self.genes,
                                     exon_annotation=self.exons if len(self.exons) else None, **coverage, **options)
             written.append(_save_figure(fig, self.out / f"browser_{gene}.png", self.overwrite))
-        if want_heatmap and group_by:
-            fig, _ = plot_peak2gene_heatmap(self.store_path, links=self.links, group_by=group_by)
+        if want_heatmap and groupby:
+            fig, _ = plot_peak2gene_heatmap(self.store_path, links=self.links, groupby=groupby)
             written.append(_save_figure(fig, self.out / "peak2gene_heatmap.png", self.overwrite))
         return written
 

@@ -60,7 +60,7 @@ LINKS = TableSchema("links", (
     Column("var_q_atac", "f", "variance quantile of the peak"),
     Column("var_q_rna", "f", "variance quantile of the gene"),
 ), fix="pass the table returned by p2g.tl.peak_to_gene (or read by p2g.io.read_links)")
-#: Columns of the links table of :func:`p2g_dask.tl.peak_to_gene`, in order.
+#: Columns of the links table of :func:`p2g_dask.tl.links.peak_to_gene`, in order.
 LINK_COLUMNS = LINKS.names
 #: Links per group (``peak_to_gene(..., groupby=...)``): a ``group`` column, then the links columns.
 GROUP_LINKS = TableSchema("group links", (Column("group", "O", "the group (obs value) whose metacells gave r"),)
@@ -180,7 +180,7 @@ def check_counts(x, subject: str, *, obs_names=None, first_row: int = 0) -> None
     Parameters
     ----------
     x
-        A scipy sparse matrix, a :class:`p2g_dask._graph.Rows` block or a numpy array; other
+        A scipy sparse matrix, a :class:`p2g_dask.io.blocks.Rows` block or a numpy array; other
         (lazy, backed) matrices are not checked here.
     subject
         Starts the message, e.g. ``"atac counts contain"`` or ``"X holds"``.
@@ -397,11 +397,47 @@ def check_params(checks) -> None:
             raise ValueError(message)
 
 
-def params_record(params) -> dict:
-    """A parameters dataclass as a plain dict (``dataclasses.asdict``) for attrs / uns records."""
+def params_record(params, *, uns: bool = False) -> dict:
+    """A parameters dataclass as a plain dict: the one record of every tool's parameters.
+
+    Parameters
+    ----------
+    params
+        A tool's parameters dataclass.
+    uns
+        Make it storable in an AnnData / store ``uns`` (which cannot hold None or ragged
+        tuples): None values are left out, tuples of numbers become arrays and other tuples
+        lists of strings (e.g. ``("chr1", 0, 10)`` -> ``"chr1:0-10"`` for intervals).
+
+    Returns
+    -------
+    dict
+        ``field -> value`` in field order.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> P = dataclasses.make_dataclass("P", [("seed", int), ("chunk", object), ("q", tuple)], frozen=True)
+    >>> params_record(P(1, None, (0.1, 0.9)))
+    {'seed': 1, 'chunk': None, 'q': (0.1, 0.9)}
+    >>> params_record(P(1, None, (0.1, 0.9)), uns=True)
+    {'seed': 1, 'q': array([0.1, 0.9])}
+    """
     import dataclasses
 
-    return dataclasses.asdict(params)
+    record = dataclasses.asdict(params)
+    if not uns:
+        return record
+    import numpy as np
+
+    def storable(value):
+        if not isinstance(value, (tuple, list)):
+            return value
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+            return np.asarray(value, dtype=float if any(isinstance(v, (float, np.floating)) for v in value) else int)
+        return [f"{v[0]}:{v[1]}-{v[2]}" if isinstance(v, (tuple, list)) and len(v) == 3 else str(v) for v in value]
+
+    return {k: storable(v) for k, v in record.items() if v is not None}
 
 
 def params_token(params, stage: str | None = None) -> str:

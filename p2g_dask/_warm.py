@@ -22,11 +22,11 @@ from p2g_dask._logging import logger
 WARM_MODULES = (
     "p2g_dask.tl",
     "p2g_dask.io",
-    "p2g_dask.tl._kernels",
-    "p2g_dask.tl._lsi_kernels",
-    "p2g_dask.tl._lsi_stream",
-    "p2g_dask.tl._cluster_cells",
-    "p2g_dask.tl._coverage",
+    "p2g_dask.tl.engine.kernels",
+    "p2g_dask.tl.lsi._kernels",
+    "p2g_dask.tl.lsi._stream",
+    "p2g_dask.tl.lsi._clusters",
+    "p2g_dask.tl.pseudobulk._coverage",
     "p2g_dask.io._bigwig_writer",
     "p2g_dask.io._integrity",
     "p2g_dask.io._chunks",
@@ -53,7 +53,7 @@ def load_cached_kernels(module: ModuleType) -> int:
 
     Examples
     --------
-    >>> import p2g_dask.tl._kernels as kernels
+    >>> import p2g_dask.tl.engine.kernels as kernels
     >>> load_cached_kernels(kernels) >= 0
     True
     """
@@ -92,7 +92,7 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
 
     Examples
     --------
-    >>> "p2g_dask.tl._kernels" in warm(("p2g_dask.tl._kernels",))
+    >>> "p2g_dask.tl.engine.kernels" in warm(("p2g_dask.tl.engine.kernels",))
     True
     """
     seconds = {}
@@ -111,7 +111,7 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
 
 #: Loaded by :func:`warm_in_background` when :mod:`p2g_dask.tl` is imported: the kernels of
 #: peak_to_gene, iterative_lsi (and its clustering) and the store reader.
-BACKGROUND_MODULES = ("p2g_dask.tl._kernels", "p2g_dask.tl._lsi_kernels", "p2g_dask.tl._cluster_cells",
+BACKGROUND_MODULES = ("p2g_dask.tl.engine.kernels", "p2g_dask.tl.lsi._kernels", "p2g_dask.tl.lsi._clusters",
                       "p2g_dask.io._integrity")
 
 

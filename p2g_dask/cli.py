@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
+
 from p2g_dask._logging import enable_console_logging, logger
 
 
@@ -54,8 +56,8 @@ def demo_config(out: Path, inputs: dict, workers: int) -> dict:
         "iterative_lsi": {"n_components": 30, "var_features": 10_000, "sample_cells_pre": 10_000, "seed": 1},
         "peak_to_gene": {"n_metacells": 500, "k_neighbors": 100, "max_distance": 250_000, "seed": 1},
         "filter_links": {"cor_cutoff": 0.45, "fdr_cutoff": 1e-4},
-        "pseudobulk": {"cluster_key": "cell_type", "executor": "dask"},
-        "plots": {"genes": [inputs["gene"]], "group_by": "cell_type"},
+        "pseudobulk": {"groupby": "cell_type", "executor": "dask"},
+        "plots": {"genes": [inputs["gene"]], "groupby": "cell_type"},
     }
 
 
@@ -83,7 +85,7 @@ def _demo_atac_only(out: Path, inputs: dict, quiet: bool) -> int:
     recall = planted_recall(links, pd.read_csv(paths["truth.tsv"], sep="\t"))
     p2g.pl.plot_set()
     fig, _ = p2g.pl.plot_peak2gene(atac, gene=inputs["gene"], links=links, gene_annotation=genes,
-                                   exon_annotation=exons, group_by="cell_type")
+                                   exon_annotation=exons, groupby="cell_type")
     plot = _save_figure(fig, out / f"browser_{inputs['gene']}.png", overwrite=True)
     print(f"gene scores: {out / 'gene_scores.h5ad'} ({scores.n_obs} cells x {scores.n_vars} genes)")
     print(f"links (gene scores as the gene side): {out / 'links.parquet'} ({len(links):,} pairs, "
@@ -155,7 +157,7 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
     fragments = dict(item.split("=", 1) if "=" in item else (Path(item).name.split(".")[0], item)
                      for item in args.fragments)
     written = pseudobulk_with_fragments(
-        args.input, chromsizes=args.chrom_sizes, cluster_key=args.cluster_key, path_to_fragments=fragments,
+        args.input, chrom_sizes=args.chrom_sizes, groupby=args.cluster_key, fragments=fragments,
         bigwig_path=args.out, bigwig_strategy=args.strategy, normalize_bigwig=not args.raw,
         cache_fragments=args.cache, n_jobs=args.jobs, bin_size=args.bin_size, overwrite=args.overwrite,
         show_progress=not args.quiet, bigwig_writer=args.writer,
@@ -166,7 +168,7 @@ def cmd_bigwig(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from p2g_dask.io._integrity import verify_store
+    from p2g_dask.io.verify import verify_store
 
     print(f"{args.store}: {verify_store(args.store)}")
     return 0
@@ -186,7 +188,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     with plot_style():
         fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
-                                exon_annotation=exons if len(exons) else None, group_by=args.group_by,
+                                exon_annotation=exons if len(exons) else None, groupby=args.group_by,
                                 bigwig_files=bigwigs, fdr_cutoff=args.fdr_cutoff, cor_cutoff=args.cor_cutoff,
                                 positive_only=args.positive_only)
         with atomic_path(args.out, overwrite=args.overwrite, argument="--out") as tmp:
@@ -370,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     enable_console_logging(30 if args.quiet else 20)
     try:
-        with sigterm_as_interrupt():
+        # Each stage of a command is announced on its own line: its progress bar follows at once.
+        with sigterm_as_interrupt(), dask.config.set({"p2g.progress-after": 0}):
             return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as err:
         if args.debug:

@@ -14,7 +14,7 @@ Config sections (all but ``inputs`` and ``output`` optional)::
     pseudobulk:    pseudobulk_with_fragments parameters (needs inputs.fragments, inputs.chrom_sizes)
     gene_scores:   gene_scores parameters (needs inputs.fragments and inputs.gene_annotation); written
                    into the store; peak_to_gene uses them with peak_to_gene.gene_obsm: <key_added>
-    plots:         genes (list), group_by, and plot_peak2gene options
+    plots:         genes (list), groupby, and plot_peak2gene options
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
               "mod_atac", "mod_rna", "truth")
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
-                    "path_to_fragments", "chromsizes", "bigwig_path", "show", "ax", "gene", "overwrite",
+                    "path_to_fragments", "chromsizes", "fragments", "chrom_sizes", "bigwig_path", "show", "ax", "gene", "overwrite",
                     "show_progress", "mod_atac", "mod_rna"}
-_PLOT_KEYS = ("genes", "group_by", "summary", "heatmap")
+_PLOT_KEYS = ("genes", "groupby", "group_by", "summary", "heatmap")
 VERSIONED = ("p2g_dask", "dask", "distributed", "dask-jobqueue", "zarr", "anndata", "mudata", "numpy", "scipy",
              "pandas", "scikit-learn", "pybigtools", "pyarrow", "numba", "matplotlib")
 
@@ -56,8 +56,9 @@ def _check_keys(section: str, given: Mapping, allowed) -> None:
 
 
 def _function_keys(function: Callable) -> set[str]:
-    # Old names of renamed arguments stay valid config keys for one release (they warn when used).
-    old_names = set(getattr(function, "renamed_arguments", {}))
+    # Old names of renamed arguments stay valid config keys for one release (they warn when used);
+    # epione's aliases stay valid for good.
+    old_names = set(getattr(function, "renamed_arguments", {})) | set(getattr(function, "argument_aliases", {}))
     return (set(inspect.signature(function).parameters) | old_names) - _SET_BY_PIPELINE
 
 

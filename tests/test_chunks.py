@@ -11,7 +11,7 @@ import zarr
 import p2g_dask as p2g
 from p2g_dask.io import _integrity
 from p2g_dask.io._chunks import direct_layout, read_range
-from p2g_dask.io.store import _compressors
+from p2g_dask.io._write import _compressors
 
 
 def _array(tmp_path, values: np.ndarray, chunk: int, compressors=None):

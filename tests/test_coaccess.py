@@ -95,7 +95,7 @@ def test_co_accessibility__local_cluster_equals_synchronous(tiny, local_client):
     on_cluster = p2g.tl.co_accessibility(atac, metacells=neighbours, max_distance=MAX_DISTANCE, client=local_client)
     pd.testing.assert_frame_equal(sync, on_cluster)
     keys = set(local_client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.task_prefixes]))
-    assert {"p2g-coaccessibility-pairs", "p2g-coaccessibility-table"} <= keys
+    assert {"p2g-columns", "p2g-correlate"} <= keys
 
 
 def test_co_accessibility__same_metacells_as_peak_to_gene(tiny):

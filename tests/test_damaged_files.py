@@ -195,7 +195,7 @@ def test_store__damaged_chunk_named_in_memory_and_on_cluster(real, tmp_path, how
     # On the cluster: the store is opened intact and damaged afterwards (a deleted chunk is then
     # caught by the read of the worker, not by the opening).
     from p2g_dask import _graph
-    from p2g_dask._inputs import resolve_input
+    from p2g_dask.io.inputs import resolve_input
 
     shutil.rmtree(path)
     shutil.copytree(real["store"], path)
@@ -236,7 +236,7 @@ def test_store__previous_format_without_checksums_opens(real, tmp_path):
     meta["attributes"].pop("p2g_integrity")
     meta["attributes"]["p2g_dask_version"] = "0.0.9"
     meta_file.write_text(json.dumps(meta))
-    from p2g_dask.io._integrity import verify_store
+    from p2g_dask.io.verify import verify_store
 
     assert verify_store(path).startswith("no checksums (written by p2g_dask 0.0.9)")
     store = p2g.io.open_store(path)
@@ -259,7 +259,7 @@ def test_store__damaged_csr_block_named(real, tmp_path):
 def test_store__folder_not_a_store(tmp_path):
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(InputFileError, match="not a p2g store"):
-        from p2g_dask._inputs import resolve_input
+        from p2g_dask.io.inputs import resolve_input
 
         resolve_input(str(tmp_path / "x.zarr"))
 

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import p2g_dask as p2g  # noqa: E402
-from p2g_dask.tl.differential import effective_metacells  # noqa: E402
+from p2g_dask.tl.links.differential import effective_metacells  # noqa: E402
 
 
 def _links():

@@ -11,12 +11,14 @@ import scipy.sparse as sp
 
 import p2g_dask as p2g
 from p2g_dask import _graph
+from p2g_dask.io.blocks import StoreRange
 from p2g_dask._errors import InputFileError
-from p2g_dask._inputs import Modality, resolve_input
+from p2g_dask.io.inputs import Modality, resolve_input
 from p2g_dask.io import _chunks, _integrity
-from p2g_dask.tl import aggregate
-from p2g_dask.tl._kernels import COUNT_MAX, metacell_sum_block
-from p2g_dask.tl.metacells import metacell_membership
+from p2g_dask.tl.engine import accumulate as aggregate
+from p2g_dask.tl.engine.columns import lane_columns
+from p2g_dask.tl.engine.kernels import COUNT_MAX, metacell_sum_block
+from p2g_dask.tl.engine.metacells import metacell_membership
 
 
 def _neighbours(rng, n_groups: int, n_cells: int, size: int) -> np.ndarray:
@@ -106,7 +108,7 @@ def test_rows_of_members__equals_slicing_the_membership():
 
 @pytest.fixture(scope="module")
 def piece_store(tmp_path_factory):
-    from p2g_dask.io import store as store_module
+    from p2g_dask.io import _write as store_module
 
     sim = p2g.datasets.simulate_multiome(n_cells=400, n_peaks=3000, n_genes=80, n_linked_genes=4, seed=5)
     path = tmp_path_factory.mktemp("pieces") / "s.zarr"
@@ -144,7 +146,7 @@ def test_add_block__store_pieces_equal_the_whole_block_and_a_damaged_piece_is_no
     atac, _, _ = resolve_input(store.path)
     membership = sp.csc_matrix(_membership(np.random.default_rng(4), 20, atac.n_obs, 30))
     members = aggregate.block_membership(membership, 0, atac.n_obs)
-    rows = _graph.StoreRange(store.path, "atac", 0, atac.n_obs, atac.n_vars)
+    rows = StoreRange(store.path, "atac", 0, atac.n_obs, atac.n_vars)
     monkeypatch.setattr(_integrity, "PIECE_ENTRIES", 4_000)
     sums = aggregate._add_block(None, rows, members, 20, np.uint16, (0, atac.n_vars))
     expected = (membership @ sp.csr_matrix(sim.atac.X).astype(np.float64)).toarray()
@@ -180,10 +182,10 @@ def test_membership_sums__store_lanes_hold_exact_counts_and_sums_are_float32(pie
     np.testing.assert_array_equal(totals, expected.sum(axis=1))
     # A single lane's columns keep uint16 (no copy, half the bytes to move); normalised, they
     # give the same standardised values as float sums.
-    from p2g_dask.tl._kernels import standardized_features
+    from p2g_dask.tl.engine.kernels import standardized_features
 
     one, one_totals = aggregate.metacell_sums(atac, neighbours, chunk_cells=150, lanes=1)
-    columns = dask.compute(aggregate.lane_columns(one, np.arange(10, 50), "cols"), scheduler="sync")[0]
+    columns = dask.compute(lane_columns(one, np.arange(10, 50), "cols"), scheduler="sync")[0]
     assert columns.dtype == np.uint16
     np.testing.assert_array_equal(standardized_features(columns, expected.sum(axis=1))[0],
                                   standardized_features(expected[:, 10:50], expected.sum(axis=1))[0])

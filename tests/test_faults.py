@@ -29,7 +29,7 @@ import p2g_dask as p2g
 from p2g_dask._atomic import TMP_MARKER
 from p2g_dask.datasets import simulate_multiome
 
-ATOMIC_USERS = ("p2g_dask.io.store", "p2g_dask.io.links", "p2g_dask.tl._bigwig", "p2g_dask._stages", "p2g_dask.pipeline")
+ATOMIC_USERS = ("p2g_dask.io.store", "p2g_dask.io.links", "p2g_dask.tl.pseudobulk._bigwig", "p2g_dask._stages", "p2g_dask.pipeline")
 OUTPUTS = {"store": "store.zarr", "parquet": "links.parquet", "bigwig": "g.bw", "png": "plot.png", "runjson": "run.json"}
 
 # Writes each output once; the patched atomic_path stops after the temporary output is complete.
@@ -56,7 +56,7 @@ WRITER_SCRIPT = textwrap.dedent('''
     def store(partial=False):
         from p2g_dask.datasets import simulate_multiome
         from p2g_dask.io import ingest
-        import p2g_dask.io.store as st
+        import p2g_dask.io._write as st
         if partial:  # stop after the first block of cells is written: a half-written store
             seen, check = [], st._validate_block
             def slow_check(*a):
@@ -73,8 +73,8 @@ WRITER_SCRIPT = textwrap.dedent('''
         write_links(pd.DataFrame({{"peak": ["chr1:1-5"], "gene": ["A"], "correlation": [0.5]}}), out / "links.parquet")
 
     def bigwig():
-        from p2g_dask.tl._bigwig import write_bigwig
-        from p2g_dask.tl._coverage import Runs
+        from p2g_dask.tl.pseudobulk._bigwig import write_bigwig
+        from p2g_dask.tl.pseudobulk._coverage import Runs
         write_bigwig(out / "g.bw", {{"chr1": 1000}}, {{"chr1": Runs(np.array([10]), np.array([20]), np.array([3]))}})
 
     def png():
@@ -174,7 +174,7 @@ def test_cli_main__sigterm_during_ingest(tmp_path):
     sim.rna.write_h5ad(tmp_path / "rna.h5ad")
     code = textwrap.dedent(f'''
         import sys, time
-        import p2g_dask.io.store as st
+        import p2g_dask.io._write as st
         from p2g_dask import cli
         check = st._validate_block
         def slow(*a):
@@ -221,8 +221,8 @@ def _write(name, out, sim):
     elif name == "parquet":
         p2g.io.write_links(pd.DataFrame({"peak": ["chr1:1-5"], "gene": ["A"]}), out / OUTPUTS[name])
     elif name == "bigwig":
-        from p2g_dask.tl._bigwig import write_bigwig
-        from p2g_dask.tl._coverage import Runs
+        from p2g_dask.tl.pseudobulk._bigwig import write_bigwig
+        from p2g_dask.tl.pseudobulk._coverage import Runs
 
         write_bigwig(out / OUTPUTS[name], {"chr1": 1000}, {"chr1": Runs(np.array([10]), np.array([20]), np.array([3]))})
     elif name == "png":
@@ -370,7 +370,7 @@ def test_peak_to_gene__worker_killed_mid_run(fault_sim, tmp_path, process_client
     with dask.config.set(scheduler="sync"):
         undisturbed = p2g.tl.peak_to_gene(store.path, **params)
     marker = tmp_path / "killed"
-    before = process_client.run(_kill_self_once, str(marker), "p2g_dask.tl.aggregate", "metacell_sum_block")
+    before = process_client.run(_kill_self_once, str(marker), "p2g_dask.tl.engine.accumulate", "metacell_sum_block")
     links = p2g.tl.peak_to_gene(store.path, client=process_client, **params)
     killed = int(marker.read_text())
     assert killed in before.values(), "no worker process was killed"
@@ -386,7 +386,7 @@ def test_peak_to_gene__worker_killed_mid_run_in_memory_input(fault_sim, tmp_path
     with dask.config.set(scheduler="sync"):
         undisturbed = p2g.tl.peak_to_gene(fault_sim.atac, **params)
     process_client.wait_for_workers(2, timeout=60)
-    process_client.run(_kill_self_once, str(tmp_path / "killed"), "p2g_dask.tl.aggregate", "metacell_sum_block")
+    process_client.run(_kill_self_once, str(tmp_path / "killed"), "p2g_dask.tl.engine.accumulate", "metacell_sum_block")
     links = p2g.tl.peak_to_gene(fault_sim.atac, client=process_client, **params)
     pd.testing.assert_frame_equal(links, undisturbed, check_exact=True)
 
@@ -406,7 +406,7 @@ def test_pseudobulk_with_fragments__worker_killed_while_writing_bigwig(fault_sim
     process_client.wait_for_workers(2, timeout=60)
     marker = tmp_path / "killed"
     # Killed after pybigtools wrote the temporary file and before it was checked and renamed.
-    process_client.run(_kill_self_once, str(marker), "p2g_dask.tl._bigwig", "_verify")
+    process_client.run(_kill_self_once, str(marker), "p2g_dask.tl.pseudobulk._bigwig", "_verify")
     written = p2g.tl.pseudobulk_with_fragments(cells, bigwig_path=tmp_path / "bw", executor="dask",
                                                client=process_client, **kwargs)
     assert marker.exists()

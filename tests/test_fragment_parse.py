@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from _fragment_files import write_fragment_file
-from p2g_dask.io import _fragment_cache as fc
+from p2g_dask.io import fragment_cache as fc
 from p2g_dask.io._fragment_parse import FastParseUnsupported, parse_block
 
 

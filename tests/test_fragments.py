@@ -15,7 +15,7 @@ import pytest
 from _fragment_files import write_fragment_file
 from p2g_dask.datasets.simulate import simulate_multiome
 from p2g_dask.datasets.simulate_fragments import simulate_fragments
-from p2g_dask.io._fragment_cache import build_fragment_cache, cache_status
+from p2g_dask.io.fragment_cache import build_fragment_cache, cache_status
 from p2g_dask.io.fragments import BgzfWriter, iter_fragments, read_fragments
 
 COLS = ["chrom", "start", "end", "barcode", "count"]

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from _fragment_files import write_fragment_file
 
 from p2g_dask.tl import gene_scores
-from p2g_dask.tl._gene_score_model import GeneScoreParams, gene_domains, gene_regions
+from p2g_dask.tl.scores._model import GeneScoreParams, gene_domains, gene_regions
 
 T = 500  # tile size of the hand-made cases
 

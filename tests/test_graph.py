@@ -14,12 +14,13 @@ from dask.delayed import delayed
 
 import p2g_dask as p2g
 from p2g_dask import _graph
-from p2g_dask._inputs import Modality
+from p2g_dask.io import blocks as io_blocks
+from p2g_dask.io.inputs import Modality
 from p2g_dask._variables import params_record, params_token
-from p2g_dask.tl.aggregate import membership_sums, metacell_sums
-from p2g_dask.tl.lsi import LSIParams
-from p2g_dask.tl.peak_to_gene import PeakToGeneParams
-from p2g_dask.tl.pseudobulk import PseudobulkParams
+from p2g_dask.tl.engine.accumulate import membership_sums, metacell_sums
+from p2g_dask.tl.lsi.lsi import LSIParams
+from p2g_dask.tl.links.peak_to_gene import PeakToGeneParams
+from p2g_dask.tl.pseudobulk.pseudobulk import PseudobulkParams
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,10 @@ def small_store(tmp_path_factory):
 @pytest.mark.parametrize("fused", [False, True])
 def test_store_blocks__rows_equal_the_matrix(small_store, chunk, fused):
     sim, store = small_store
-    bounds = _graph.row_bounds(store.rna.n_obs, chunk)
-    blocks = _graph.store_blocks(store.path, "rna", store.rna.n_vars, bounds, fused=fused)
-    rows = [_graph.load(b) for b in _graph.compute(blocks, scheduler="sync")]
-    assert all(isinstance(r, _graph.Rows) for r in rows)
+    bounds = io_blocks.row_bounds(store.rna.n_obs, chunk)
+    blocks = io_blocks.store_blocks(store.path, "rna", store.rna.n_vars, bounds, fused=fused)
+    rows = [io_blocks.load(b) for b in _graph.compute(blocks, scheduler="sync")]
+    assert all(isinstance(r, io_blocks.Rows) for r in rows)
     got = sp.vstack([r.to_csr() for r in rows]).toarray()
     np.testing.assert_array_equal(got, sim.rna.X.toarray())
     assert all(b.key.startswith("p2g-rows-" if fused else "p2g-read-") for b in blocks)
@@ -44,9 +45,9 @@ def test_store_blocks__rows_equal_the_matrix(small_store, chunk, fused):
 
 def test_store_blocks__token_changes_with_the_store(small_store, tmp_path):
     sim, store = small_store
-    first = _graph.store_blocks(store.path, "rna", store.rna.n_vars, [(0, 10)])[0].key
+    first = io_blocks.store_blocks(store.path, "rna", store.rna.n_vars, [(0, 10)])[0].key
     other = p2g.io.ingest(sim.atac, sim.rna, tmp_path / "other.zarr", chunk_cells=32)
-    assert _graph.store_blocks(other.path, "rna", other.rna.n_vars, [(0, 10)])[0].key != first
+    assert io_blocks.store_blocks(other.path, "rna", other.rna.n_vars, [(0, 10)])[0].key != first
 
 
 @pytest.mark.parametrize("n_parts, split_every", [(1, 2), (5, 2), (9, 3), (17, 8)])
@@ -106,7 +107,7 @@ def test_membership_sums__stacked_memberships_in_one_pass(chunk):
     np.testing.assert_allclose(np.hstack(dask.compute(*[b.sums for b in single], scheduler="sync")), expected[:6])
 
 
-@pytest.mark.parametrize("params", [PeakToGeneParams(), LSIParams(), PseudobulkParams(cluster_key="g")])
+@pytest.mark.parametrize("params", [PeakToGeneParams(), LSIParams(), PseudobulkParams(groupby="g")])
 def test_params_token__a_new_field_changes_the_key(params):
     cls = type(params)
     extended = dataclasses.make_dataclass(cls.__name__, [("new_option", int, dataclasses.field(default=0))],
@@ -143,14 +144,14 @@ def test_peak_to_gene_params__checked_before_any_graph():
     with pytest.raises(ValueError, match=r"outlier_quantiles=\(0.9, 0.1\)"):
         LSIParams(outlier_quantiles=(0.9, 0.1))
     with pytest.raises(ValueError, match="shift=5 must be two integers"):
-        PseudobulkParams(cluster_key="g", shift=5)
+        PseudobulkParams(groupby="g", shift=5)
 
 
 def test_read_columns__store_on_client_equals_memory(small_store, local_client):
     from dask.utils import key_split
     from distributed import get_task_stream
 
-    from p2g_dask._inputs import resolve_input
+    from p2g_dask.io.inputs import resolve_input
     from p2g_dask.pl._tracks import read_columns
 
     sim, store = small_store

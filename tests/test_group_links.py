@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 import p2g_dask as p2g
-from p2g_dask.tl import aggregate
-from p2g_dask.tl.group_links import group_metacells
+from p2g_dask.tl.engine import accumulate as aggregate
+from p2g_dask.tl.links.groups import group_metacells
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -104,7 +104,7 @@ def test_peak_to_gene__groups_cost_one_pass(sim, monkeypatch):
         reads.append(1)
         return real_kernel(*args, **kwargs)
 
-    monkeypatch.setattr("p2g_dask.tl.group_links.membership_sums", counting)
+    monkeypatch.setattr("p2g_dask.tl.engine.sums.membership_sums", counting)
     monkeypatch.setattr(aggregate, "metacell_sum_block", counting_kernel)
     with dask.config.set(scheduler="synchronous"):
         links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, chunk_cells=100, **GROUPED)

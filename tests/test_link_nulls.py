@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import p2g_dask as p2g
-from p2g_dask.tl import link_nulls
+from p2g_dask.tl.links import empirical as link_nulls
 
 MAX_DISTANCE = 200_000
 
@@ -88,7 +88,7 @@ def test_null_peaks__seeded_and_off_chromosome():
 
 def _reference_permutation(sim, neighbours, links, permute, n_perm, seed):
     """Enumerate every permuted p (dense numpy, scipy), then the pooled estimator from its definition."""
-    from p2g_dask.tl import _link_permutations as perms
+    from p2g_dask.tl.links import permutations as perms
 
     m = neighbours.shape[0]
     atac = _normalised(sim.atac.X, neighbours)
@@ -144,7 +144,7 @@ def test_peak_to_gene__permutation_counts_match_enumeration(tiny, permute):
 
 def test_peak_to_gene__permutation_batches_change_nothing(tiny, monkeypatch):
     """One permutation per batch (the least memory) gives the same counts as all N at once."""
-    from p2g_dask.tl import _link_permutations as perms
+    from p2g_dask.tl.links import permutations as perms
 
     sim, neighbours = tiny
     kwargs = dict(rna=sim.rna, gene_annotation=sim.genes, metacells=neighbours, max_distance=60_000, seed=3,
@@ -158,7 +158,7 @@ def test_peak_to_gene__permutation_batches_change_nothing(tiny, monkeypatch):
 
 
 def test_peak_to_gene__permutations_cost_one_rna_pass(tiny, monkeypatch, local_client):
-    from p2g_dask._modality import Modality
+    from p2g_dask.io.modality import Modality
 
     sim, neighbours = tiny
     calls = []

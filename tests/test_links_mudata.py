@@ -200,7 +200,7 @@ def test_iterative_lsi__mudata_writes_into_atac_modality(pbmc):
     got = p2g.tl.iterative_lsi(mdata, **small)
     np.testing.assert_array_equal(mdata.mod["atac"].obsm["X_ilsi"], got)
     assert "X_ilsi" not in mdata.mod["rna"].obsm
-    assert mdata.mod["atac"].uns["iterative_lsi"]
+    assert mdata.mod["atac"].uns["X_ilsi"]
     want = p2g.tl.iterative_lsi(pbmc.atac.copy(), **small)
     np.testing.assert_array_equal(got, want)
 

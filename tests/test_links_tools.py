@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import p2g_dask as p2g
-from p2g_dask.tl.links import filter_links, links_per_gene, links_per_peak
+from p2g_dask.tl.links.filters import filter_links, links_per_gene, links_per_peak
 
 # ---------------------------------------------------------------------------------------------
 # Helpers (kept in this file: pyranges installs a top-level `tests` package).

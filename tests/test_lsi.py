@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 import p2g_dask as p2g
-from p2g_dask.tl._cluster_cells import leiden_clusters
-from p2g_dask.tl._lsi_kernels import (
+from p2g_dask.tl.lsi._clusters import leiden_clusters
+from p2g_dask.tl.lsi._kernels import (
     project_block, sample_cells, sparse_svd, top_accessible, variable_features,
 )
 
@@ -42,7 +42,7 @@ def np_zscore_rows(m):
 
 
 def np_project(adata, info):
-    """Project every cell with the model stored in ``uns['iterative_lsi']``, in numpy."""
+    """Project every cell with the model stored in ``uns['X_iterative_lsi']``, in numpy."""
     cols = adata.var_names.get_indexer(info["features"])
     return np_tfidf(adata.X[:, cols].toarray(), idf=info["idf"]) @ info["loadings"]
 
@@ -200,7 +200,7 @@ def test_iterative_lsi__one_iteration_equals_numpy_lsi(sim_small):
     atac = sim_small.atac.copy()
     emb = p2g.tl.iterative_lsi(atac, iterations=1, outlier_quantiles=None, scale_dims=False, cor_cutoff=1.0,
                                filter_quantile=1.0, **SMALL)
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     totals = np.asarray(atac.X.sum(0)).ravel()
     want_features = np.sort(np.argsort(-totals, kind="stable")[:3000])
     np.testing.assert_array_equal(info["features"], atac.var_names[want_features])
@@ -217,7 +217,7 @@ def test_iterative_lsi__projection_of_sampled_cells_equals_fit(sim_small):
     # is the SVD's own, that of the outliers is projected: both must equal a numpy projection.
     atac = sim_small.atac.copy()
     emb = p2g.tl.iterative_lsi(atac, outlier_quantiles=(0.1, 0.9), **SMALL)
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     assert info["iteration_n_cells_sampled"][-1] == 500 and 350 < info["iteration_n_cells_fit"][-1] < 500
     projected = np_zscore_rows(np_project(atac, info))[:, info["components_kept"]]
     np.testing.assert_allclose(emb, projected, rtol=1e-7, atol=1e-7)
@@ -226,7 +226,7 @@ def test_iterative_lsi__projection_of_sampled_cells_equals_fit(sim_small):
 def test_iterative_lsi__cells_outside_the_sample_are_projected(sim_small):
     atac = sim_small.atac.copy()
     emb = p2g.tl.iterative_lsi(atac, sample_cells_pre=300, sample_cells_final=350, **SMALL)
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     np.testing.assert_array_equal(info["iteration_n_cells_sampled"], [300, 350])
     assert info["params"]["sample_cells_final"] == 350
     projected = np_zscore_rows(np_project(atac, info))[:, info["components_kept"]]
@@ -236,7 +236,7 @@ def test_iterative_lsi__cells_outside_the_sample_are_projected(sim_small):
 def test_iterative_lsi__drops_depth_correlated_component():
     atac = depth_artifact_data()
     emb = p2g.tl.iterative_lsi(atac, **SMALL)
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     scaled = np_zscore_rows(np_project(atac, info))
     log_depth = np.log10(atac.obs["n_fragment"].to_numpy() + 1)
     corr = np.array([abs_corr(scaled[:, c], log_depth) for c in range(10)])
@@ -276,7 +276,7 @@ def test_iterative_lsi__writes_obsm_uns_and_logs(sim_small, caplog):
     with caplog.at_level(logging.INFO, logger="p2g_dask"):
         emb = p2g.tl.iterative_lsi(atac, key_added="X_lsi_test", **SMALL)
     assert atac.obsm["X_lsi_test"] is emb
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_lsi_test"]
     assert info["params"]["n_components"] == 10 and info["params"]["key_added"] == "X_lsi_test"
     assert info["loadings"].shape == (len(info["features"]), 10)
     assert list(info["iteration_n_features"]) == [3000, 3000]
@@ -289,7 +289,7 @@ def test_iterative_lsi__one_cluster_keeps_the_top_features(sim_small, caplog):
     atac = sim_small.atac.copy()
     with caplog.at_level(logging.WARNING, logger="p2g_dask"):
         p2g.tl.iterative_lsi(atac, resolution=1e-9, **SMALL)
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     assert "one cluster only" in caplog.text and info["iteration_n_clusters"][0] == 1
     totals = np.asarray(atac.X.sum(0)).ravel()
     ranked = np.argsort(-totals, kind="stable")
@@ -365,9 +365,9 @@ def test_iterative_lsi__store_synchronous_equals_in_memory(sim_small, sim_store,
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     store = p2g.io.open_store(sim_store)
     np.testing.assert_array_equal(store.atac.obsm["X_iterative_lsi"], got)
-    stored = store.atac.uns["iterative_lsi"]
-    np.testing.assert_array_equal(stored["components_kept"], atac.uns["iterative_lsi"]["components_kept"])
-    np.testing.assert_array_equal(stored["features"], atac.uns["iterative_lsi"]["features"])
+    stored = store.atac.uns["X_iterative_lsi"]
+    np.testing.assert_array_equal(stored["components_kept"], atac.uns["X_iterative_lsi"]["components_kept"])
+    np.testing.assert_array_equal(stored["features"], atac.uns["X_iterative_lsi"]["features"])
 
 
 def test_iterative_lsi__store_on_local_cluster_equals_in_memory(sim_small, sim_store):
@@ -409,7 +409,7 @@ def test_iterative_lsi__large_sample_two_iterations_recover_cell_types(sim_small
 
     with dask.config.set(scheduler="synchronous"):
         emb = p2g.tl.iterative_lsi(sim_store, max_sample_bytes=1, key_added="X_big2", **SMALL)
-    info = p2g.io.open_store(sim_store).atac.uns["iterative_lsi"]
+    info = p2g.io.open_store(sim_store).atac.uns["X_iterative_lsi"]
     assert info["iteration_n_clusters"][0] >= 2 and emb.shape[0] == 500
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     accuracy = cross_val_score(KNeighborsClassifier(15), emb, sim_small.atac.obs["cell_type"], cv=folds).mean()
@@ -424,7 +424,7 @@ def test_iterative_lsi__real_pbmc_projection_matches_numpy():
     atac = ad.read_h5ad(path)
     emb = p2g.tl.iterative_lsi(atac, n_components=8, var_features=150, n_neighbors=15, total_features=174)
     assert (np.asarray(atac.X.sum(1)).ravel() == 0).any()  # real data: some cells have no peak counts
-    info = atac.uns["iterative_lsi"]
+    info = atac.uns["X_iterative_lsi"]
     assert "n_fragment" not in atac.obs  # depth came from row sums
     log_depth = np.log10(np.asarray(atac.X.sum(1)).ravel() + 1)
     scaled = np_zscore_rows(np_project(atac, info))

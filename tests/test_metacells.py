@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from p2g_dask.tl.metacells import MetacellMembership, metacell_membership, metacells, overlap_filter
+from p2g_dask.tl.engine.metacells import MetacellMembership, metacell_membership, metacells, overlap_filter
 
 
 def _overlap_filter_reference(table, max_shared):

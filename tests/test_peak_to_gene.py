@@ -8,7 +8,8 @@ import scipy.sparse as sp
 from scipy import stats
 
 import p2g_dask as p2g
-from p2g_dask.tl.pairs import candidate_pairs
+from p2g_dask._variables import LINK_COLUMNS
+from p2g_dask.tl.engine.pairs import candidate_pairs
 
 
 def reference_links(atac, rna, genes, neighbours, max_distance):
@@ -79,7 +80,7 @@ def test_peak_to_gene__matches_numpy_reference_over_chunkings(tiny, chunk_cells)
     ref = reference_links(atac, rna, sim.genes, neighbours, 100_000)
     _compare(links, ref)
     assert links["correlation"].isna().any(), "constant features must give NaN rows"
-    assert list(links.columns) == p2g.tl.peak_to_gene.__globals__["LINK_COLUMNS"]
+    assert list(links.columns) == list(LINK_COLUMNS)
 
 
 def test_candidate_pairs__equal_brute_force_scan(small_sim):
@@ -162,8 +163,9 @@ def test_write_links__parquet_round_trip_keeps_attrs(small_sim, tmp_path):
 
 @pytest.mark.parametrize("block_bytes, lanes, sort", [(10**9, 1, True), (600, 2, True), (600, 3, False)])
 def test_metacell_sums__column_blocks_and_lanes_match_numpy(small_sim, block_bytes, lanes, sort):
-    from p2g_dask._inputs import Modality
-    from p2g_dask.tl.aggregate import metacell_sums, take_block_columns
+    from p2g_dask.io.inputs import Modality
+    from p2g_dask.tl.engine.accumulate import metacell_sums
+    from p2g_dask.tl.engine.columns import take_block_columns
 
     X = small_sim.atac.X.copy()
     if not sort:  # real files can hold rows whose column indices are not sorted

@@ -16,8 +16,8 @@ from dask.callbacks import Callback
 from _fragment_files import write_fragment_file
 from p2g_dask.datasets.simulate import simulate_multiome
 from p2g_dask.datasets.simulate_fragments import simulate_fragments
-from p2g_dask.tl._coverage import fragment_runs, insertion_runs
-from p2g_dask.tl.pseudobulk import pseudobulk_with_fragments
+from p2g_dask.tl.pseudobulk._coverage import fragment_runs, insertion_runs
+from p2g_dask.tl.pseudobulk.pseudobulk import pseudobulk_with_fragments
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHROMS = {"chr1": 1000, "chr2": 500}

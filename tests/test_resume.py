@@ -1,11 +1,8 @@
 """Resume: with ``checkpoint=DIR`` a rerun after a crash recomputes only what is missing.
 
 Recomputation is measured by counting calls of the chunk kernel (``metacell_sum_block``) and of
-the per-chromosome task (``correlate_chromosome``) under the synchronous scheduler (and an
-in-process cluster), then the resumed result is compared with an undisturbed run.
-
-WIRING: until ``peak_to_gene`` takes ``checkpoint=`` itself, :func:`_local_wiring` adds it here
-by monkeypatching, at the two places the lead's wiring goes (see docs/reliability.md).
+the per-chromosome task (``correlate_rows``) under the synchronous scheduler (and an in-process
+cluster), then the resumed result is compared with an undisturbed run.
 """
 
 from __future__ import annotations
@@ -24,12 +21,12 @@ import pandas as pd
 import pytest
 
 import p2g_dask as p2g
-import p2g_dask.tl.aggregate as aggregate
+import p2g_dask.tl.engine.accumulate as aggregate
 from p2g_dask._checkpoint import Checkpoint, as_checkpoint, checkpointed, checkpointed_sums, modality_token
 from p2g_dask.datasets import simulate_multiome
 
-# p2g_dask.tl binds the function peak_to_gene over its module name: fetch the module itself.
-p2g_module = importlib.import_module("p2g_dask.tl.peak_to_gene")
+# The engine's correlate step builds its per-chromosome tasks from this module's correlate_rows.
+correlate_module = importlib.import_module("p2g_dask.tl.engine.correlate")
 
 PARAMS = dict(use_rep="X_latent", n_metacells=50, k_neighbors=20, max_distance=250_000, seed=1)
 CHUNK = 60
@@ -55,49 +52,13 @@ def baseline(sim, store):
         return p2g.tl.peak_to_gene(store.path, gene_annotation=sim.genes, chunk_cells=CHUNK, **PARAMS)
 
 
-def _native() -> bool:
-    return "checkpoint" in inspect.signature(p2g_module.peak_to_gene).parameters
-
-
-@contextlib.contextmanager
-def _local_wiring(monkeypatch, checkpoint, gene_annotation):
-    """checkpoint= for peak_to_gene, wired as docs/reliability.md tells the lead to wire it."""
-    ckpt = as_checkpoint(checkpoint)
-    sums_keys: list[str] = []
-    real_sums, real_delayed = p2g_module.metacell_sums, p2g_module.delayed
-    annotation = ckpt.key(gene_annotation)
-
-    def sums(modality, neighbours, **kwargs):
-        s, t = real_sums(modality, neighbours, **kwargs)
-        key = ckpt.key(modality_token(modality), np.asarray(neighbours), kwargs.get("chunk_cells"),
-                       kwargs.get("split_every"), "metacell-sums")
-        sums_keys.append(key)
-        return checkpointed_sums(s, t, ckpt, key)
-
-    def fake_delayed(func, *args, **kwargs):
-        made = real_delayed(func, *args, **kwargs)
-        if getattr(func, "__name__", "") != "correlate_chromosome":
-            return made
-
-        def call(*cargs, **ckwargs):
-            # cargs[4:]: peak positions, centres, gene positions, TSS, max_distance, scale_to
-            key = ckpt.key(sums_keys, annotation, "correlate", *cargs[4:])
-            return checkpointed(made(*cargs, **ckwargs), ckpt, key, "tree", nout=kwargs.get("nout"))
-
-        return call
-
-    monkeypatch.setattr(p2g_module, "metacell_sums", sums)
-    monkeypatch.setattr(p2g_module, "delayed", fake_delayed)
-    yield ckpt
-
-
 class Counter:
     """Count (and optionally fail) kernel and per-chromosome calls."""
 
     def __init__(self, monkeypatch, *, fail_kernel=None, fail_correlate=None):
         self.kernel: list[int] = []  # n_features of each aggregated block
         self.correlate = 0
-        real_kernel, real_correlate = aggregate.metacell_sum_block, p2g_module.correlate_chromosome
+        real_kernel, real_correlate = aggregate.metacell_sum_block, correlate_module.correlate_rows
 
         def kernel(block, *args, **kwargs):
             n_features = block[3] if isinstance(block, tuple) else block.shape[1]
@@ -114,7 +75,7 @@ class Counter:
             return real_correlate(*args, **kwargs)
 
         monkeypatch.setattr(aggregate, "metacell_sum_block", kernel)
-        monkeypatch.setattr(p2g_module, "correlate_chromosome", correlate)
+        monkeypatch.setattr(correlate_module, "correlate_rows", correlate)
 
 
 def _run(monkeypatch, source, genes, checkpoint, client=None, **overrides):
@@ -122,11 +83,7 @@ def _run(monkeypatch, source, genes, checkpoint, client=None, **overrides):
     with contextlib.ExitStack() as stack:
         # Undo the counters (patched just before this call) and the wiring after each run.
         stack.callback(monkeypatch.undo)
-        if not _native():
-            stack.enter_context(_local_wiring(monkeypatch, checkpoint, genes))
-            extra = {}
-        else:
-            extra = {"checkpoint": checkpoint}
+        extra = {"checkpoint": checkpoint}
         if client is None:
             stack.enter_context(dask.config.set(scheduler="sync"))
         return p2g.tl.peak_to_gene(source, gene_annotation=genes, client=client, **params, **extra)
@@ -237,7 +194,7 @@ def test_peak_to_gene__resume_in_memory_and_on_local_cluster(sim, tmp_path, monk
 
 
 def test_checkpoint__round_trip_kinds(tmp_path):
-    from p2g_dask.tl._coverage import Runs
+    from p2g_dask.tl.pseudobulk._coverage import Runs
 
     ckpt = Checkpoint(tmp_path)
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -308,7 +265,7 @@ def test_checkpoint__key_is_stable_across_processes_and_sensitive(tmp_path):
 
 
 def test_modality_token__store_identity(sim, store, tmp_path):
-    from p2g_dask._inputs import resolve_input
+    from p2g_dask.io.inputs import resolve_input
 
     first = resolve_input(store.path)[0]
     again = resolve_input(p2g.io.open_store(store.path))[0]
@@ -350,7 +307,7 @@ def _bigwig_records(path):
 
 
 def test_pseudobulk_with_fragments__coverage_resume_after_crash(sim, tmp_path, monkeypatch):
-    pseudobulk = importlib.import_module("p2g_dask.tl.pseudobulk")
+    pseudobulk = importlib.import_module("p2g_dask.tl.pseudobulk.pseudobulk")
     from p2g_dask.datasets import simulate_fragments
 
     small = sim.atac[:120].copy()
@@ -397,7 +354,7 @@ def test_pseudobulk_with_fragments__coverage_resume_after_crash(sim, tmp_path, m
 
 
 def test_checkpointed_sums__column_blocks_saved_and_loaded_one_by_one(sim, tmp_path, monkeypatch):
-    from p2g_dask._inputs import resolve_input
+    from p2g_dask.io.inputs import resolve_input
 
     atac = resolve_input(sim.atac)[0]
     members = np.arange(300).reshape(30, 10)

@@ -136,7 +136,7 @@ def test_ingest__atac_only_store_runs_lsi_gene_scores_and_peak_to_gene(tmp_path)
     import sys
 
     from p2g_dask.datasets import simulate_fragments, simulate_multiome
-    from p2g_dask.io._integrity import verify_store
+    from p2g_dask.io.verify import verify_store
 
     sim = simulate_multiome(n_cells=240, n_peaks=900, n_genes=60, n_linked_genes=8, seed=5)
     frags = simulate_fragments(sim.atac, tmp_path / "f.tsv.gz", chrom_sizes=sim.chrom_sizes, seed=5)

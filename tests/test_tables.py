@@ -71,7 +71,7 @@ def test_require_columns__every_links_user_reports_the_same_way(links, call, tmp
 
 def test_annotation_checks__same_message_from_reader_tools_and_plots(links):
     import p2g_dask as p2g
-    from p2g_dask.tl._genes import gene_table
+    from p2g_dask.io.genes import gene_table
 
     genes = pd.DataFrame({"gene_name": ["A"], "chrom": ["chr1"], "start": [100], "end": [9000]})
     expected = r"gene_annotation is missing columns \['strand'\]; it has .* The genes table needs"

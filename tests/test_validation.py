@@ -31,8 +31,8 @@ def sim():
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Count calls of the metacell aggregation kernel (the first heavy step of peak_to_gene)."""
-    import p2g_dask.tl._kernels as kernels
-    import p2g_dask.tl.aggregate as aggregate
+    import p2g_dask.tl.engine.kernels as kernels
+    import p2g_dask.tl.engine.accumulate as aggregate
 
     calls = []
     real = kernels.metacell_sum_block
@@ -269,7 +269,7 @@ def test_peak_to_gene__k_neighbors_above_cells_warns(sim, caplog):
 
 
 def test_validate_counts__dense_and_integer(sim):
-    from p2g_dask._inputs import validate_counts
+    from p2g_dask.io.inputs import validate_counts
 
     validate_counts(np.array([[0, 3], [1, 0]], dtype=np.int64), "atac")  # fine
     with pytest.raises(ValueError, match=r"atac counts contain negative values \(min -2\), first in cell row 1 \('b'\)"):

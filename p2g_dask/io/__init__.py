@@ -4,6 +4,7 @@ from p2g_dask._lazy import lazy_exports
 
 _EXPORTS = {
     "ingest": "store",
+    "add_modality": "store",
     "open_store": "store",
     "MultiomeStore": "store",
     "parse_peak_names": "peaks",
@@ -13,6 +14,7 @@ _EXPORTS = {
     "read_gene_annotation": "annotation",
     "read_chrom_sizes": "annotation",
     "read_fragments": "fragments",
+    "verify_store": "verify",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -10,7 +10,7 @@ store ``p2g_integrity: "crc32c"``. Zarr fills a missing chunk with the fill valu
   (decoded directly by :mod:`p2g_dask.io._chunks`, 3.5x faster than zarr's pipeline; zarr re-reads
   any range that fails, to name the chunk), and the block's CSR invariants are checked
   (:func:`p2g_dask._variables.csr_block_problem`),
-- :func:`verify_store` (``p2g verify STORE``) reads every chunk once.
+- :func:`p2g_dask.io.verify.verify_store` (``p2g verify STORE``) reads every chunk once.
 
 Stores of the previous version (no ``p2g_integrity``) still open: their chunk presence and CSR
 invariants are checked, there is no checksum to check.
@@ -238,36 +238,6 @@ def _csr_rows_ok(indptr, indices, n_vars):  # pragma: no cover - jit
 def check_store_chunks(path: str, modalities=("atac", "rna")) -> int:
     """Check every expected chunk file of the count arrays is present; returns the chunk count."""
     return sum(require_chunks(path, m, name) for m in modalities for name in X_ARRAYS)
-
-
-def verify_store(path: str | os.PathLike) -> str:
-    """Read every chunk of a store's count arrays once and return a one-line state.
-
-    ``"ok: N chunks verified (crc32c checksums, CSR invariants)"`` for a store with checksums,
-    ``"no checksums (written by p2g_dask <version>): ..."`` for an older one; a damaged store
-    raises :class:`InputFileError` naming the chunk.
-
-    Examples
-    --------
-    >>> import tempfile, p2g_dask as p2g
-    >>> sim = p2g.datasets.simulate_multiome(n_cells=50, n_peaks=100, n_genes=20, n_linked_genes=2)
-    >>> store = p2g.io.ingest(sim.atac, sim.rna, tempfile.mkdtemp() + "/s.zarr")
-    >>> verify_store(store.path)
-    'ok: 6 chunks verified (crc32c checksums, chunk presence, CSR invariants)'
-    """
-    from p2g_dask.io.store import open_store
-
-    store = open_store(path)  # checks every chunk file is present (store.n_chunks)
-    n_chunks = store.n_chunks
-    for modality in (store.atac, store.rna):
-        if modality is None:  # an ATAC-only store
-            continue
-        for start, stop in modality.row_chunks():
-            read_block(store.path, modality.name, start, stop, modality.n_vars)
-    if store.attrs.get(INTEGRITY_ATTR) == "crc32c":
-        return f"ok: {n_chunks} chunks verified (crc32c checksums, chunk presence, CSR invariants)"
-    return (f"no checksums (written by p2g_dask {store.attrs.get('p2g_dask_version', '?')}): chunk presence and "
-            f"CSR invariants checked, {n_chunks} chunks")
 
 
 def first_indptr_ok(path: str, modality: str) -> None:

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from p2g_dask._lazy import LazyModule
 from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger
-from p2g_dask._modality import Modality
+from p2g_dask.io.modality import Modality
 
 # Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
 ad = LazyModule("anndata")

@@ -19,6 +19,7 @@ import pandas as pd
 from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask._variables import EXONS, GENE_COLUMNS, GENES, require_columns
+from p2g_dask.io._genome_tables import GENOME_SIZES, is_genome
 from p2g_dask.io._gff import EXON_MODELS, open_text, parse_gff, sniff_format
 
 # Column names of PyRanges tables and other common spellings, renamed to the schema's names.
@@ -128,9 +129,7 @@ def _as_source(obj: Any, argument: str) -> pd.DataFrame | Path:
         return obj
     if hasattr(obj, "df") and hasattr(obj, "chromosomes"):  # a pyranges.PyRanges
         return obj.df
-    from p2g_dask.genome import Genome
-
-    if isinstance(obj, Genome):
+    if is_genome(obj):
         return Path(obj.annotation)  # downloads GENCODE once
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj).expanduser()
@@ -334,18 +333,16 @@ def read_chrom_sizes(
     >>> p2g.io.read_chrom_sizes("hg38")["chrX"]
     156040895
     """
-    from p2g_dask import genome
-
-    if isinstance(sizes, genome.Genome):
+    if is_genome(sizes):
         return sizes.chrom_sizes
     if isinstance(sizes, (str, os.PathLike)):
         path = Path(sizes).expanduser()
-        if not path.is_file() and str(sizes) in genome.GENOMES:
-            return genome.GENOMES[str(sizes)].chrom_sizes
+        if not path.is_file() and str(sizes) in GENOME_SIZES:
+            return dict(GENOME_SIZES[str(sizes)])
         if not path.is_file() and not path.is_dir():
             raise InputFileNotFoundError(
                 argument, sizes, "is not a file", "pass a chrom.sizes / .fai path, a dict, or a genome name "
-                f"among {sorted(genome.GENOMES)}"
+                f"among {sorted(GENOME_SIZES)}"
             )
         check_input_file(path, argument=argument, kind="lines")
         with reading(path, argument=argument, kind="text"), open_text(path) as fh:

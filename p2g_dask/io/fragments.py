@@ -5,7 +5,7 @@ A fragment file has one line per unique fragment: ``chrom, start, end, barcode, 
 ``#`` header lines at the top. Files hold 10^7-10^9 lines, so they are never read whole:
 :func:`iter_fragments` yields validated pyarrow blocks, :func:`read_fragments` concatenates
 the filtered blocks of a small file or region, and
-:func:`p2g_dask.io._fragment_cache.build_fragment_cache` turns a file into a parquet cache
+:func:`p2g_dask.io.fragment_cache.build_fragment_cache` turns a file into a parquet cache
 partitioned by chromosome that the coverage tasks read one chromosome at a time.
 """
 
@@ -16,7 +16,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -168,6 +168,45 @@ def check_fragment_file(path: str | os.PathLike) -> None:
     if reason is not None:
         raise InputFileError("path_to_fragments", path, f"is not a fragment file at line {n_header + 1}: "
                              f"{reason}: {first[:200]!r}", _LINE_FIX)
+
+
+def fragment_files(path_to_fragments, *, argument: str = "path_to_fragments") -> dict[str, Path]:
+    """Fragment files by sample, each checked before any work (damaged, empty, wrong format).
+
+    Parameters
+    ----------
+    path_to_fragments
+        One fragment file (its sample named after the file) or a ``{sample: file}`` dict.
+    argument
+        The caller's name of the argument, in error messages.
+
+    Returns
+    -------
+    dict
+        sample -> path.
+
+    Examples
+    --------
+    >>> fragment_files({})
+    Traceback (most recent call last):
+    ...
+    ValueError: path_to_fragments={} must be a fragment file or a non-empty {sample: fragment file} dict.
+    """
+    if isinstance(path_to_fragments, (str, os.PathLike)):
+        p = Path(path_to_fragments)
+        path_to_fragments = {p.name.split(".")[0] or "sample": p}
+    if not isinstance(path_to_fragments, Mapping) or not path_to_fragments:
+        raise ValueError(
+            f"{argument}={path_to_fragments!r} must be a fragment file or a non-empty "
+            "{sample: fragment file} dict."
+        )
+    files = {str(k): Path(v) for k, v in path_to_fragments.items()}
+    missing = {k: str(v) for k, v in files.items() if not v.is_file()}
+    if missing:
+        raise FileNotFoundError(f"{argument}: these files do not exist: {missing}; check the paths.")
+    for path in files.values():
+        check_fragment_file(path)  # damaged, empty or wrong-format files fail here, before any work
+    return files
 
 
 def iter_fragments(path: str | os.PathLike, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[pa.Table]:

@@ -19,6 +19,62 @@ _META_KEY = b"p2g_dask"
 FORMATS = ("parquet", "bedpe", "interact", "longrange", "10x")
 
 
+class MetacellMembership:
+    """An immutable ``(n_metacells, k)`` table of cell indices, kept in ``links.attrs``.
+
+    pandas deep-copies and compares ``attrs`` on many operations; a plain numpy array there
+    breaks ``pd.concat`` and a list of lists is slow to copy. This wrapper copies in O(1),
+    compares by value and converts with ``numpy.asarray(membership)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = MetacellMembership(np.array([[0, 1], [2, 3]]))
+    >>> np.asarray(m).tolist(), m.shape
+    ([[0, 1], [2, 3]], (2, 2))
+    """
+
+    __slots__ = ("_buffer", "shape")
+
+    def __init__(self, neighbours) -> None:
+        array = np.ascontiguousarray(np.asarray(neighbours), dtype=np.int64)
+        if array.ndim != 2:
+            raise ValueError(f"metacells must be a 2-D (n_metacells, k) array; got shape {array.shape}.")
+        self._buffer = array.tobytes()
+        self.shape = tuple(int(s) for s in array.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = np.frombuffer(self._buffer, dtype=np.int64).reshape(self.shape)
+        return array.astype(dtype) if dtype is not None else array
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MetacellMembership) and self.shape == other.shape and self._buffer == other._buffer
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self._buffer))
+
+    def __deepcopy__(self, memo) -> "MetacellMembership":
+        return self
+
+    def __copy__(self) -> "MetacellMembership":
+        return self
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, item):
+        return np.asarray(self)[item]
+
+    def tolist(self) -> list:
+        return np.asarray(self).tolist()
+
+    def __reduce__(self):
+        return (MetacellMembership, (np.asarray(self),))
+
+    def __repr__(self) -> str:
+        return f"MetacellMembership({self.shape[0]} metacells x {self.shape[1]} cells)"
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
@@ -36,8 +92,6 @@ def _from_json(value: Any, key: str | None = None) -> Any:
         if set(value) == {"__ndarray__"}:
             array = np.asarray(value["__ndarray__"])
             if key == "metacells":
-                from p2g_dask.tl.metacells import MetacellMembership
-
                 return MetacellMembership(array.astype(np.int64))
             return array
         if key == "metacells":  # links per group: a dict group -> membership
@@ -56,7 +110,7 @@ def write_links(
     Parameters
     ----------
     links
-        Output of :func:`p2g_dask.tl.peak_to_gene` (or a filtered subset).
+        Output of :func:`p2g_dask.tl.links.peak_to_gene` (or a filtered subset).
     path
         Output file.
     format

@@ -30,120 +30,19 @@ import zarr
 import p2g_dask
 from p2g_dask._lazy import LazyModule
 from p2g_dask._atomic import atomic_path
-from p2g_dask._graph import StoreRange, row_bounds, store_array
+from p2g_dask.io.blocks import StoreRange, chunk_cells_for, row_bounds, store_array
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts
 from p2g_dask._errors import InputFileError, InputFileNotFoundError
-from p2g_dask.io._barcodes import common_cells
+from p2g_dask.io.barcodes import common_cells
 from p2g_dask.io._integrity import INTEGRITY_ATTR, check_store_chunks, first_indptr_ok
-from p2g_dask._modality import Modality
+from p2g_dask.io.modality import Modality
 from p2g_dask.io._sources import open_sources
+from p2g_dask.io._write import STAGED, replace_elem, write_modality, zarr_write_settings
 
 # Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
 ad = LazyModule("anndata")
 
-#: Bytes of CSR (data + indices) per row chunk when none is given.
-DEFAULT_CHUNK_BYTES = 96 * 2**20
-_ZARR_ELEMENT_CHUNK = 2**20
-
-
-
-@contextlib.contextmanager
-def zarr_write_settings():
-    """anndata's settings for writing a store (Zarr v3, no auto-sharding), only while writing.
-
-    Applied as a context, not at import, so importing p2g_dask leaves the process's anndata
-    settings as the user set them. Deciding ``auto_shard_zarr_v3`` explicitly silences its warning.
-    """
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
-        yield
-
-
-def chunk_cells_for(row_nnz_mean: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES, bytes_per_nnz: int = 8) -> int:
-    """Cells per row chunk so that one chunk holds about ``chunk_bytes`` of CSR data."""
-    return int(max(256, min(200_000, chunk_bytes // max(1.0, row_nnz_mean * bytes_per_nnz))))
-
-
-def _validate_block(block: sp.csr_matrix, name: str, first_row: int) -> None:
-    # One block of an ingested modality; a module-level step so fault tests can stall it.
-    check_counts(block, f"{name} counts contain", first_row=first_row)
-
-
-def _compressors():
-    # Blosc-LZ4 with byte shuffle reads ~3x faster than zarr's default zstd on CSR arrays
-    # (measured: 161 vs 47 M nonzeros/s) and is smaller too. crc32c after it: zarr checks each
-    # chunk's checksum while decoding, so altered bytes fail the read (io._integrity).
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
-
-
-# Every chunk written, even one equal to the fill value, so a missing chunk file means damage.
-_ARRAY_CONFIG = {"write_empty_chunks": True}
-
-
-def _storage_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.int32) if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
-
-
-def _write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_cells: int) -> None:
-    """Write one modality's X block by block, then obs/var/obsm with anndata's encoders."""
-    n_obs, n_vars = rows.size, source.n_vars
-    probe = source.read_rows(rows[: min(rows.size, 16)])
-    dtype = _storage_dtype(probe.dtype)
-    x_group = group.create_group("X")
-    x_group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
-    data = x_group.create_array("data", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=dtype,
-                                compressors=_compressors(), config=_ARRAY_CONFIG)
-    indices = x_group.create_array("indices", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int32,
-                                   compressors=_compressors(), config=_ARRAY_CONFIG)
-    indptr = np.zeros(n_obs + 1, dtype=np.int64)
-    for start in range(0, n_obs, chunk_cells):
-        stop = min(start + chunk_cells, n_obs)
-        wanted = rows[start:stop]
-        order = np.argsort(wanted, kind="stable")
-        block = source.read_rows(wanted[order])
-        block = sp.csr_matrix(block[np.argsort(order, kind="stable")])
-        block.sum_duplicates()
-        block.sort_indices()
-        _validate_block(block, source.name, start)
-        if block.dtype != dtype:
-            if dtype == np.int32 and block.data.size and block.data.max() > np.iinfo(np.int32).max:
-                raise ValueError(f"{source.name} counts exceed the int32 range; store them as float.")
-            block = block.astype(dtype)
-        indptr[start + 1 : stop + 1] = indptr[start] + np.cumsum(np.diff(block.indptr))
-        data.append(block.data)
-        indices.append(block.indices.astype(np.int32, copy=False))
-    ptr = x_group.create_array("indptr", shape=indptr.shape, chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int64,
-                               compressors=_compressors(), config=_ARRAY_CONFIG)
-    ptr[:] = indptr
-    obs = source.obs.iloc[rows].copy()
-    obs.index = obs.index.astype(str)
-    ad.io.write_elem(group, "obs", obs)
-    var = source.var.copy()
-    var.index = var.index.astype(str)
-    if source.name == "atac" and not {"chrom", "start", "end"} <= set(var.columns):
-        # Parse peak names once here so readers of the store need not.
-        from p2g_dask.io.peaks import peak_table
-
-        try:
-            coords = peak_table(var.index)
-            for column in ("chrom", "start", "end"):
-                var[column] = coords[column].to_numpy()
-        except ValueError:
-            pass  # unparseable names are reported where peaks are needed
-    ad.io.write_elem(group, "var", var)
-    ad.io.write_elem(group, "obsm", {k: _take_rows(v, rows) for k, v in source.obsm.items()})
-    for empty in ("layers", "varm", "obsp", "varp"):
-        ad.io.write_elem(group, empty, {})
-    ad.io.write_elem(group, "uns", {})
-    group.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0", "p2g_chunk_cells": int(chunk_cells)})
-
-
-def _take_rows(value, rows):
-    if isinstance(value, pd.DataFrame):
-        return value.iloc[rows]
-    return value[rows]
 
 
 def ingest(
@@ -177,7 +76,7 @@ def ingest(
         Replace an existing store at ``path``.
     atac_only
         Write the ATAC counts alone (``rna=None``): a store for data without RNA, whose gene side
-        is then a gene-score matrix (:func:`p2g_dask.tl.gene_scores` with ``store=``).
+        is then a gene-score matrix (:func:`p2g_dask.tl.scores.gene_scores` with ``store=``).
 
     Returns
     -------
@@ -223,7 +122,7 @@ def ingest(
                     }
                 )
                 for source, rows in sources:
-                    _write_modality(root.create_group(source.name), source, rows, int(chunk_cells))
+                    write_modality(root.create_group(source.name), source, rows, int(chunk_cells))
                 logger.info("stored %d cells x %d peaks x %s genes in %s", common.size, atac_src.n_vars,
                             "no" if rna_src is None else rna_src.n_vars, path)
         finally:
@@ -232,35 +131,55 @@ def ingest(
     return open_store(path)
 
 
-_STAGED = "_p2g_tmp_"
+def add_modality(store: "MultiomeStore", key: str, source: Modality, *, chunk_cells: int, uns: Mapping,
+                 record: Mapping, overwrite: bool = False) -> "StoreModality":
+    """Write ``source`` as the store's modality ``<store>/<key>``, and its X as ``atac.obsm[key]``.
 
+    How a derived cells x features matrix (e.g. gene scores) joins a store: a modality read out
+    of core like the counts, and an ``obsm`` entry for tools that take ``obsm`` keys. Both are
+    written under temporary names and renamed into place when complete.
 
-def _replace_elem(folder: Path, group: zarr.Group, key: str, value: Any) -> None:
-    """Write ``group[key]`` under a staged key, then rename its folder into place.
+    Parameters
+    ----------
+    store
+        An open store (:func:`open_store`).
+    key
+        The new modality's name (and its ``obsm`` key), e.g. ``"X_gene_score"``.
+    source
+        The matrix, ``obs`` (the store's cells) and ``var``, read by rows.
+    chunk_cells
+        Cells per written block.
+    uns, record
+        The modality's own ``uns``, and the record written to ``atac.uns[key]``.
+    overwrite
+        Replace an existing modality ``key``.
 
-    The rename is one filesystem step, so an interruption leaves the old element or the new
-    one, never a partly written array under ``key`` (which would read as complete, with zeros).
+    Returns
+    -------
+    StoreModality
+        The written modality.
     """
-    if not key or "/" in key or key.startswith(_STAGED) or key in (".", ".."):
-        raise ValueError(f"key={key!r} is not a valid element name; use a plain name such as 'X_lsi'.")
     import shutil
     import uuid
 
-    staged = f"{_STAGED}{uuid.uuid4().hex[:8]}_{key}"
-    target = folder / key
+    target = Path(store.path) / key
+    with atomic_path(target, overwrite=overwrite, argument="key_added") as tmp, zarr_write_settings():
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        write_modality(group, source, np.arange(source.n_obs), chunk_cells)
+        ad.io.write_elem(group, "uns", dict(uns))
+    # The same CSR (already a csr_matrix element) as atac.obsm[key]; copied under a staged name
+    # that store readers skip, then renamed into place.
+    obsm_dir = Path(store.path) / "atac" / "obsm"
+    staged = obsm_dir / f"{STAGED}{uuid.uuid4().hex[:8]}_{key}"
     try:
-        with zarr_write_settings():
-            ad.io.write_elem(group, staged, value)
-        if target.exists():
-            old = folder / f"{_STAGED}old_{uuid.uuid4().hex[:8]}_{key}"
-            os.replace(target, old)
-            os.replace(folder / staged, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(folder / staged, target)
-    except BaseException:
-        shutil.rmtree(folder / staged, ignore_errors=True)
-        raise
+        shutil.copytree(target / "X", staged)
+        if (obsm_dir / key).exists():
+            shutil.rmtree(obsm_dir / key)
+        os.replace(staged, obsm_dir / key)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    store.atac.write_uns(key, dict(record))
+    return StoreModality(store.path, key)
 
 
 def _read_csr_rows(path: str, modality: str, start: int, stop: int, n_vars: int) -> sp.csr_matrix:
@@ -342,7 +261,7 @@ class StoreModality:
     def obsm(self) -> dict[str, np.ndarray]:
         group = zarr.open_group(self.path, mode="r")[f"{self.name}/obsm"]
         # A key staged by an interrupted write_obsm is not an embedding.
-        return {key: ad.io.read_elem(group[key]) for key in group.keys() if not key.startswith(_STAGED)}
+        return {key: ad.io.read_elem(group[key]) for key in group.keys() if not key.startswith(STAGED)}
 
     @property
     def uns(self) -> dict:
@@ -356,12 +275,12 @@ class StoreModality:
         group = zarr.open_group(self.path, mode="r+")[f"{self.name}/obsm"]
         if key in group and not overwrite:
             raise FileExistsError(f"obsm[{key!r}] exists in {self.path}; pass overwrite=True.")
-        _replace_elem(Path(self.path) / self.name / "obsm", group, key, value)
+        replace_elem(Path(self.path) / self.name / "obsm", group, key, value)
 
     def write_uns(self, key: str, value: Mapping) -> None:
         """Store a JSON-like mapping under ``uns[key]``."""
         group = zarr.open_group(self.path, mode="r+")[f"{self.name}/uns"]
-        _replace_elem(Path(self.path) / self.name / "uns", group, key, dict(value))
+        replace_elem(Path(self.path) / self.name / "uns", group, key, dict(value))
 
     def to_memory(self, rows: np.ndarray | slice | None = None) -> sp.csr_matrix:
         """Read X (or some rows of it) into memory as CSR."""

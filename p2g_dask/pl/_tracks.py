@@ -23,6 +23,7 @@ from matplotlib.patches import Arc, Rectangle
 
 from p2g_dask import _graph
 from p2g_dask._logging import logger
+from p2g_dask.io.blocks import load, store_blocks
 
 #: Depth of the widest arc in the arc track (ArchR's ``r``; the track's y axis runs 0 .. -R_MAX).
 R_MAX = 1.0
@@ -252,7 +253,7 @@ def _take_block(block, cols: np.ndarray, want_totals: bool):
 
 
 def _take_store_rows(block, cols: np.ndarray, want_totals: bool):
-    return _take_block(_graph.load(block).to_csr(), cols, want_totals)
+    return _take_block(load(block).to_csr(), cols, want_totals)
 
 
 def read_columns(modality: Any, cols: np.ndarray, *, totals: bool = True,
@@ -269,7 +270,7 @@ def read_columns(modality: Any, cols: np.ndarray, *, totals: bool = True,
         sub, tot = _take_block(modality.X, cols, totals)
         return sub, tot
     store = modality.store
-    blocks = _graph.store_blocks(store.path, store.name, store.n_vars, store.row_chunks(), fused=True)
+    blocks = store_blocks(store.path, store.name, store.n_vars, store.row_chunks(), fused=True)
     token = dask.base.tokenize([b.key for b in blocks], cols, totals)
     parts = [dask.delayed(_take_store_rows, pure=True)(b, cols, totals, dask_key_name=f"p2g-trackcolumns-{token}-{i}")
              for i, b in enumerate(blocks)]
@@ -279,11 +280,11 @@ def read_columns(modality: Any, cols: np.ndarray, *, totals: bool = True,
     return sub, tot
 
 
-def group_labels(obs: pd.DataFrame, group_by: str) -> tuple[np.ndarray, list[str]]:
+def group_labels(obs: pd.DataFrame, groupby: str) -> tuple[np.ndarray, list[str]]:
     """Per-cell group labels (as str) and the groups in display order (category order if any)."""
-    if group_by not in obs.columns:
-        raise KeyError(f"group_by={group_by!r} is not an obs column; obs has {list(obs.columns)}.")
-    col = obs[group_by]
+    if groupby not in obs.columns:
+        raise KeyError(f"groupby={groupby!r} is not an obs column; obs has {list(obs.columns)}.")
+    col = obs[groupby]
     labels = col.astype(str).to_numpy()
     present = set(labels)
     if isinstance(col.dtype, pd.CategoricalDtype):

@@ -19,7 +19,7 @@ from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
 from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
 from p2g_dask.pl import _tracks
-from p2g_dask.tl.links import passing_links
+from p2g_dask.tl.links.filters import passing_links
 
 # Track heights in inches; a figsize= rescales them proportionally.
 _COVERAGE_IN, _PEAKS_IN, _ARCS_IN, _GENE_ROW_IN, _AXIS_IN = 0.42, 0.2, 1.1, 0.34, 0.55
@@ -99,15 +99,15 @@ def _region_peaks(modality: Any, region_links: pd.DataFrame, chrom: str,
     return table, np.full(len(table), -1)
 
 
-def _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, lo, hi, n_bins):
+def _coverage(modality, bigwig_files, groupby, depth_col, peaks, cols, chrom, lo, hi, n_bins):
     """``{group: (kind, x, values)}`` for the coverage rows, in display order."""
     if bigwig_files is not None:
         return {str(g): ("steps", *_tracks.bigwig_signal(path, chrom, lo, hi, n_bins))
                 for g, path in bigwig_files.items()}
-    if group_by is None:
+    if groupby is None:
         labels, groups = np.full(modality.n_obs, "all cells", dtype=object), ["all cells"]
     else:
-        labels, groups = _tracks.group_labels(modality.obs, group_by)
+        labels, groups = _tracks.group_labels(modality.obs, groupby)
     counts, totals = _tracks.read_columns(modality, cols, totals=depth_col is None)
     if depth_col is not None:
         if depth_col not in modality.obs.columns:
@@ -118,7 +118,7 @@ def _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, l
     return {g: ("bars", edges, means[i]) for i, g in enumerate(groups)}
 
 
-@renamed_arguments(atac="data", fdr_thresh="fdr_cutoff", min_abs_r="cor_cutoff")
+@renamed_arguments(atac="data", fdr_thresh="fdr_cutoff", min_abs_r="cor_cutoff", group_by="groupby")
 def plot_peak2gene(
     data: Any = None,
     *,
@@ -131,7 +131,7 @@ def plot_peak2gene(
     positive_only: bool = False,
     coaccessibility: pd.DataFrame | None = None,
     pad_bp: int = 80_000,
-    group_by: str | None = None,
+    groupby: str | None = None,
     groups: Sequence[str] | None = None,
     bigwig_files: Mapping[str, str | os.PathLike] | None = None,
     depth_col: str | None = None,
@@ -160,7 +160,7 @@ def plot_peak2gene(
         with close names; a gene without passing links gives an empty arc track with a note and a
         logged warning.
     links
-        Table from :func:`p2g_dask.tl.peak_to_gene`. Only the links of ``gene`` are drawn.
+        Table from :func:`p2g_dask.tl.links.peak_to_gene`. Only the links of ``gene`` are drawn.
     gene_annotation, exon_annotation
         DataFrames with ``gene_name, chrom, start, end, strand`` (0-based half-open) or paths
         read by :func:`p2g_dask.io.read_gene_annotation`. Without exons, each gene is one block.
@@ -174,15 +174,15 @@ def plot_peak2gene(
         track below the links, as ArchR's browser does (loops with both ends in the region).
     pad_bp
         Padding around the gene and its passing links, in bp.
-    group_by
+    groupby
         obs column: one coverage row per group, the group's mean CP10k of each peak painted
-        across the peak's width. Without ``group_by`` and ``bigwig_files``: one row of all cells.
+        across the peak's width. Without ``groupby`` and ``bigwig_files``: one row of all cells.
     groups
         Links per group (``peak_to_gene(..., groupby=...)``): one arc track per listed group,
         each with that group's passing links (``axes["links_by_group"]``).
     bigwig_files
         ``{group: path}``: coverage rows from BigWigs (e.g. from ``pseudobulk_with_fragments``),
-        binned to the axes' pixel width. Exclusive with ``group_by``.
+        binned to the axes' pixel width. Exclusive with ``groupby``.
     depth_col
         obs column of per-cell depth for CP10k; None uses each cell's total peak counts.
     mod_atac
@@ -214,7 +214,7 @@ def plot_peak2gene(
     ...     "tss": np.where(t.strand == "+", t.start, t.end - 1), "distance": t.distance,
     ...     "correlation": 0.8, "fdr": 1e-5})
     >>> fig, axes = plot_peak2gene(sim.atac, gene=links.gene[0], links=links,
-    ...     gene_annotation=sim.genes, exon_annotation=sim.exons, group_by="lineage")
+    ...     gene_annotation=sim.genes, exon_annotation=sim.exons, groupby="lineage")
     >>> len(axes["coverage"]) == sim.atac.obs["lineage"].nunique()
     True
     """
@@ -223,8 +223,8 @@ def plot_peak2gene(
     from matplotlib.colors import Normalize
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    if group_by is not None and bigwig_files is not None:
-        raise ValueError("pass either group_by= (coverage from the peak matrix) or bigwig_files=, not both.")
+    if groupby is not None and bigwig_files is not None:
+        raise ValueError("pass either groupby= (coverage from the peak matrix) or bigwig_files=, not both.")
     if data is None and bigwig_files is None:
         raise ValueError("data is None: pass the peak matrix (AnnData/MuData/store) or bigwig_files={group: path}.")
     require_columns(links, LINKS, argument="links", columns=_DRAWN)
@@ -251,7 +251,7 @@ def plot_peak2gene(
     lo, hi = _region(gene_row, sel, int(pad_bp))
     modality = None
     if data is not None:
-        from p2g_dask._inputs import resolve_input
+        from p2g_dask.io.inputs import resolve_input
 
         modality = resolve_input(data, None, mod_atac=mod_atac)[0]
     peaks, cols = _region_peaks(modality, gene_links, chrom, lo, hi)
@@ -259,7 +259,7 @@ def plot_peak2gene(
     region_exons = None if exons is None else exons[(exons["chrom"] == chrom)
                                                     & exons["gene_name"].isin(near["gene_name"])]
     group_names = list(bigwig_files) if bigwig_files is not None else (
-        _tracks.group_labels(modality.obs, group_by)[1] if group_by is not None else ["all cells"])
+        _tracks.group_labels(modality.obs, groupby)[1] if groupby is not None else ["all cells"])
 
     # Layout: heights in inches, then the figure (or the given axes' area) split into rows.
     width = 8.0 if figsize is None else figsize[0]
@@ -292,7 +292,7 @@ def plot_peak2gene(
 
     # Coverage rows, one shared y scale.
     n_bins = max(50, min(hi - lo, int(gene_ax.get_position().width * fig.get_figwidth() * fig.dpi)))
-    signal = _coverage(modality, bigwig_files, group_by, depth_col, peaks, cols, chrom, lo, hi, n_bins)
+    signal = _coverage(modality, bigwig_files, groupby, depth_col, peaks, cols, chrom, lo, hi, n_bins)
     ymax = max([float(np.max(v[2])) if np.size(v[2]) else 0.0 for v in signal.values()] + [0.0]) or 1.0
     palette = plt.get_cmap("tab10" if len(signal) <= 10 else "tab20")
     for i, (cax, (group, (kind, x, values))) in enumerate(zip(cov_axes, signal.items())):

@@ -41,7 +41,7 @@ def plot_link_calibration(
     Parameters
     ----------
     links
-        Table from :func:`p2g_dask.tl.peak_to_gene`; ``emp_pval``/``perm_pval`` are drawn when present.
+        Table from :func:`p2g_dask.tl.links.peak_to_gene`; ``emp_pval``/``perm_pval`` are drawn when present.
     fdr_cutoff
         FDR threshold of panel 3.
     bins

@@ -14,7 +14,7 @@ from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
 from p2g_dask._variables import LINKS, require_columns
 from p2g_dask.pl import _tracks
-from p2g_dask.tl.links import passing_links
+from p2g_dask.tl.links.filters import passing_links
 
 # ArchR's default palettes of this plot (solarExtra for accessibility, blueYellow for expression).
 SOLAR_EXTRA = ["#3361A5", "#248AF3", "#14B3FF", "#88CEEF", "#C1D5DC", "#EAD397", "#FDB31A", "#E42A2A", "#A31D1D"]
@@ -41,10 +41,10 @@ def metacell_columns(modality: Any, cols: np.ndarray, metacells: np.ndarray) -> 
     """``log2(CP10k + 1)`` metacell values of the matrix columns ``cols``.
 
     Normalised over *all* features: the columns are read with every cell's total and passed to
-    :func:`p2g_dask.tl.aggregate.metacell_matrix` with one extra "rest of the matrix" column, so
+    :func:`p2g_dask.tl.engine.accumulate.metacell_matrix` with one extra "rest of the matrix" column, so
     each metacell is scaled by its full total exactly as in ``peak_to_gene``.
     """
-    from p2g_dask.tl.aggregate import metacell_matrix
+    from p2g_dask.tl.engine.accumulate import metacell_matrix
 
     sub, totals = _tracks.read_columns(modality, cols, totals=True)
     rest = totals - np.asarray(sub.sum(axis=1)).ravel()
@@ -91,7 +91,7 @@ def _links_first_is_old_order(func: Callable) -> Callable:
     return wrapper
 
 
-@renamed_arguments(atac="data", fdr="fdr_cutoff")
+@renamed_arguments(atac="data", fdr="fdr_cutoff", group_by="groupby")
 @_links_first_is_old_order
 def plot_peak2gene_heatmap(
     data: Any,
@@ -104,7 +104,7 @@ def plot_peak2gene_heatmap(
     var_cutoff_atac: float = 0.25,
     var_cutoff_rna: float = 0.25,
     k: int = 25,
-    group_by: str = "cell_type",
+    groupby: str = "cell_type",
     max_links: int = 25_000,
     limits: tuple[float, float] = (-2.0, 2.0),
     seed: int = 1,
@@ -121,7 +121,7 @@ def plot_peak2gene_heatmap(
     variance quantiles above the cut-offs); the metacell matrices are recomputed from
     ``links.attrs["metacells"]``; rows z-scored; k-means (``k`` clusters, seeded) on the peak
     z-scores; the same row order in both heatmaps (row i is one link: its peak left, its gene
-    right); metacells ordered by clustering and annotated by their majority ``group_by`` group.
+    right); metacells ordered by clustering and annotated by their majority ``groupby`` group.
 
     Parameters
     ----------
@@ -129,7 +129,7 @@ def plot_peak2gene_heatmap(
         The data ``peak_to_gene`` ran on: AnnData pair, MuData (``mod_atac``/``mod_rna``) or a
         store (``rna=None``). Only the linked peaks' and genes' columns are read.
     links
-        Table from :func:`p2g_dask.tl.peak_to_gene` with its ``attrs["metacells"]``. The old
+        Table from :func:`p2g_dask.tl.links.peak_to_gene` with its ``attrs["metacells"]``. The old
         order ``(links, atac, rna)`` and the names ``atac=`` / ``fdr=`` still work for one
         release, with a FutureWarning.
     fdr_cutoff, cor_cutoff, positive_only
@@ -140,7 +140,7 @@ def plot_peak2gene_heatmap(
         (skipped when the columns are absent).
     k
         k-means clusters (at most the number of links).
-    group_by
+    groupby
         obs column whose majority value annotates each metacell.
     max_links
         More links than this are subsampled per cluster, proportionally (ArchR's ``nPlot``).
@@ -180,7 +180,7 @@ def plot_peak2gene_heatmap(
     from matplotlib.colors import LinearSegmentedColormap, ListedColormap
     from sklearn.cluster import KMeans
 
-    from p2g_dask._inputs import resolve_input
+    from p2g_dask.io.inputs import resolve_input
 
     require_columns(links, LINKS, argument="links", columns=["peak", "gene", "correlation", "fdr"])
     metacells = links.attrs.get("metacells")
@@ -228,7 +228,7 @@ def plot_peak2gene_heatmap(
     rows = rows[np.lexsort((rows, rank[clusters[rows]]))]
     mat_atac, mat_rna = z_atac[rows][:, col_order], z_rna[rows][:, col_order]
 
-    labels, groups = _tracks.group_labels(atac_mod.obs, group_by)
+    labels, groups = _tracks.group_labels(atac_mod.obs, groupby)
     mc_groups = majority_groups(metacells, labels, groups)[col_order]
     palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     group_colors = ListedColormap([palette(i % palette.N) for i in range(len(groups))])
@@ -272,7 +272,7 @@ def plot_peak2gene_heatmap(
             axes["atac"].text(-0.01, (a + b) / 2, str(c + 1), transform=axes["atac"].get_yaxis_transform(),
                               ha="right", va="center", fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=group_colors(i)) for i in range(len(groups))]
-    fig.legend(handles, groups, title=group_by, loc="center left", bbox_to_anchor=(0.845, 0.5), fontsize=8,
+    fig.legend(handles, groups, title=groupby, loc="center left", bbox_to_anchor=(0.845, 0.5), fontsize=8,
                title_fontsize=8, frameon=False)
     if show:
         plt.show()
@@ -300,7 +300,7 @@ def _check_cells(links: pd.DataFrame, modality: Any, metacells: np.ndarray) -> N
                          "data peak_to_gene ran on.")
     expected = links.attrs.get("obs_names_hash")
     if expected is not None:
-        from p2g_dask._inputs import obs_names_hash
+        from p2g_dask.io.inputs import obs_names_hash
 
         if obs_names_hash(modality.obs.index) != expected:
             raise ValueError("atac's obs_names differ from those peak_to_gene ran on (obs_names_hash); pass the "

@@ -10,7 +10,7 @@ import pandas as pd
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
 from p2g_dask._variables import LINKS, require_columns
-from p2g_dask.tl.links import passing_links
+from p2g_dask.tl.links.filters import passing_links
 
 _ALL_COLOR, _SIG_COLOR = "#b0b0b0", "#d1495b"
 
@@ -38,7 +38,7 @@ def plot_link_summary(
     Parameters
     ----------
     links
-        Table from :func:`p2g_dask.tl.peak_to_gene` (``correlation``, ``fdr``, ``distance``,
+        Table from :func:`p2g_dask.tl.links.peak_to_gene` (``correlation``, ``fdr``, ``distance``,
         ``gene`` are used). Pairs with a NaN correlation (constant features) are counted in the
         legend, not in the histogram.
     fdr_cutoff, cor_cutoff, positive_only
