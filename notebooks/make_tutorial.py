@@ -197,8 +197,8 @@ group and chromosome as Dask tasks, and writes one CPM-normalised BigWig per gro
 fragments = p2g.datasets.simulate_fragments(atac, OUT / "fragments.tsv.gz", chrom_sizes=sim.chrom_sizes,
                                             seed=1, overwrite=True)
 bigwigs = p2g.tl.pseudobulk_with_fragments(
-    data=store, chromsizes=sim.chrom_sizes, cluster_key="cell_type",
-    path_to_fragments={"demo": fragments}, bigwig_path=OUT / "bigwig", client=client,
+    data=store, chrom_sizes=sim.chrom_sizes, groupby="cell_type",
+    fragments={"demo": fragments}, bigwig_path=OUT / "bigwig", client=client,
     show_progress=False, overwrite=True)
 bigwigs"""),
     ("md", """\
@@ -217,13 +217,13 @@ fig.savefig(OUT / f"browser_{gene}.png")"""),
     ("code", """\
 # Without fragments: the coverage rows come from the peak matrix (mean CP10k per group).
 fig, axes = p2g.pl.plot_peak2gene(store, gene=gene, links=links, gene_annotation=sim.genes,
-                                  exon_annotation=sim.exons, group_by="lineage")"""),
+                                  exon_annotation=sim.exons, groupby="lineage")"""),
     ("md", """\
 `plot_peak2gene_heatmap` is ArchR's `plotPeak2GeneHeatmap`: the confident positive links, each a
 row, with the accessibility of its peak (left) and the expression of its gene (right) across the
 metacells of `peak_to_gene`, rows z-scored and k-means clustered."""),
     ("code", """\
-fig, axes = p2g.pl.plot_peak2gene_heatmap(store, links=links, group_by="cell_type", k=6, figsize=(8.0, 5.0))
+fig, axes = p2g.pl.plot_peak2gene_heatmap(store, links=links, groupby="cell_type", k=6, figsize=(8.0, 5.0))
 fig.set_dpi(72)   # keeps the notebook small; fig.savefig(..., dpi=300) for print"""),
     ("code", """\
 # Parquet keeps every column and attrs; the text formats are for genome browsers.
@@ -323,7 +323,7 @@ loops = p2g.tl.coaccessibility_loops(coaccess, cor_cutoff=0.5)
 print(len(coaccess), "ordered peak pairs;", len(loops), "loops with r >= 0.5")
 p2g.io.write_links(loops, OUT / "coaccess.bedpe", format="bedpe", overwrite=True)
 fig, axes = p2g.pl.plot_peak2gene(store, gene=gene, links=links, gene_annotation=sim.genes,
-                                  exon_annotation=sim.exons, group_by="lineage", coaccessibility=loops,
+                                  exon_annotation=sim.exons, groupby="lineage", coaccessibility=loops,
                                   fdr_cutoff=1e-4, cor_cutoff=0.45)"""),
     ("md", """\
 How far can the t-test's FDR be trusted? Overlapping metacells share cells, so even noise is
@@ -371,12 +371,12 @@ if RUN_REAL_DATA:
     print(p2g.tl.links_per_gene(confident10k).head(20))
     group_key = "cell_type"   # check atac10k.obs.columns for the shipped label column
     bigwigs10k = p2g.tl.pseudobulk_with_fragments(
-        data=store10k, chromsizes=p2g.genome.hg38.chrom_sizes, cluster_key=group_key,
-        path_to_fragments={"pbmc10k": fragments10k}, bigwig_path=OUT / "bigwig10k", overwrite=True)
+        data=store10k, chrom_sizes=p2g.genome.hg38.chrom_sizes, groupby=group_key,
+        fragments={"pbmc10k": fragments10k}, bigwig_path=OUT / "bigwig10k", overwrite=True)
     for marker in ["CD14", "MS4A1", "CD3D", "NKG7"]:
         fig, axes = p2g.pl.plot_peak2gene(store10k, gene=marker, links=links10k, gene_annotation=genes38,
                                           exon_annotation=exons38, bigwig_files=bigwigs10k)
-    fig, axes = p2g.pl.plot_peak2gene_heatmap(store10k, links=links10k, group_by=group_key)
+    fig, axes = p2g.pl.plot_peak2gene_heatmap(store10k, links=links10k, groupby=group_key)
     close_cluster(client)
 else:
     print("RUN_REAL_DATA is False: the PBMC 10k analysis was skipped (it needs the network).")"""),

@@ -220,16 +220,17 @@ def check_counts(x, subject: str, *, obs_names=None, first_row: int = 0) -> None
         cell = f" ({obs_names[row]!r})" if obs_names is not None and row < len(obs_names) else ""
         return f"first in cell row {first_row + row}{cell}"
 
-    if np.issubdtype(values.dtype, np.floating):
-        finite = np.isfinite(values)
-        if not finite.all():
-            raise ValueError(
-                f"{subject} non-finite values (NaN or inf), {where(int(np.argmin(finite)))}; "
-                "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
-            )
-    if values.min() < 0:
+    # Two reductions and no temporary array (NaN propagates through min, inf shows in min/max);
+    # the slower search for the first bad cell runs only when there is one.
+    lowest, highest = values.min(), values.max()
+    if np.issubdtype(values.dtype, np.floating) and not (np.isfinite(lowest) and np.isfinite(highest)):
         raise ValueError(
-            f"{subject} negative values (min {values.min()}), {where(int(np.argmax(values < 0)))}; {_RAW_COUNTS_FIX}"
+            f"{subject} non-finite values (NaN or inf), {where(int(np.argmin(np.isfinite(values))))}; "
+            "p2g_dask needs raw counts: replace them (e.g. X.data[~np.isfinite(X.data)] = 0)."
+        )
+    if lowest < 0:
+        raise ValueError(
+            f"{subject} negative values (min {lowest}), {where(int(np.argmax(values < 0)))}; {_RAW_COUNTS_FIX}"
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
 
 #: (p-value column, FDR column, label, colour) of each statistic, drawn when the column exists.
 STATISTICS = (
@@ -18,14 +18,28 @@ STATISTICS = (
 )
 
 
-def _label(links: pd.DataFrame, column: str, label: str) -> str:
+def _label(links: pd.DataFrame, column: str, label: str, group: Any = None) -> str:
     record = links.attrs.get("permutation") if column == "perm_pval" else None
+    if record and group is not None and "permute" not in record:  # links per group: one record per group
+        record = record.get(str(group))
     return f"{label} ({record['permute']}, N={record['n_permutations']})" if record else label
+
+
+def _group_rows(links: pd.DataFrame, group: Any) -> pd.DataFrame:
+    """The links of one group (``groupby`` runs), or all links when ``group`` is None."""
+    if group is None:
+        return links
+    require_columns(links, GROUP_LINKS, argument="links (group=)", columns=["group"])
+    names = links["group"].astype(str)
+    if str(group) not in set(names):
+        raise ValueError(f"group={group!r} is not a group of the links; choose from {sorted(names.unique())}.")
+    return links[names.to_numpy() == str(group)]
 
 
 def plot_link_calibration(
     links: pd.DataFrame,
     *,
+    group: Any = None,
     fdr_cutoff: float = 0.05,
     bins: int = 40,
     figsize: tuple[float, float] = (12.0, 3.6),
@@ -41,7 +55,10 @@ def plot_link_calibration(
     Parameters
     ----------
     links
-        Table from :func:`p2g_dask.tl.links.peak_to_gene`; ``emp_pval``/``perm_pval`` are drawn when present.
+        Table from :func:`p2g_dask.tl.peak_to_gene`; ``emp_pval``/``perm_pval`` are drawn when present.
+    group
+        With links per group (``peak_to_gene(groupby=...)``), the group whose statistics are drawn
+        (each group has its own nulls and FDR); None draws all rows.
     fdr_cutoff
         FDR threshold of panel 3.
     bins
@@ -69,6 +86,7 @@ def plot_link_calibration(
     import matplotlib.pyplot as plt
 
     require_columns(links, LINKS, argument="links", columns=["pval", "fdr"])
+    links = _group_rows(links, group)
     present = [s for s in STATISTICS if s[0] in links.columns]
     fig, axes = plt.subplots(1, 3, figsize=figsize)
     qq, hist, share = axes
@@ -80,7 +98,8 @@ def plot_link_calibration(
             continue
         expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
         observed = -np.log10(np.maximum(p, 1e-300))
-        qq.plot(expected, observed, ".", markersize=2, color=color, label=_label(links, column, label), gid=f"qq:{column}")
+        qq.plot(expected, observed, ".", markersize=2, color=color, label=_label(links, column, label, group),
+                gid=f"qq:{column}")
         top = max(top, expected.max())
         hist.hist(p, bins=np.linspace(0, 1, bins + 1), density=True, histtype="step", color=color, linewidth=1.4,
                   label=label, gid=f"hist:{column}")
@@ -98,6 +117,8 @@ def plot_link_calibration(
     share.tick_params(axis="x", labelsize=7)
     for a in axes:
         a.spines[["top", "right"]].set_visible(False)
+    if group is not None:
+        fig.suptitle(f"group {group}", fontsize=9)
     fig.tight_layout()
     if show:
         plt.show()

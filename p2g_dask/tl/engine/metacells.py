@@ -12,6 +12,7 @@ from p2g_dask._logging import logger
 from p2g_dask.io.inputs import get_obsm
 from p2g_dask._variables import check_metacell_params, check_metacells, warn_small_data
 from p2g_dask.io.links import MetacellMembership  # noqa: F401 - the membership as links keep it
+from p2g_dask.tl.engine.knn import nearest_neighbours
 
 
 def overlap_filter(neighbours: np.ndarray, max_shared: int) -> np.ndarray:
@@ -118,10 +119,7 @@ def metacells(
         )
     rng = np.random.default_rng(seed)
     seeds = rng.choice(n_cells, size=n_metacells, replace=replace)
-    from sklearn.neighbors import NearestNeighbors  # imported with p2g_dask.tl outside workers
-
-    index = NearestNeighbors(n_neighbors=k_neighbors, algorithm="auto").fit(embedding)
-    distances, neighbours = index.kneighbors(embedding[seeds], return_distance=True)
+    neighbours, _ = nearest_neighbours(embedding, embedding[seeds], k_neighbors)
     # The seed is its own nearest neighbour; put it first even when duplicated points tie at 0.
     for row, cell in enumerate(seeds):
         if neighbours[row, 0] != cell:

@@ -17,6 +17,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from p2g_dask.tl.engine.knn import nearest_neighbours
+
 #: Seurat's default ``prune.SNN``: edges with a Jaccard index below this are dropped.
 PRUNE_SNN = 1 / 15
 
@@ -53,10 +55,7 @@ def snn_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
     n_obs = coords.shape[0]
     k = min(n_neighbors, n_obs)
     # Exact neighbours (the cell itself first), so the graph does not depend on a random tree.
-    from sklearn.neighbors import NearestNeighbors  # imported with p2g_dask.tl outside workers
-
-    _, neighbours = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(coords).kneighbors(coords)
-    neighbours = neighbours.astype(np.int64)
+    neighbours, _ = nearest_neighbours(coords, coords, k)
     weights = _jaccard_of_neighbours(neighbours, np.sort(neighbours, axis=1))
     rows = np.repeat(np.arange(n_obs), k)
     cols, weights = neighbours.ravel(), weights.ravel()
