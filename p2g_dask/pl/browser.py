@@ -17,7 +17,7 @@ import pandas as pd
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
+from p2g_dask._tables import GROUP_LINKS, LINKS, require_columns
 from p2g_dask.pl import _browser_axes, _tracks
 from p2g_dask.tl.links.filters import passing_links
 

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._tables import LINKS, require_columns
 from p2g_dask.pl import _tracks
 from p2g_dask.tl.links.filters import passing_links
 
