@@ -35,7 +35,8 @@ class TrackAxes:
     @property
     def rows(self) -> list[Any]:
         """Every row above the gene models."""
-        return [*self.coverage, self.peaks, *self.arcs] + ([self.coaccessibility] if self.coaccessibility is not None else [])
+        below_arcs = [] if self.coaccessibility is None else [self.coaccessibility]
+        return [*self.coverage, self.peaks, *self.arcs, *below_arcs]
 
 
 def layout_rows(near: pd.DataFrame, region: tuple[int, int], *, group_names: Sequence[str], n_arc_tracks: int,
