@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 import p2g_dask as p2g
+from p2g_dask._tables import COACCESSIBILITY
 
 MAX_DISTANCE = 1_500_000
 
@@ -84,7 +85,7 @@ def test_co_accessibility__matches_numpy_reference_over_chunkings(tiny, chunk_ce
     assert len(ref) > 500
     assert not (table["peak1"] == atac.var_names[4]).any()
     _compare(table, ref)
-    assert list(table.columns) == p2g._variables.COACCESSIBILITY.names
+    assert list(table.columns) == COACCESSIBILITY.names
     assert table.attrs["metacells"].shape == neighbours.shape
 
 
@@ -159,7 +160,7 @@ def test_coaccessibility_loops__matches_reference(tiny, resolution):
 
 
 def test_coaccessibility_loops__bad_resolution_names_argument(tiny):
-    table = pd.DataFrame({c: [] for c in p2g._variables.COACCESSIBILITY.names})
+    table = pd.DataFrame({c: [] for c in COACCESSIBILITY.names})
     with pytest.raises(ValueError, match="resolution=0"):
         p2g.tl.coaccessibility_loops(table, resolution=0)
 

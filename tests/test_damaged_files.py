@@ -41,7 +41,7 @@ def real(shared_data, tmp_path_factory):
         md.MuData({"atac": atac, "rna": ad.read_h5ad(pbmc / "rna.h5ad")}).write_h5mu(folder / "pbmc.h5mu")
     store = p2g.io.ingest(pbmc / "atac.h5ad", pbmc / "rna.h5ad", folder / "pbmc.zarr")
     peaks = atac.var_names[:20]
-    from p2g_dask._variables import LINK_COLUMNS
+    from p2g_dask._tables import LINK_COLUMNS
 
     links = pd.DataFrame({c: np.linspace(0, 1, peaks.size) for c in LINK_COLUMNS})
     links = links.assign(peak=peaks, gene="CD74", chrom="chr5", peak_start=0, peak_end=1, tss=1, distance=0)

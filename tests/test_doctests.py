@@ -40,7 +40,8 @@ def test_doctests__examples_found_across_the_package():
     # nothing (or a package that loses its examples) fails here.
     assert len(examples) > 200, len(examples)
     assert len(modules_with_examples) > 40, modules_with_examples
-    for name in ("p2g_dask.tl.links.filters", "p2g_dask.pl.summary", "p2g_dask.io.annotation", "p2g_dask._variables"):
+    for name in ("p2g_dask.tl.links.filters", "p2g_dask.pl.summary", "p2g_dask.io.annotation", "p2g_dask._variables",
+                 "p2g_dask._tables"):
         assert ALL[name], f"{name} has no examples"
 
 

@@ -1,5 +1,6 @@
 """The package's layout holds: no import circle, every import pointing down (io never imports a
-tool, the graph module reads no data), and importing the tools loads none of their libraries."""
+tool, the graph module reads no data), importing the tools loads none of their libraries, and no
+function is over 120 lines without its docstring."""
 
 from __future__ import annotations
 
@@ -89,3 +90,30 @@ def test_layout__tools_import_only_what_they_use():
             "print(sorted(m for m in ('sklearn', 'igraph', 'matplotlib', 'pyranges') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+#: The project's bound on a function's length, its docstring left out (issue #29).
+MAX_FUNCTION_LINES = 120
+
+
+def _lines_without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from ``def`` to the function's last line, less its docstring's lines."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_layout__no_function_over_120_lines_without_its_docstring():
+    sample = ast.parse('@decorated\ndef f(x):\n    """One.\n\n    Two.\n    """\n    y = x\n    return y\n').body[0]
+    assert _lines_without_docstring(sample) == 3  # def, y = x, return y: decorator and docstring not counted
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = _lines_without_docstring(node)
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, (f"functions over {MAX_FUNCTION_LINES} lines without their docstring (split them into "
+                          f"helpers with one job each): {too_long}")

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 import p2g_dask as p2g
-from p2g_dask._variables import LINK_COLUMNS
+from p2g_dask._tables import LINK_COLUMNS
 from p2g_dask.tl.engine.pairs import candidate_pairs
 
 

@@ -1,4 +1,4 @@
-"""The table schemas of p2g_dask._variables and their one check, as every user of a table sees it."""
+"""The table schemas of p2g_dask._tables and their one check, as every user of a table sees it."""
 
 from __future__ import annotations
 
@@ -6,33 +6,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from p2g_dask import _variables as V
+from p2g_dask import _tables as T
 
 
 def test_schemas__registry_lists_each_table_once_with_kinds_and_meanings():
-    assert set(V.TABLES) == {"links", "co-accessibility", "genes", "exons", "fragments"}
-    for schema in V.TABLES.values():
+    assert set(T.TABLES) == {"links", "co-accessibility", "genes", "exons", "fragments"}
+    for schema in T.TABLES.values():
         assert len(schema.names) == len(set(schema.names)), schema.name
         assert all(c.kind in "Oif" and c.meaning for c in schema.columns), schema.name
-    assert V.COACCESSIBILITY.names == ["peak1", "peak2", "chrom", "centre1", "centre2", "distance", "correlation",
+    assert T.COACCESSIBILITY.names == ["peak1", "peak2", "chrom", "centre1", "centre2", "distance", "correlation",
                                        "t", "pval", "fdr", "var_q1", "var_q2"]
-    assert V.GENE_COLUMNS == ["gene_name", "chrom", "start", "end", "strand"]
-    assert V.FRAGMENTS.names == ["chrom", "start", "end", "barcode", "count"]
+    assert T.GENE_COLUMNS == ["gene_name", "chrom", "start", "end", "strand"]
+    assert T.FRAGMENTS.names == ["chrom", "start", "end", "barcode", "count"]
 
 
 def test_require_columns__error_names_argument_missing_present_and_fix():
     table = pd.DataFrame({"gene": ["A"], "correlation": [0.1]})
     with pytest.raises(ValueError) as err:
-        V.require_columns(table, V.LINKS, argument="my_links", columns=["gene", "fdr", "tss"])
+        T.require_columns(table, T.LINKS, argument="my_links", columns=["gene", "fdr", "tss"])
     message = str(err.value)
     for part in ("my_links", "missing columns ['fdr', 'tss']", "it has ['gene', 'correlation']",
                  "p2g.tl.peak_to_gene"):
         assert part in message, message
     with pytest.raises(TypeError, match=r"my_links must be a pandas DataFrame .* got dict"):
-        V.require_columns(table.to_dict(), V.LINKS, argument="my_links")
+        T.require_columns(table.to_dict(), T.LINKS, argument="my_links")
     with pytest.raises(KeyError, match="not in the links schema"):
-        V.require_columns(table, V.LINKS, argument="x", columns=["colour"])
-    assert V.require_columns(table, V.LINKS, argument="x", columns=["gene"]) is table
+        T.require_columns(table, T.LINKS, argument="x", columns=["colour"])
+    assert T.require_columns(table, T.LINKS, argument="x", columns=["gene"]) is table
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ LINEAGE_OF = {
     "T_CD4": "T", "T_CD8": "T", "NK": "NK", "B": "B",
     "Mono_CD14": "Myeloid", "Mono_FCGR3A": "Myeloid", "DC": "Myeloid", "Platelet": "Other",
 }
+# Spread of each cell-type cloud around its centre on the latent manifold.
+_CLOUD_SD = 0.45
 
 
 @dataclass
@@ -153,6 +155,69 @@ def simulate_multiome(
     >>> sim.atac.shape, sim.rna.shape, len(sim.truth)
     ((200, 2000), (200, 200), 40)
     """
+    _check_sizes(n_peaks, n_genes, n_cell_types=n_cell_types, n_linked_genes=n_linked_genes,
+                 peaks_per_link=peaks_per_link)
+    rng = np.random.default_rng(seed)
+    sizes = np.linspace(60_000_000, 20_000_000, n_chromosomes).astype(int)
+    chrom_sizes = {f"chr{i + 1}": int(s) for i, s in enumerate(sizes)}
+    chrom_names = np.array(list(chrom_sizes))
+
+    genes = _place_genes(rng, n_genes, chrom_sizes)
+    n_genes = len(genes)
+    tss = _tss(genes)
+    peaks = _place_peaks(rng, genes, tss, chrom_names, sizes, n_peaks=n_peaks, n_linked_genes=n_linked_genes,
+                         peaks_per_link=peaks_per_link)
+    peak_names = [f"{chrom_names[c]}:{s}-{e}" for c, s, e in zip(peaks.chrom, peaks.start, peaks.end)]
+
+    # Latent manifold: cell-type clouds around random centres.
+    cell_type = rng.integers(0, n_cell_types, n_cells)
+    centres = rng.normal(0, 1.0, (n_cell_types, latent_dim))
+    latent = centres[cell_type] + rng.normal(0, _CLOUD_SD, (n_cells, latent_dim))
+    gene_load, peak_load = _loadings(rng, n_genes, peaks, latent_dim=latent_dim, link_strength=link_strength)
+    gene_base = rng.lognormal(np.log(rna_density), 1.0, n_genes)
+    peak_base = rng.lognormal(np.log(atac_density), 0.6, n_peaks)
+    atac_depth = rng.lognormal(0, 0.35, n_cells)
+    rna_depth = rng.lognormal(0, 0.35, n_cells)
+    atac_x = _poisson_counts(rng, latent, centres, peak_load, peak_base, atac_depth)
+    rna_x = _poisson_counts(rng, latent, centres, gene_load, gene_base, rna_depth)
+
+    type_names = np.array(CELL_TYPE_NAMES[:n_cell_types])
+    # Optional extras draw from their own generator: the outputs of existing seeds stay the same.
+    extra = np.random.default_rng([seed, 20])
+    group_truth = SimulatedMultiome.__dataclass_fields__["group_truth"].default_factory()
+    if n_group_links:
+        atac_x, rna_x, group_truth = _plant_group_links(
+            extra, atac_x, rna_x, n_group_links, latent - centres[cell_type], cell_type, type_names,
+            (peaks.chrom, peaks.centre, peaks.origin, peak_load, atac_depth), (genes, tss, gene_load, rna_depth),
+            np.asarray(peak_names, dtype=object), chrom_names,
+        )
+    sample = extra.integers(0, n_samples, n_cells) if n_samples > 1 else np.zeros(n_cells, dtype=np.int64)
+    if sample_effect > 0:
+        atac_x, rna_x = (_thin_by_sample(extra, x, sample, n_samples, sample_effect) for x in (atac_x, rna_x))
+        latent = latent + sample_effect * extra.normal(0, 0.3, (n_samples, latent_dim))[sample]
+
+    peak_var = pd.DataFrame(
+        {"chrom": chrom_names[peaks.chrom], "start": peaks.start.astype(np.int64), "end": peaks.end.astype(np.int64)},
+        index=peak_names,
+    )
+    atac, rna = _paired_anndata(atac_x, rna_x, latent, type_names, cell_type, sample if n_samples > 1 else None,
+                                peak_var=peak_var, gene_names=genes["gene_name"].to_numpy())
+    truth = _planted_truth(peaks, peak_names, genes, tss)
+    logger.info(
+        "simulated %d cells x %d peaks (%.1f%% nonzero) x %d genes (%.1f%% nonzero), %d planted links",
+        n_cells, n_peaks, 100 * atac_x.nnz / (n_cells * n_peaks), n_genes,
+        100 * rna_x.nnz / (n_cells * n_genes), len(truth),
+    )
+    return SimulatedMultiome(atac, rna, genes, _make_exons(rng, genes), truth, chrom_sizes, group_truth)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of simulate_multiome, in the order they draw from the generator (the order is part of
+# the data of a seed: reordering the draws changes every simulated matrix).
+
+
+def _check_sizes(n_peaks: int, n_genes: int, *, n_cell_types: int, n_linked_genes: int, peaks_per_link: int) -> None:
+    """Refuse more cell types than names, or more planted links than the peaks and genes hold."""
     if not 1 <= n_cell_types <= len(CELL_TYPE_NAMES):
         raise ValueError(f"n_cell_types={n_cell_types} must be between 1 and {len(CELL_TYPE_NAMES)}.")
     if n_linked_genes * peaks_per_link > n_peaks // 2 or n_linked_genes > n_genes:
@@ -160,22 +225,39 @@ def simulate_multiome(
             f"n_linked_genes={n_linked_genes} x peaks_per_link={peaks_per_link} needs more peaks/genes; "
             f"use at most {min(n_genes, n_peaks // (2 * peaks_per_link))} linked genes."
         )
-    rng = np.random.default_rng(seed)
-    sizes = np.linspace(60_000_000, 20_000_000, n_chromosomes).astype(int)
-    chrom_sizes = {f"chr{i + 1}": int(s) for i, s in enumerate(sizes)}
 
-    genes = _place_genes(rng, n_genes, chrom_sizes)
+
+@dataclass
+class _PeakSet:
+    """The simulated peaks sorted by position, and the planted links they carry."""
+
+    chrom: np.ndarray  # chromosome number of each peak
+    centre: np.ndarray
+    origin: np.ndarray  # the planted link of each peak (an index of link_gene), -1 for none
+    linked_genes: np.ndarray  # the genes with planted links, sorted
+    link_gene: np.ndarray  # the gene of each planted link
+
+    @property
+    def start(self) -> np.ndarray:
+        """Peak starts: peaks are 501 bp wide."""
+        return self.centre - 250
+
+    @property
+    def end(self) -> np.ndarray:
+        """Peak ends (half-open)."""
+        return self.centre + 251
+
+
+def _place_peaks(rng, genes: pd.DataFrame, tss: np.ndarray, chrom_names: np.ndarray, sizes: np.ndarray, *,
+                 n_peaks: int, n_linked_genes: int, peaks_per_link: int) -> _PeakSet:
+    """Planted linked peaks near linked genes, promoter peaks, and background, sorted and spaced."""
     n_genes = len(genes)
-    tss = _tss(genes)
-
-    # Peaks: planted linked peaks near linked genes, promoter peaks, and background.
     linked_genes = np.sort(rng.choice(n_genes, n_linked_genes, replace=False))
     link_gene = np.repeat(linked_genes, peaks_per_link)
     link_offset = rng.integers(10_000, 200_000, link_gene.size) * rng.choice([-1, 1], link_gene.size)
     n_promoter = min(n_genes, (n_peaks - link_gene.size) // 4)
     promoter_gene = np.sort(rng.choice(n_genes, n_promoter, replace=False))
     n_background = n_peaks - link_gene.size - n_promoter
-    chrom_names = np.array(list(chrom_sizes))
     bg_chrom = rng.choice(len(chrom_names), n_background, p=sizes / sizes.sum())
     bg_pos = (rng.random(n_background) * (sizes[bg_chrom] - 400_000) + 200_000).astype(np.int64)
     gene_chrom_idx = pd.Index(chrom_names).get_indexer(genes["chrom"])
@@ -191,90 +273,73 @@ def simulate_multiome(
         sel = np.flatnonzero(peak_chrom == c)
         spaced = peak_centre[sel] - np.arange(sel.size) * 600
         peak_centre[sel] = np.maximum.accumulate(spaced) + np.arange(sel.size) * 600
-    peak_start = peak_centre - 250
-    peak_end = peak_centre + 251
-    peak_names = [f"{chrom_names[c]}:{s}-{e}" for c, s, e in zip(peak_chrom, peak_start, peak_end)]
+    return _PeakSet(peak_chrom, peak_centre, origin, linked_genes, link_gene)
 
-    # Latent manifold: cell-type clouds around random centres.
-    cell_type = rng.integers(0, n_cell_types, n_cells)
-    centres = rng.normal(0, 1.0, (n_cell_types, latent_dim))
-    latent = centres[cell_type] + rng.normal(0, 0.45, (n_cells, latent_dim))
 
-    # Loadings: a share of the features responds to the latent; linked peaks share their gene's.
+def _loadings(rng, n_genes: int, peaks: _PeakSet, *, latent_dim: int,
+              link_strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """Latent loadings of genes and peaks: a share of the features responds to the latent; a
+    linked peak shares its gene's loading (times ``link_strength``, plus a little noise)."""
+    n_peaks = len(peaks.origin)
     gene_load = rng.normal(0, 0.9, (n_genes, latent_dim)) * (rng.random((n_genes, 1)) < 0.5)
-    gene_load[linked_genes] = rng.normal(0, 0.9, (n_linked_genes, latent_dim))
+    gene_load[peaks.linked_genes] = rng.normal(0, 0.9, (len(peaks.linked_genes), latent_dim))
     peak_load = rng.normal(0, 0.8, (n_peaks, latent_dim)) * (rng.random((n_peaks, 1)) < 0.4)
-    is_linked = origin >= 0
-    peak_load[is_linked] = link_strength * gene_load[link_gene[origin[is_linked]]] + rng.normal(
+    is_linked = peaks.origin >= 0
+    peak_load[is_linked] = link_strength * gene_load[peaks.link_gene[peaks.origin[is_linked]]] + rng.normal(
         0, 0.15, (int(is_linked.sum()), latent_dim)
     )
-    gene_base = rng.lognormal(np.log(rna_density), 1.0, n_genes)
-    peak_base = rng.lognormal(np.log(atac_density), 0.6, n_peaks)
-    atac_depth = rng.lognormal(0, 0.35, n_cells)
-    rna_depth = rng.lognormal(0, 0.35, n_cells)
+    return gene_load, peak_load
 
-    def counts(load, base, depth):
-        blocks = []
-        for start in range(0, n_cells, 2048):
-            stop = min(start + 2048, n_cells)
-            signal = latent[start:stop] @ load.T
-            signal -= 0.5 * (load**2).sum(1) * 0.45**2 + 0.5 * (load @ centres.T).var(1)
-            rate = depth[start:stop, None] * base[None, :] * np.exp(signal)
-            blocks.append(sp.csr_matrix(rng.poisson(np.minimum(rate, 50.0)).astype(np.int32)))
-        return sp.vstack(blocks, format="csr")
 
-    atac_x = counts(peak_load, peak_base, atac_depth)
-    rna_x = counts(gene_load, gene_base, rna_depth)
+def _poisson_counts(rng, latent: np.ndarray, centres: np.ndarray, load: np.ndarray, base: np.ndarray,
+                    depth: np.ndarray) -> sp.csr_matrix:
+    """Cells x features Poisson counts around ``depth * base * exp(latent @ load)``, centred so a
+    feature's mean rate stays near ``base``; drawn 2,048 cells at a time."""
+    n_cells = len(latent)
+    blocks = []
+    for start in range(0, n_cells, 2048):
+        stop = min(start + 2048, n_cells)
+        signal = latent[start:stop] @ load.T
+        signal -= 0.5 * (load**2).sum(1) * _CLOUD_SD**2 + 0.5 * (load @ centres.T).var(1)
+        rate = depth[start:stop, None] * base[None, :] * np.exp(signal)
+        blocks.append(sp.csr_matrix(rng.poisson(np.minimum(rate, 50.0)).astype(np.int32)))
+    return sp.vstack(blocks, format="csr")
 
-    type_names = np.array(CELL_TYPE_NAMES[:n_cell_types])
-    # Optional extras draw from their own generator: the outputs of existing seeds stay the same.
-    extra = np.random.default_rng([seed, 20])
-    group_truth = SimulatedMultiome.__dataclass_fields__["group_truth"].default_factory()
-    if n_group_links:
-        atac_x, rna_x, group_truth = _plant_group_links(
-            extra, atac_x, rna_x, n_group_links, latent - centres[cell_type], cell_type, type_names,
-            (peak_chrom, peak_centre, origin, peak_load, atac_depth), (genes, tss, gene_load, rna_depth),
-            np.asarray(peak_names, dtype=object), chrom_names,
-        )
-    sample = extra.integers(0, n_samples, n_cells) if n_samples > 1 else np.zeros(n_cells, dtype=np.int64)
-    if sample_effect > 0:
-        atac_x, rna_x = (_thin_by_sample(extra, x, sample, n_samples, sample_effect) for x in (atac_x, rna_x))
-        latent = latent + sample_effect * extra.normal(0, 0.3, (n_samples, latent_dim))[sample]
+
+def _paired_anndata(atac_x: sp.csr_matrix, rna_x: sp.csr_matrix, latent: np.ndarray, type_names: np.ndarray,
+                    cell_type: np.ndarray, sample: np.ndarray | None, *, peak_var: pd.DataFrame,
+                    gene_names: np.ndarray) -> tuple[ad.AnnData, ad.AnnData]:
+    """The ATAC and RNA AnnData of the same cells: ``cell_type``, ``lineage`` (and ``sample``) in
+    obs, ``n_fragment`` in the ATAC obs, the latent positions in ``obsm['X_latent']``."""
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical(type_names[cell_type], categories=type_names),
             "lineage": pd.Categorical([LINEAGE_OF[t] for t in type_names[cell_type]]),
         },
-        index=[f"cell{i:06d}-1" for i in range(n_cells)],
+        index=[f"cell{i:06d}-1" for i in range(len(cell_type))],
     )
-    if n_samples > 1:
+    if sample is not None:
         obs["sample"] = pd.Categorical([f"S{i + 1}" for i in sample])
     atac_obs = obs.copy()
     atac_obs["n_fragment"] = np.asarray(atac_x.sum(1)).ravel().astype(np.int64)
-    peak_var = pd.DataFrame(
-        {"chrom": chrom_names[peak_chrom], "start": peak_start.astype(np.int64), "end": peak_end.astype(np.int64)},
-        index=peak_names,
-    )
     atac = ad.AnnData(X=atac_x, obs=atac_obs, var=peak_var)
     atac.obsm["X_latent"] = latent.astype(np.float32)
-    rna = ad.AnnData(X=rna_x, obs=obs.copy(), var=pd.DataFrame(index=genes["gene_name"].to_numpy()))
+    rna = ad.AnnData(X=rna_x, obs=obs.copy(), var=pd.DataFrame(index=gene_names))
     rna.obsm["X_latent"] = latent.astype(np.float32)
+    return atac, rna
 
-    linked_peak_idx = np.flatnonzero(is_linked)
-    truth_gene = link_gene[origin[linked_peak_idx]]
-    truth = pd.DataFrame(
+
+def _planted_truth(peaks: _PeakSet, peak_names: list[str], genes: pd.DataFrame, tss: np.ndarray) -> pd.DataFrame:
+    """The planted links: ``peak, gene, distance`` (peak centre - TSS)."""
+    linked_peak_idx = np.flatnonzero(peaks.origin >= 0)
+    truth_gene = peaks.link_gene[peaks.origin[linked_peak_idx]]
+    return pd.DataFrame(
         {
             "peak": np.asarray(peak_names, dtype=object)[linked_peak_idx],
             "gene": genes["gene_name"].to_numpy()[truth_gene],
-            "distance": peak_centre[linked_peak_idx] - tss[truth_gene],
+            "distance": peaks.centre[linked_peak_idx] - tss[truth_gene],
         }
     )
-    logger.info(
-        "simulated %d cells x %d peaks (%.1f%% nonzero) x %d genes (%.1f%% nonzero), %d planted links",
-        n_cells, n_peaks, 100 * atac_x.nnz / (n_cells * n_peaks), n_genes,
-        100 * rna_x.nnz / (n_cells * n_genes), len(truth),
-    )
-    return SimulatedMultiome(atac, rna, genes, _make_exons(rng, genes), truth, chrom_sizes, group_truth)
 
 
 def _replace_columns(x: sp.csr_matrix, columns: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
@@ -316,7 +381,7 @@ def _plant_group_links(rng, atac_x, rna_x, n_links, within, cell_type, type_name
         cells = np.flatnonzero(cell_type == t)
         # A within-type direction of the latent: its spread (sd ~1) drives both features.
         direction = rng.normal(0, 1, within.shape[1])
-        u = within[cells] @ direction / (0.45 * np.linalg.norm(direction))
+        u = within[cells] @ direction / (_CLOUD_SD * np.linalg.norm(direction))
         shared = np.exp(u - 0.5)
         atac_new[cells, j] = rng.poisson(atac_depth[cells] * 0.4 * shared)
         rna_new[cells, j] = rng.poisson(rna_depth[cells] * 1.0 * shared)

@@ -5,8 +5,9 @@ bp-resolution coverage (tens of millions of intervals) the slowest step of
 ``pseudobulk_with_fragments``. Here the intervals stay numpy arrays: sections of
 :data:`ITEMS_PER_SLOT` bedGraph items are packed with structured dtypes and deflated by
 libdeflate (the ``deflate`` package; zlib streams, as the format wants), the zoom summaries
-come from one numba pass, and both indexes (the chromosome B+ tree and the R-trees) are built
-from arrays. The tests read the files back with pybigtools and with libBigWig (pyBigWig).
+come from one numba pass, and both indexes (the chromosome B+ tree and the R-trees, in
+:mod:`p2g_dask.io._bbi_index`) are built from arrays. The tests read the files back with
+pybigtools and with libBigWig (pyBigWig).
 
 Layout written (the UCSC bbi format; all integers little-endian)::
 
@@ -30,11 +31,10 @@ import deflate
 import numba
 import numpy as np
 
+from p2g_dask.io._bbi_index import chrom_tree_bytes, rtree_bytes
+
 BIGWIG_MAGIC = 0x888FFC26
-BPT_MAGIC = 0x78CA8C91
-CIRTREE_MAGIC = 0x2468ACE0
 ITEMS_PER_SLOT = 1024
-BLOCK_SIZE = 256
 ZOOM_INCREMENT = 4
 MAX_ZOOM_LEVELS = 10
 # libdeflate at level 2 packs bp coverage as tightly as zlib's default level 6, 5x faster
@@ -46,10 +46,6 @@ SECTION_HEADER = np.dtype([("chrom", "<u4"), ("start", "<u4"), ("end", "<u4"), (
 BEDGRAPH_ITEM = np.dtype([("start", "<u4"), ("end", "<u4"), ("value", "<f4")])
 ZOOM_RECORD = np.dtype([("chrom", "<u4"), ("start", "<u4"), ("end", "<u4"), ("valid", "<u4"),
                         ("min", "<f4"), ("max", "<f4"), ("sum", "<f4"), ("sumsq", "<f4")])
-_LEAF = np.dtype([("chrom_lo", "<u4"), ("start", "<u4"), ("chrom_hi", "<u4"), ("end", "<u4"),
-                  ("offset", "<u8"), ("size", "<u8")])
-_NODE = np.dtype([("chrom_lo", "<u4"), ("start", "<u4"), ("chrom_hi", "<u4"), ("end", "<u4"),
-                  ("offset", "<u8")])
 _BEDGRAPH = 1
 
 
@@ -226,79 +222,10 @@ def _zoom_blocks(chrom_id: int, level: tuple, out: _Blocks) -> int:
     return records.size
 
 
-def _chrom_tree_bytes(names: list[bytes], sizes: list[int], base: int) -> bytes:
-    """B+ tree of the (sorted) chromosome names -> (id, size), placed at file offset ``base``."""
-    key_size = max(len(n) for n in names)
-    block = max(1, min(BLOCK_SIZE, len(names)))
-    item_size = key_size + 8  # leaf: key + id + size; inner: key + child offset
-    # Levels from the root down; an inner level lists the first item of each node below it.
-    levels = [list(range(len(names)))]
-    while len(levels[0]) > block:
-        levels.insert(0, levels[0][::block])
-    node_offsets = []
-    offset = base + 32
-    for entries in levels:
-        node_offsets.append([])
-        for j in range(0, len(entries), block):
-            node_offsets[-1].append(offset)
-            offset += 4 + item_size * min(block, len(entries) - j)
-    out = [struct.pack("<IIIIQQ", BPT_MAGIC, block, key_size, 8, len(names), 0)]
-    for depth, entries in enumerate(levels):
-        leaf = depth == len(levels) - 1
-        for j in range(0, len(entries), block):
-            node = entries[j:j + block]
-            out.append(struct.pack("<BBH", 1 if leaf else 0, 0, len(node)))
-            for k, item in enumerate(node):
-                out.append(names[item].ljust(key_size, b"\0"))
-                out.append(struct.pack("<II", item, sizes[item]) if leaf
-                           else struct.pack("<Q", node_offsets[depth + 1][(j + k)]))
-    return b"".join(out)
-
-
-def _rtree_bytes(blocks: _Blocks, offsets: np.ndarray, base: int, end_of_data: int) -> bytes:
-    """The R-tree (cirTree) over ``blocks`` whose data start at file ``offsets``; placed at ``base``."""
-    n = len(blocks.data)
-    leaf = np.zeros(n, _LEAF)
-    leaf["chrom_lo"] = leaf["chrom_hi"] = blocks.chrom
-    leaf["start"] = blocks.start
-    leaf["end"] = blocks.end
-    leaf["offset"] = offsets
-    leaf["size"] = [len(b) for b in blocks.data]
-    levels = [leaf]
-    while len(levels[-1]) > BLOCK_SIZE:
-        below = levels[-1]
-        first = np.arange(0, below.size, BLOCK_SIZE)
-        node = np.zeros(first.size, _NODE)
-        node["chrom_lo"] = below["chrom_lo"][first]
-        node["start"] = below["start"][first]
-        hi_key = (below["chrom_hi"].astype(np.uint64) << np.uint64(32)) | below["end"].astype(np.uint64)
-        top = np.maximum.reduceat(hi_key, first)
-        node["chrom_hi"] = (top >> np.uint64(32)).astype(np.uint32)
-        node["end"] = (top & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        levels.append(node)
-    levels.reverse()
-    # Byte offset of every node, root first; a node is a 4-byte header plus its entries.
-    node_starts = []
-    offset = base + 48
-    for entries in levels:
-        starts = []
-        for j in range(0, entries.size, BLOCK_SIZE):
-            starts.append(offset)
-            offset += 4 + entries.itemsize * min(BLOCK_SIZE, entries.size - j)
-        node_starts.append(starts)
-    hi_chrom, hi_end = (int(leaf["chrom_hi"][-1]), int(leaf["end"][-1])) if n else (0, 0)
-    parts = [struct.pack("<IIQIIIIQII", CIRTREE_MAGIC, BLOCK_SIZE, n,
-                         int(leaf["chrom_lo"][0]) if n else 0, int(leaf["start"][0]) if n else 0,
-                         hi_chrom, hi_end, end_of_data, ITEMS_PER_SLOT, 0)]
-    for depth, entries in enumerate(levels):
-        is_leaf = depth == len(levels) - 1
-        if not is_leaf:
-            entries = entries.copy()
-            entries["offset"] = np.asarray(node_starts[depth + 1], np.uint64)
-        for j in range(0, max(entries.size, 1), BLOCK_SIZE):
-            chunk = entries[j:j + BLOCK_SIZE]
-            parts.append(struct.pack("<BBH", 1 if is_leaf else 0, 0, chunk.size) + chunk.tobytes())
-    return b"".join(parts)
+def _block_index(blocks: _Blocks, offsets: np.ndarray, base: int) -> bytes:
+    """The R-tree of ``blocks`` written at file ``offsets``, to be placed at ``base`` (where their data end)."""
+    return rtree_bytes(blocks.chrom, blocks.start, blocks.end, offsets, [len(b) for b in blocks.data], base=base,
+                       end_of_data=base, items_per_slot=ITEMS_PER_SLOT)
 
 
 def _write_blocks(fh, blocks: _Blocks) -> np.ndarray:
@@ -378,19 +305,19 @@ def write_runs_bigwig(
         fh.write(struct.pack("<Qdddd", summary["bases_covered"], summary["min"], summary["max"], summary["sum"],
                              summary["sum_squares"]))
         chrom_tree_offset = fh.tell()
-        fh.write(_chrom_tree_bytes([c.encode() for c in names], [int(chrom_sizes[c]) for c in names], chrom_tree_offset))
+        fh.write(chrom_tree_bytes([c.encode() for c in names], [int(chrom_sizes[c]) for c in names], chrom_tree_offset))
         data_offset = fh.tell()
         fh.write(struct.pack("<Q", len(data.data)))
         offsets = _write_blocks(fh, data)
         index_offset = fh.tell()
-        fh.write(_rtree_bytes(data, offsets, index_offset, index_offset))
+        fh.write(_block_index(data, offsets, index_offset))
         zoom_headers = []
         for reduction, n_records, blocks in zooms:
             zoom_data = fh.tell()
             fh.write(struct.pack("<I", n_records))
             offsets = _write_blocks(fh, blocks)
             zoom_index = fh.tell()
-            fh.write(_rtree_bytes(blocks, offsets, zoom_index, zoom_index))
+            fh.write(_block_index(blocks, offsets, zoom_index))
             zoom_headers.append(struct.pack("<IIQQ", reduction, 0, zoom_data, zoom_index))
         fh.write(struct.pack("<I", BIGWIG_MAGIC))
         uncompress_buf = max([data.max_raw] + [blocks.max_raw for _, _, blocks in zooms])

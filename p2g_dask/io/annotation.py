@@ -18,7 +18,7 @@ import pandas as pd
 
 from p2g_dask._errors import InputFileError, InputFileNotFoundError, check_input_file, reading
 from p2g_dask._logging import logger
-from p2g_dask._variables import EXONS, GENE_COLUMNS, GENES, require_columns
+from p2g_dask._tables import EXONS, GENE_COLUMNS, GENES, require_columns
 from p2g_dask.io._genome_tables import GENOME_SIZES, is_genome
 from p2g_dask.io._gff import EXON_MODELS, open_text, parse_gff, sniff_format
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from p2g_dask._logging import logger
-from p2g_dask._variables import GENE_COLUMNS
+from p2g_dask._tables import GENE_COLUMNS
 from p2g_dask.io.annotation import read_annotation_tables
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import logger
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._tables import LINKS, require_columns
 
 # The links columns every browser format writes; fdr and distance are written when present.
 _WRITTEN = ["peak", "gene", "chrom", "peak_start", "peak_end", "tss", "correlation"]

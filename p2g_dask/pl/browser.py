@@ -17,12 +17,10 @@ import pandas as pd
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
-from p2g_dask.pl import _tracks
+from p2g_dask._tables import GROUP_LINKS, LINKS, require_columns
+from p2g_dask.pl import _browser_axes, _tracks
 from p2g_dask.tl.links.filters import passing_links
 
-# Track heights in inches; a figsize= rescales them proportionally.
-_COVERAGE_IN, _PEAKS_IN, _ARCS_IN, _GENE_ROW_IN, _AXIS_IN = 0.42, 0.2, 1.1, 0.34, 0.55
 # Links columns the browser track draws.
 _DRAWN = ["peak", "gene", "chrom", "peak_start", "peak_end", "tss", "distance", "correlation", "fdr"]
 
@@ -219,27 +217,87 @@ def plot_peak2gene(
     True
     """
     import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    _check_coverage_source(data, groupby, bigwig_files)
+    require_columns(links, LINKS, argument="links", columns=_DRAWN)
+    genes, exons = load_annotations(gene_annotation, exon_annotation)
+    gene_links, arc_groups = _links_of_gene(links, gene, groups)
+    gene_row = locate_gene(genes, gene)
+    chrom = str(gene_row["chrom"])
+    sel = _drawn_links(gene_links, gene, chrom, fdr_cutoff=fdr_cutoff, cor_cutoff=cor_cutoff,
+                       positive_only=positive_only)
+    lo, hi = _region(gene_row, sel, int(pad_bp))
+    modality = None
+    if data is not None:
+        from p2g_dask.io.inputs import resolve_input
+
+        modality = resolve_input(data, None, mod_atac=mod_atac)[0]
+    peaks, cols = _region_peaks(modality, gene_links, chrom, lo, hi)
+    near, region_exons = _region_genes(genes, exons, chrom, lo, hi)
+    group_names = list(bigwig_files) if bigwig_files is not None else (
+        _tracks.group_labels(modality.obs, groupby)[1] if groupby is not None else ["all cells"])
+
+    track = _browser_axes.layout_rows(near, (lo, hi), group_names=group_names, n_arc_tracks=len(arc_groups),
+                                      coaccessibility=coaccessibility is not None, figsize=figsize, ax=ax)
+    gene_ax = track.genes
+    n_bins = max(50, min(hi - lo, int(gene_ax.get_position().width * track.fig.get_figwidth() * track.fig.dpi)))
+    signal = _coverage(modality, bigwig_files, groupby, depth_col, peaks, cols, chrom, lo, hi, n_bins)
+    unit = "BigWig signal" if bigwig_files is not None else "mean CP10k"
+    _browser_axes.draw_coverage(track.coverage, signal, title=f"{gene}   {chrom}:{lo:,}-{hi:,}   ({unit})")
+
+    _tracks.draw_peaks(track.peaks, peaks, np.asarray(peaks.index.isin(sel["peak"]), dtype=bool))
+    norm, colormap = Normalize(-1.0, 1.0), plt.get_cmap(cmap)
+    _browser_axes.draw_links(track.arcs, arc_groups, sel, cmap=colormap, norm=norm,
+                             note=f"no links of {gene} with FDR \u2264 {fdr_cutoff:g} and |r| \u2265 {cor_cutoff:g}")
+    arc_ax = track.arcs[0]
+    cbar_ax = _browser_axes.draw_colorbar(track.fig, arc_ax, cmap=colormap, norm=norm)
+    if track.coaccessibility is not None:
+        _browser_axes.draw_coaccessibility(track.coaccessibility, coaccessibility, chrom, lo, hi, colormap, norm)
+    _tracks.draw_gene_models(gene_ax, near, region_exons, region=(lo, hi), highlight=gene,
+                             bp_per_char=track.bp_per_char)
+    _browser_axes.finish_axes(track, arc_groups, chrom, lo, hi)
+    if show:
+        plt.show()
+    axes = {"coverage": track.coverage, "peaks": track.peaks, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}
+    if groups is not None:
+        axes["links_by_group"] = dict(zip(arc_groups, track.arcs))
+    if track.coaccessibility is not None:
+        axes["coaccessibility"] = track.coaccessibility
+    return track.fig, axes
+
+
+# ---------------------------------------------------------------------------------------------
+# What plot_peak2gene draws: the coverage source, the gene's links, the region's genes.
+
+
+def _check_coverage_source(data: Any, groupby: str | None, bigwig_files: Mapping | None) -> None:
+    """The coverage rows come from the peak matrix or from BigWigs: exactly one source."""
     if groupby is not None and bigwig_files is not None:
         raise ValueError("pass either groupby= (coverage from the peak matrix) or bigwig_files=, not both.")
     if data is None and bigwig_files is None:
         raise ValueError("data is None: pass the peak matrix (AnnData/MuData/store) or bigwig_files={group: path}.")
-    require_columns(links, LINKS, argument="links", columns=_DRAWN)
-    genes, exons = load_annotations(gene_annotation, exon_annotation)
+
+
+def _links_of_gene(links: pd.DataFrame, gene: str,
+                   groups: Sequence[str] | None) -> tuple[pd.DataFrame, list[str | None]]:
+    """The links of ``gene`` (of the ``groups`` only, when given) and the arc tracks' groups
+    (``[None]``: one track of all links)."""
     gene_links = links[links["gene"] == gene]
-    if groups is not None:
-        require_columns(links, GROUP_LINKS, argument="links (groups=)", columns=["group"])
-        missing = sorted(set(map(str, groups)) - set(links["group"].astype(str)))
-        if missing:
-            raise ValueError(f"groups={list(groups)}: {missing} are not groups of the links; "
-                             f"choose from {sorted(links['group'].astype(str).unique())}.")
-        gene_links = gene_links[gene_links["group"].astype(str).isin(list(map(str, groups)))]
-    arc_groups = [str(g) for g in groups] if groups is not None else [None]
-    gene_row = locate_gene(genes, gene)
-    chrom = str(gene_row["chrom"])
+    if groups is None:
+        return gene_links, [None]
+    require_columns(links, GROUP_LINKS, argument="links (groups=)", columns=["group"])
+    missing = sorted(set(map(str, groups)) - set(links["group"].astype(str)))
+    if missing:
+        raise ValueError(f"groups={list(groups)}: {missing} are not groups of the links; "
+                         f"choose from {sorted(links['group'].astype(str).unique())}.")
+    gene_links = gene_links[gene_links["group"].astype(str).isin(list(map(str, groups)))]
+    return gene_links, [str(g) for g in groups]
+
+
+def _drawn_links(gene_links: pd.DataFrame, gene: str, chrom: str, *, fdr_cutoff: float, cor_cutoff: float,
+                 positive_only: bool) -> pd.DataFrame:
+    """The passing links of ``gene``, checked to be on the annotation's chromosome; warns when none pass."""
     sel = gene_links[passing_links(gene_links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, var_cutoff_atac=None,
                                    var_cutoff_rna=None, positive_only=positive_only)]
     if len(sel) and (sel["chrom"] != chrom).any():
@@ -248,121 +306,13 @@ def plot_peak2gene(
     if sel.empty:
         logger.warning("gene %s has no links with fdr <= %g and |r| >= %g (of %d tested): drawing no arcs",
                        gene, fdr_cutoff, cor_cutoff, len(gene_links))
-    lo, hi = _region(gene_row, sel, int(pad_bp))
-    modality = None
-    if data is not None:
-        from p2g_dask.io.inputs import resolve_input
+    return sel
 
-        modality = resolve_input(data, None, mod_atac=mod_atac)[0]
-    peaks, cols = _region_peaks(modality, gene_links, chrom, lo, hi)
+
+def _region_genes(genes: pd.DataFrame, exons: pd.DataFrame | None, chrom: str, lo: int,
+                  hi: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The genes overlapping ``[lo, hi)`` by start, and their exons (None without an exon table)."""
     near = genes[(genes["chrom"] == chrom) & (genes["end"] > lo) & (genes["start"] < hi)].sort_values("start")
     region_exons = None if exons is None else exons[(exons["chrom"] == chrom)
                                                     & exons["gene_name"].isin(near["gene_name"])]
-    group_names = list(bigwig_files) if bigwig_files is not None else (
-        _tracks.group_labels(modality.obs, groupby)[1] if groupby is not None else ["all cells"])
-
-    # Layout: heights in inches, then the figure (or the given axes' area) split into rows.
-    width = 8.0 if figsize is None else figsize[0]
-    label_in = 0.075 * max(len(str(g)) for g in [*group_names, "Genes"]) + 0.25
-    left, right = min(0.35, label_in / width), 0.89
-    axes_w_in = (right - left) * width if ax is None else ax.get_position().width * ax.figure.get_figwidth()
-    # Label widths in bp: 7 pt italic is ~0.68 em per character.
-    bp_per_char = (hi - lo) / axes_w_in * (7.0 * 0.68 / 72)
-    n_gene_rows = int(_tracks.pack_genes(near, (lo, hi), bp_per_char=bp_per_char).max()) + 1 if len(near) else 1
-    n_coaccess = 0 if coaccessibility is None else 1
-    heights = ([_COVERAGE_IN] * len(group_names) + [_PEAKS_IN] + [_ARCS_IN] * len(arc_groups)
-               + [_ARCS_IN] * n_coaccess
-               + [_GENE_ROW_IN * n_gene_rows + 0.1])
-    fig_h = sum(heights) + _AXIS_IN + 0.35 if figsize is None else figsize[1]
-    if ax is None:
-        fig = plt.figure(figsize=(width, fig_h))
-        grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.1, left=left, right=right,
-                                top=1 - 0.35 / fig_h, bottom=_AXIS_IN / fig_h)
-    else:
-        fig = ax.figure
-        grid = ax.get_subplotspec().subgridspec(len(heights), 1, height_ratios=heights, hspace=0.1)
-        ax.remove()
-    gene_ax = fig.add_subplot(grid[-1])
-    rows = [fig.add_subplot(grid[i], sharex=gene_ax) for i in range(len(heights) - 1)]
-    coaccess_ax = rows.pop() if n_coaccess else None
-    n_arcs = len(arc_groups)
-    cov_axes, peak_ax, arc_axes = rows[:-1 - n_arcs], rows[-1 - n_arcs], rows[-n_arcs:]
-    arc_ax = arc_axes[0]
-    gene_ax.set_xlim(lo, hi)
-
-    # Coverage rows, one shared y scale.
-    n_bins = max(50, min(hi - lo, int(gene_ax.get_position().width * fig.get_figwidth() * fig.dpi)))
-    signal = _coverage(modality, bigwig_files, groupby, depth_col, peaks, cols, chrom, lo, hi, n_bins)
-    ymax = max([float(np.max(v[2])) if np.size(v[2]) else 0.0 for v in signal.values()] + [0.0]) or 1.0
-    palette = plt.get_cmap("tab10" if len(signal) <= 10 else "tab20")
-    for i, (cax, (group, (kind, x, values))) in enumerate(zip(cov_axes, signal.items())):
-        color = palette(i % palette.N)
-        if kind == "bars":
-            _tracks.draw_coverage_bars(cax, x[0], x[1], values, color=color, group=group)
-        else:
-            _tracks.draw_coverage_steps(cax, x, values, color=color, group=group)
-        cax.set_ylim(0, ymax * 1.05)
-        cax.set_ylabel(group, rotation=0, ha="right", va="center", fontsize=8, color=color)
-        cax.text(0.004, 0.93, f"[0 - {ymax:.3g}]", transform=cax.transAxes, ha="left", va="top", fontsize=6.5,
-                 color="#444444")
-    if cov_axes:
-        unit = "BigWig signal" if bigwig_files is not None else "mean CP10k"
-        cov_axes[0].set_title(f"{gene}   {chrom}:{lo:,}-{hi:,}   ({unit})", fontsize=9, loc="left")
-
-    # Peaks, arcs, genes.
-    _tracks.draw_peaks(peak_ax, peaks, np.asarray(peaks.index.isin(sel["peak"]), dtype=bool))
-    norm, colormap = Normalize(-1.0, 1.0), plt.get_cmap(cmap)
-    for a, arc_group in zip(arc_axes, arc_groups):
-        drawn = sel if arc_group is None else sel[sel["group"].astype(str) == arc_group]
-        centre = (drawn["tss"] + drawn["distance"]).to_numpy(dtype=float)
-        _tracks.draw_arcs(a, centre, drawn["tss"].to_numpy(dtype=float), drawn["correlation"].to_numpy(dtype=float),
-                          cmap=colormap, norm=norm)
-    if sel.empty:
-        arc_ax.text(0.5, 0.5, f"no links of {gene} with FDR \u2264 {fdr_cutoff:g} and |r| \u2265 {cor_cutoff:g}",
-                    transform=arc_ax.transAxes, ha="center", va="center", fontsize=8, color="#555555", gid="note")
-    cbar_ax = arc_ax.inset_axes([1.015, 0.12, 0.014, 0.76])
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cbar_ax, ticks=[-1, 0, 1])
-    cbar.ax.tick_params(labelsize=7, length=2)
-    cbar.set_label("r", fontsize=8, rotation=0, labelpad=4)
-    if coaccess_ax is not None:
-        _draw_coaccessibility(coaccess_ax, coaccessibility, chrom, lo, hi, colormap, norm)
-        rows.append(coaccess_ax)
-    _tracks.draw_gene_models(gene_ax, near, region_exons, region=(lo, hi), highlight=gene, bp_per_char=bp_per_char)
-
-    arc_labels = [("Links" if g is None else f"Links\n{g}", a) for g, a in zip(arc_groups, arc_axes)]
-    for label, a in (("Peaks", peak_ax), *arc_labels, ("Genes", gene_ax)):
-        a.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    for a in rows + [gene_ax]:
-        a.set_yticks([])
-        for side in ("top", "right", "left"):
-            a.spines[side].set_visible(False)
-        if a is not gene_ax:
-            a.spines["bottom"].set_visible(a in cov_axes)
-            a.spines["bottom"].set_color("#bbbbbb")
-            a.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
-    decimals = 2 if hi - lo > 100_000 else 3
-    gene_ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
-    gene_ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.{decimals}f}"))
-    gene_ax.tick_params(axis="x", labelsize=8)
-    gene_ax.set_xlabel(f"{chrom} (Mb)", fontsize=8)
-    if show:
-        plt.show()
-    axes = {"coverage": cov_axes, "peaks": peak_ax, "links": arc_ax, "genes": gene_ax, "colorbar": cbar_ax}
-    if groups is not None:
-        axes["links_by_group"] = dict(zip(arc_groups, arc_axes))
-    if coaccess_ax is not None:
-        axes["coaccessibility"] = coaccess_ax
-    return fig, axes
-
-
-def _draw_coaccessibility(ax: Any, loops: pd.DataFrame, chrom: str, lo: int, hi: int, cmap: Any, norm: Any) -> None:
-    """The co-accessibility arc track: loops with both ends in ``[lo, hi)``, gid ``coaccess-arc``."""
-    if not isinstance(loops, pd.DataFrame) or not {"chrom", "start", "end", "correlation"} <= set(loops.columns):
-        raise ValueError("coaccessibility= must be a loops table with chrom, start, end, correlation columns; "
-                         "pass p2g_dask.tl.coaccessibility_loops(co_accessibility(...)).")
-    inside = loops[(loops["chrom"].astype(str) == chrom) & (loops["start"] >= lo) & (loops["end"] < hi)]
-    arcs = _tracks.draw_arcs(ax, inside["start"].to_numpy(dtype=float), inside["end"].to_numpy(dtype=float),
-                             inside["correlation"].to_numpy(dtype=float), cmap=cmap, norm=norm)
-    for arc in arcs:
-        arc.set_gid("coaccess-arc")
-    ax.set_ylabel("Co-access.", rotation=0, ha="right", va="center", fontsize=8)
+    return near, region_exons

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from p2g_dask._variables import GROUP_LINKS, LINKS, require_columns
+from p2g_dask._tables import GROUP_LINKS, LINKS, require_columns
 
 #: (p-value column, FDR column, label, colour) of each statistic, drawn when the column exists.
 STATISTICS = (

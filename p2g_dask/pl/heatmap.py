@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._tables import LINKS, require_columns
 from p2g_dask.pl import _tracks
 from p2g_dask.tl.links.filters import passing_links
 
@@ -177,8 +177,6 @@ def plot_peak2gene_heatmap(
     ['atac', 'colorbar_atac']
     """
     import matplotlib.pyplot as plt
-    from matplotlib.colors import LinearSegmentedColormap, ListedColormap
-    from sklearn.cluster import KMeans
 
     from p2g_dask.io.inputs import resolve_input
 
@@ -190,7 +188,32 @@ def plot_peak2gene_heatmap(
     metacells = np.asarray(metacells, dtype=np.int64)
     atac_mod, rna_mod, _ = resolve_input(data, rna, mod_atac=mod_atac, mod_rna=mod_rna, need_rna=True)
     _check_cells(links, atac_mod, metacells)
+    sel = _heatmap_links(links, fdr_cutoff=fdr_cutoff, cor_cutoff=cor_cutoff, positive_only=positive_only,
+                         var_cutoff_atac=var_cutoff_atac, var_cutoff_rna=var_cutoff_rna)
+    z_atac, z_rna = _link_zscores(atac_mod, rna_mod, sel, metacells)
+    rows, row_clusters, col_order = _cluster_rows(z_atac, k=k, seed=seed, max_links=max_links)
+    mat_atac, mat_rna = z_atac[rows][:, col_order], z_rna[rows][:, col_order]
 
+    labels, groups = _tracks.group_labels(atac_mod.obs, groupby)
+    mc_groups = majority_groups(metacells, labels, groups)[col_order]
+    fig, axes = _draw_heatmaps(mat_atac, mat_rna, row_clusters, mc_groups, groups, groupby=groupby, limits=limits,
+                               figsize=figsize)
+    if show:
+        plt.show()
+    if not return_matrices:
+        return fig, axes
+    drawn = sel.iloc[rows].assign(cluster=row_clusters + 1).reset_index(drop=True)
+    return fig, axes, {"atac": mat_atac, "rna": mat_rna, "links": drawn, "groups": mc_groups,
+                       "metacells": col_order}
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of plot_peak2gene_heatmap: the links drawn, their z-scores, their clusters, the figure.
+
+
+def _heatmap_links(links: pd.DataFrame, *, fdr_cutoff: float, cor_cutoff: float, positive_only: bool,
+                   var_cutoff_atac: float, var_cutoff_rna: float) -> pd.DataFrame:
+    """The passing links (at least 2, else a ``ValueError`` naming the cut-offs), numbered from 0."""
     # The variance filters are skipped for tables without the variance columns.
     keep = passing_links(links, cor_cutoff=cor_cutoff, fdr_cutoff=fdr_cutoff, positive_only=positive_only,
                          var_cutoff_atac=var_cutoff_atac if "var_q_atac" in links.columns else None,
@@ -202,34 +225,58 @@ def plot_peak2gene_heatmap(
             f"{len(sel)} links pass fdr <= {fdr_cutoff:g}, {which} >= {cor_cutoff:g} and the variance cut-offs; "
             "a heatmap needs at least 2: loosen fdr_cutoff= / cor_cutoff= / var_cutoff_*=."
         )
+    return sel
+
+
+def _link_zscores(atac_mod: Any, rna_mod: Any, sel: pd.DataFrame,
+                  metacells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row z-scores of each link's peak and gene over the metacells (links x metacells, twice);
+    each distinct peak or gene is read once."""
     peak_idx = _feature_index(atac_mod.var.index, sel["peak"], "peak", "atac")
     gene_idx = _feature_index(rna_mod.var.index, sel["gene"], "gene", "rna")
     upeaks, peak_inv = np.unique(peak_idx, return_inverse=True)
     ugenes, gene_inv = np.unique(gene_idx, return_inverse=True)
     z_atac = row_zscores(metacell_columns(atac_mod, upeaks, metacells).T[peak_inv])
     z_rna = row_zscores(metacell_columns(rna_mod, ugenes, metacells).T[gene_inv])
+    return z_atac, z_rna
 
-    k = int(min(k, len(sel)))
+
+def _cluster_rows(z_atac: np.ndarray, *, k: int, seed: int,
+                  max_links: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means of the links on their peak z-scores, subsampled per cluster to ``max_links``, and
+    the drawing order: ``(rows, row_clusters, col_order)``, the links drawn in order, their
+    cluster's place in the order (0-based) and the metacells' order."""
+    from sklearn.cluster import KMeans
+
+    n_links = len(z_atac)
+    k = int(min(k, n_links))
     # One k-means++ start, as ArchR's kmeans(nstart = 1): ten starts cost 10x for the same blocks.
     clusters = KMeans(n_clusters=k, random_state=seed, n_init=1).fit_predict(z_atac)
-    rows = np.arange(len(sel))
-    if len(sel) > max_links:
+    rows = np.arange(n_links)
+    if n_links > max_links:
         rng = np.random.default_rng(seed)
         rows = np.sort(np.concatenate([
             rng.choice(np.flatnonzero(clusters == c), int(np.floor(max_links * np.mean(clusters == c))), replace=False)
             for c in range(k)
         ]))
-        logger.info("plot_peak2gene_heatmap: drawing %d of %d links (max_links)", rows.size, len(sel))
+        logger.info("plot_peak2gene_heatmap: drawing %d of %d links (max_links)", rows.size, n_links)
     means = np.vstack([z_atac[rows][clusters[rows] == c].mean(axis=0) if np.any(clusters[rows] == c)
                        else np.zeros(z_atac.shape[1]) for c in range(k)])
     cluster_order, col_order = order_clusters(means)
     rank = np.empty(k, dtype=int)
     rank[cluster_order] = np.arange(k)
     rows = rows[np.lexsort((rows, rank[clusters[rows]]))]
-    mat_atac, mat_rna = z_atac[rows][:, col_order], z_rna[rows][:, col_order]
+    return rows, rank[clusters[rows]], col_order
 
-    labels, groups = _tracks.group_labels(atac_mod.obs, groupby)
-    mc_groups = majority_groups(metacells, labels, groups)[col_order]
+
+def _draw_heatmaps(mat_atac: np.ndarray, mat_rna: np.ndarray, row_clusters: np.ndarray, mc_groups: np.ndarray,
+                   groups: list[str], *, groupby: str, limits: tuple[float, float],
+                   figsize: tuple[float, float]) -> tuple[Any, dict[str, Any]]:
+    """The two heatmaps side by side, each under a strip of the metacells' groups and above its
+    colorbar; white lines between clusters, their numbers left of the ATAC heatmap, a group legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap, ListedColormap
+
     palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     group_colors = ListedColormap([palette(i % palette.N) for i in range(len(groups))])
     group_code = pd.Categorical(mc_groups, categories=groups).codes[None, :]
@@ -238,11 +285,11 @@ def plot_peak2gene_heatmap(
     grid = fig.add_gridspec(2, 2, height_ratios=[0.35, 8], hspace=0.03, wspace=0.08,
                             left=0.06, right=0.83, top=0.9, bottom=0.1)
     axes: dict[str, Any] = {}
-    row_clusters = rank[clusters[rows]]
+    n_rows, n_cols = mat_atac.shape
     bounds = np.flatnonzero(np.diff(row_clusters)) + 0.5
     for j, (name, mat, colors, title) in enumerate((
-        ("atac", mat_atac, SOLAR_EXTRA, f"ATAC z-scores\n{len(rows):,} P2G links x {len(col_order)} metacells"),
-        ("rna", mat_rna, BLUE_YELLOW, f"RNA z-scores\n{len(rows):,} P2G links x {len(col_order)} metacells"),
+        ("atac", mat_atac, SOLAR_EXTRA, f"ATAC z-scores\n{n_rows:,} P2G links x {n_cols} metacells"),
+        ("rna", mat_rna, BLUE_YELLOW, f"RNA z-scores\n{n_rows:,} P2G links x {n_cols} metacells"),
     )):
         gax = fig.add_subplot(grid[0, j])
         gax.imshow(group_code, aspect="auto", cmap=group_colors, vmin=-0.5, vmax=len(groups) - 0.5,
@@ -263,24 +310,22 @@ def plot_peak2gene_heatmap(
         cbar.ax.tick_params(labelsize=7, length=2)
         cbar.set_label("row z-score", fontsize=7, labelpad=1)
         axes.update({name: hax, f"groups_{name}": gax, f"colorbar_{name}": cax})
-    # Cluster numbers down the left of the ATAC heatmap, at each block's middle.
-    edges = np.concatenate([[-0.5], bounds, [len(rows) - 0.5]])
-    for c, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
-        # The heatmap is ~0.77 x the figure height; a 7 pt label needs ~0.12 in, so thinner
-        # blocks stay unlabelled and neighbouring labels never overlap.
-        if (b - a) / len(rows) >= 0.16 / figsize[1]:
-            axes["atac"].text(-0.01, (a + b) / 2, str(c + 1), transform=axes["atac"].get_yaxis_transform(),
-                              ha="right", va="center", fontsize=7)
+    _number_clusters(axes["atac"], bounds, n_rows, fig_height=figsize[1])
     handles = [plt.Rectangle((0, 0), 1, 1, color=group_colors(i)) for i in range(len(groups))]
     fig.legend(handles, groups, title=groupby, loc="center left", bbox_to_anchor=(0.845, 0.5), fontsize=8,
                title_fontsize=8, frameon=False)
-    if show:
-        plt.show()
-    if not return_matrices:
-        return fig, axes
-    drawn = sel.iloc[rows].assign(cluster=row_clusters + 1).reset_index(drop=True)
-    return fig, axes, {"atac": mat_atac, "rna": mat_rna, "links": drawn, "groups": mc_groups,
-                       "metacells": col_order}
+    return fig, axes
+
+
+def _number_clusters(ax: Any, bounds: np.ndarray, n_rows: int, *, fig_height: float) -> None:
+    """Cluster numbers down the left of the heatmap ``ax``, at each block's middle."""
+    edges = np.concatenate([[-0.5], bounds, [n_rows - 0.5]])
+    for c, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        # The heatmap is ~0.77 x the figure height; a 7 pt label needs ~0.12 in, so thinner
+        # blocks stay unlabelled and neighbouring labels never overlap.
+        if (b - a) / n_rows >= 0.16 / fig_height:
+            ax.text(-0.01, (a + b) / 2, str(c + 1), transform=ax.get_yaxis_transform(),
+                    ha="right", va="center", fontsize=7)
 
 
 def _feature_index(names: pd.Index, wanted: pd.Series, what: str, modality: str) -> np.ndarray:

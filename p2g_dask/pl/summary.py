@@ -9,7 +9,7 @@ import pandas as pd
 
 from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._tables import LINKS, require_columns
 from p2g_dask.tl.links.filters import passing_links
 
 _ALL_COLOR, _SIG_COLOR = "#b0b0b0", "#d1495b"

@@ -24,7 +24,8 @@ from dask.base import tokenize
 from p2g_dask import _graph
 from p2g_dask._logging import logger, timed
 from p2g_dask._memory import release_freed_memory
-from p2g_dask._variables import COACCESSIBILITY, params_token, require_columns
+from p2g_dask._tables import COACCESSIBILITY, require_columns
+from p2g_dask._variables import params_token
 from p2g_dask.tl.engine.correlate import chromosome_columns, correlate
 from p2g_dask.tl.engine.kernels import benjamini_hochberg, variance_quantiles
 from p2g_dask.tl.engine.plan import peak_peak_plan

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from p2g_dask._variables import GROUP_LINKS, require_columns
+from p2g_dask._tables import GROUP_LINKS, require_columns
 from p2g_dask.tl.engine.kernels import benjamini_hochberg
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from p2g_dask._variables import LINKS, require_columns
+from p2g_dask._tables import LINKS, require_columns
 
 
 def _check_range(name: str, value, low: float, high: float, allow_none: bool = False) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 import p2g_dask
-from p2g_dask._variables import LINK_COLUMNS, params_record
+from p2g_dask._tables import LINK_COLUMNS
+from p2g_dask._variables import params_record
 from p2g_dask.io.inputs import obs_names_hash
 from p2g_dask.tl.engine.kernels import benjamini_hochberg, variance_quantiles
 
