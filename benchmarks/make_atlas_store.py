@@ -44,6 +44,7 @@ import zarr
 import p2g_dask
 from p2g_dask._atomic import atomic_path, check_overwrite
 from p2g_dask._logging import enable_console_logging, logger
+from p2g_dask.io._integrity import INTEGRITY_ATTR
 from p2g_dask.io.blocks import chunk_cells_for
 from p2g_dask.io._write import _compressors, zarr_write_settings
 from p2g_dask.io.store import open_store
@@ -209,7 +210,7 @@ def make_atlas_store(
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({
             "p2g_format_version": p2g_dask.STORE_FORMAT_VERSION, "p2g_dask_version": p2g_dask.__version__,
-            "n_obs": int(n_cells),
+            "n_obs": int(n_cells), INTEGRITY_ATTR: "crc32c",  # every chunk carries its crc32c (_compressors)
             "p2g_simulation": {
                 "generator": "benchmarks/make_atlas_store.py", "seed": int(seed), "n_cells": int(n_cells),
                 "n_peaks": int(n_peaks), "n_genes": int(n_genes), "atac_nnz": float(atac_nnz),

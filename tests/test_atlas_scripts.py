@@ -272,3 +272,23 @@ def test_scale_checks__ratios_between_sizes(bench):
     bad = bench.scale_checks([row(100_000, 30.0, 2.0, 0.6), row(1_000_000, 400.0, 9.0, 0.5)])
     assert "time x13.3 [FAIL" in bad[2] and "RSS x4.50 [FAIL" in bad[2] and "[FAIL]" in bad[2]
     assert "RSS 9.00 GiB > 8.0 [FAIL]" in bad[1]
+
+
+def test_repeat_atlas_store__copies_rows_and_jitters_the_latent(atlas, tmp_path):
+    out = tmp_path / "big" / "atlas.zarr"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "repeat_atlas_store.py"), str(atlas), "--copies", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    small, big = p2g.io.open_store(atlas), p2g.io.open_store(out)
+    n = small.atac.n_obs
+    for name in ("atac", "rna"):
+        src, rep = getattr(small, name).to_memory(), getattr(big, name).to_memory()
+        assert rep.shape == (3 * n, src.shape[1])
+        for copy in range(3):
+            assert (rep[copy * n:(copy + 1) * n] != src).nnz == 0
+    assert big.atac.obs.index.is_unique and big.atac.obs.index[n] == small.atac.obs.index[0] + "-1"
+    latent, base = np.asarray(big.atac.obsm["X_latent"]), np.asarray(small.atac.obsm["X_latent"])
+    shift = latent[n:2 * n] - base
+    assert 0.01 < shift.std() < 0.03 and abs(shift.mean()) < 0.005
+    assert (out.parent / "truth.tsv").read_bytes() == (atlas.parent / "truth.tsv").read_bytes()
+    assert p2g.io.verify_store(out).startswith("ok")
