@@ -23,9 +23,21 @@ def _save_figure(fig, path: Path, overwrite: bool) -> str:
     return str(path)
 
 
-def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05) -> dict[str, float]:
-    """Recall of planted links at ``fdr`` and the share of significant links that are planted."""
-    significant = links.loc[links["fdr"] < fdr, ["peak", "gene"]] if np.isfinite(fdr) else links[["peak", "gene"]]
+def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05, *,
+                   column: str = "fdr") -> dict[str, float]:
+    """Recall of planted links at ``column < fdr`` and the share of significant links that are planted.
+
+    ``column`` is ``"fdr"`` (the t-test), ``"perm_fdr"`` or ``"emp_fdr"``; ``fdr=inf`` counts every row.
+
+    Examples
+    --------
+    >>> links = pd.DataFrame({"peak": ["p1", "p2", "p3"], "gene": "g", "fdr": [0.01, 0.01, 0.5],
+    ...                       "perm_fdr": [0.01, 0.5, 0.5]})
+    >>> truth = pd.DataFrame({"peak": ["p1", "p3"], "gene": "g"})
+    >>> planted_recall(links, truth)["precision"], planted_recall(links, truth, column="perm_fdr")["recall"]
+    (0.5, 0.5)
+    """
+    significant = links.loc[links[column] < fdr, ["peak", "gene"]] if np.isfinite(fdr) else links[["peak", "gene"]]
     found = set(zip(significant["peak"], significant["gene"]))
     planted = set(zip(truth["peak"], truth["gene"]))
     hits = len(found & planted)
@@ -107,11 +119,14 @@ class _Run:
                                   show_progress=self.progress, **params)
         path = write_links(self.links, self.out / "links.parquet", overwrite=self.overwrite)
         self.record["outputs"]["links"] = str(path)
-        summary = {"pairs": len(self.links), "significant_fdr_0.05": int((self.links["fdr"] < 0.05).sum())}
+        summary = {"cells": self.links.attrs.get("n_cells"), "pairs": len(self.links)}
+        nulls = [c for c in ("fdr", "perm_fdr", "emp_fdr") if c in self.links.columns]
+        summary.update({f"significant_{c}_0.05": int((self.links[c] < 0.05).sum()) for c in nulls})
         self.record["parameters"] = {"peak_to_gene": self.links.attrs["params"]}
         self.record["timings"].update({f"peak_to_gene.{k}": v for k, v in self.links.attrs["timings"].items()})
         if self.truth is not None:
             summary["planted_links"] = planted_recall(self.links, self.truth)
+            summary.update({f"planted_links_{c}": planted_recall(self.links, self.truth, column=c) for c in nulls[1:]})
         self.record["summary"].update(summary)
 
     def filter_links(self) -> None:
@@ -145,20 +160,25 @@ class _Run:
         group_by = options.pop("group_by", None)
         want_summary = options.pop("summary", True)
         want_heatmap = options.pop("heatmap", True)
+        want_calibration = options.pop("calibration", True)
         # The style applies to these figures only (drawn and saved inside the context), never
         # to the caller's global matplotlib rcParams.
         with plot_style():
-            written = self._draw_plots(genes, group_by, want_summary, want_heatmap, options)
+            written = self._draw_plots(genes, group_by, want_summary, want_heatmap, want_calibration, options)
         self.record["outputs"]["plots"] = written
 
     def _draw_plots(self, genes: list, group_by: str | None, want_summary: bool, want_heatmap: bool,
-                    options: dict) -> list[str]:
-        from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
+                    want_calibration: bool, options: dict) -> list[str]:
+        from p2g_dask.pl import plot_link_calibration, plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
 
         written = []
         if want_summary:
             fig, _ = plot_link_summary(self.links)
             written.append(_save_figure(fig, self.out / "link_summary.png", self.overwrite))
+        if want_calibration and {"perm_pval", "emp_pval"} & set(self.links.columns):
+            # t-test against the null p-values the run computed (n_permutations / empirical_pval).
+            fig, _ = plot_link_calibration(self.links)
+            written.append(_save_figure(fig, self.out / "link_calibration.png", self.overwrite))
         for gene in genes:
             coverage = {"bigwig_files": self.bigwigs} if self.bigwigs else {"group_by": group_by}
             fig, _ = plot_peak2gene(self.store_path, gene=gene, links=self.links, gene_annotation=self.genes,
@@ -186,7 +206,8 @@ def stage_line(number: int, total: int, name: str, *, seconds: float | None = No
     return f"[{number}/{total}] {name} done ({seconds:.1f} s)"
 
 
-def _show(line: str) -> None:
+def show_line(line: str) -> None:
+    """Write one line of the run's terminal view (stderr), after whatever Dask drew on stdout."""
     # Dask's text progress bar draws on stdout and ends by clearing its line; flush it first so
     # the stage line (stderr, as log lines) starts at the beginning of a line of its own.
     sys.stdout.flush()
@@ -209,10 +230,13 @@ def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) 
     stages.append("peak_to_gene")
     stages += [name for name in ("filter_links", "pseudobulk", "plots") if config.get(name)]
     for number, name in enumerate(stages, start=1):
+        # The terminal shows the stage lines (with progress); the log file always has them.
+        logger.info("%s", stage_line(number, len(stages), name))
         if progress:
-            _show(stage_line(number, len(stages), name))
+            show_line(stage_line(number, len(stages), name))
         started = time.perf_counter()
         getattr(run, name)()
         record["timings"][name] = round(time.perf_counter() - started, 3)
+        logger.info("%s", stage_line(number, len(stages), name, seconds=record["timings"][name]))
         if progress:
-            _show(stage_line(number, len(stages), name, seconds=record["timings"][name]))
+            show_line(stage_line(number, len(stages), name, seconds=record["timings"][name]))

@@ -14,7 +14,11 @@ Config sections (all but ``inputs`` and ``output`` optional)::
     pseudobulk:    pseudobulk_with_fragments parameters (needs inputs.fragments, inputs.chrom_sizes)
     gene_scores:   gene_scores parameters (needs inputs.fragments and inputs.gene_annotation); written
                    into the store; peak_to_gene uses them with peak_to_gene.gene_obsm: <key_added>
-    plots:         genes (list), group_by, and plot_peak2gene options
+    plots:         genes (list), group_by, summary / heatmap / calibration (true or false: which
+                   figures besides the browser tracks), and plot_peak2gene options
+
+The run's details (every INFO record of the ``p2g_dask`` logger) go to ``p2g.log`` in the output
+folder; the terminal shows one line per stage, its progress bar and the warnings.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import yaml
 
 import p2g_dask
 from p2g_dask._atomic import atomic_path
-from p2g_dask._logging import logger
+from p2g_dask._logging import log_to_file, logger
 
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
             "filter_links", "pseudobulk", "plots", "gene_scores")
@@ -42,7 +46,7 @@ INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fra
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
                     "path_to_fragments", "chromsizes", "bigwig_path", "show", "ax", "gene", "overwrite",
                     "show_progress", "mod_atac", "mod_rna"}
-_PLOT_KEYS = ("genes", "group_by", "summary", "heatmap")
+_PLOT_KEYS = ("genes", "group_by", "summary", "heatmap", "calibration")
 VERSIONED = ("p2g_dask", "dask", "distributed", "dask-jobqueue", "zarr", "anndata", "mudata", "numpy", "scipy",
              "pandas", "scikit-learn", "pybigtools", "pyarrow", "numba", "matplotlib")
 
@@ -153,6 +157,7 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
         (LocalCluster by default) and closed at the end.
     progress
         Announce each stage on its own line (stderr) and show the Dask progress of its graphs.
+        Either way the details go to ``p2g.log`` in the output folder.
 
     Returns
     -------
@@ -165,8 +170,6 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
     >>> # Not run: the example config runs the whole pipeline on a cluster (minutes).
     >>> run_pipeline("deploy/example-config.yaml")["timings"]  # doctest: +SKIP
     """
-    from p2g_dask import _stages
-
     config = load_config(config)
     out = Path(config["output"])
     overwrite = bool(config.get("overwrite", False))
@@ -178,6 +181,16 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
         "p2g_dask_version": p2g_dask.__version__, "config": config, "versions": versions(),
         "timings": {}, "outputs": {}, "summary": {}, "status": "running",
     }
+    with log_to_file(out / "p2g.log") as log:
+        record["outputs"]["log"] = str(log)
+        _run_with_client(config, client, record, progress)
+    return record
+
+
+def _run_with_client(config: dict, client: Any, record: dict, progress: bool) -> None:
+    from p2g_dask import _stages
+
+    out = Path(config["output"])
     started = time.perf_counter()
     own_client = client is None
     if own_client:
@@ -188,11 +201,15 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
     from p2g_dask.cluster import dashboard_link
 
     record["dashboard"] = dashboard_link(client)
+    if progress and record["dashboard"]:
+        _stages.show_line(f"Dask dashboard: {record['dashboard']}")
     try:
         _stages.run_all(config, client, record, progress=progress)
         record["status"] = "finished"
     except BaseException as err:
         record["status"] = f"failed: {type(err).__name__}: {err}"
+        # The terminal shows the error once (the CLI's error line); the log keeps it with the stage.
+        logger.info("run %s", record["status"])
         raise
     finally:
         record["timings"]["total"] = round(time.perf_counter() - started, 3)
@@ -201,7 +218,6 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
 
             close_cluster(client)
         # A failed run's record is kept apart so that run.json always means a finished run.
-        target = run_json if record["status"] == "finished" else out / "run.failed.json"
+        target = out / "run.json" if record["status"] == "finished" else out / "run.failed.json"
         _write_json(target, record)
     logger.info("run finished in %.1f s; outputs in %s", record["timings"]["total"], out)
-    return record
