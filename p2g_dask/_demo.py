@@ -132,6 +132,10 @@ def summary_lines(record: dict, out: Path) -> list[str]:
     figures = outputs.get("plots") or []
     lines.append(f"figures ({len(figures)}):")
     lines += [f"  {path}" for path in figures]
+    if outputs.get("report"):
+        dask_report = outputs.get("performance_report")
+        lines.append(f"report: {outputs['report']}" + (f" (and Dask's performance report: {dask_report})"
+                                                       if dask_report else ""))
     lines.append(f"log (details of every stage): {outputs['log']}")
     lines.append(f"run record: {out / 'run.json'}")
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -215,13 +216,23 @@ def show_line(line: str) -> None:
     sys.stderr.flush()
 
 
-def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) -> None:
+def run_all(config: dict, client: Any, record: dict, *, progress: bool = False, report: Any = None) -> None:
     """Run the stages the config asks for, in order, timing each.
 
     With ``progress``: a ``[i/n] stage ...`` line as each stage starts and a ``done`` line when it
-    ends (stderr), and the stage's own Dask progress bar between them.
+    ends (stderr), and the stage's own Dask progress bar between them. With a ``report``
+    (:class:`p2g_dask.report.RunReport`): each stage is timed into it, and the links and figures
+    go to it at the end (also when a stage fails).
     """
     run = _Run(config, client, record, progress)
+    try:
+        _run_stages(run, config, record, progress, report)
+    finally:
+        if report is not None:
+            _add_to_report(report, run)
+
+
+def _run_stages(run: _Run, config: dict, record: dict, progress: bool, report: Any) -> None:
     stages = ["ingest"]
     if config.get("iterative_lsi", {}) is not False:
         stages.append("iterative_lsi")
@@ -235,8 +246,35 @@ def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) 
         if progress:
             show_line(stage_line(number, len(stages), name))
         started = time.perf_counter()
-        getattr(run, name)()
+        with report.stage(name) if report is not None else contextlib.nullcontext():
+            getattr(run, name)()
         record["timings"][name] = round(time.perf_counter() - started, 3)
         logger.info("%s", stage_line(number, len(stages), name, seconds=record["timings"][name]))
         if progress:
             show_line(stage_line(number, len(stages), name, seconds=record["timings"][name]))
+
+
+# Titles of the figures the run wrote, as the report names them (a browser track per gene).
+_REPORT_TITLES = {"link_summary.png": "Link summary (FDR < 0.05)",
+                  "link_calibration.png": "Calibration: the t-test's p-values against the null p-values",
+                  "peak2gene_heatmap.png": "Heatmap of the links (ArchR's plotPeak2GeneHeatmap)"}
+
+
+def _add_to_report(report: Any, run: _Run) -> None:
+    """The run's links and the figures it wrote go to the report (it draws what is missing)."""
+    report.record = run.record
+    if run.links is None:
+        return
+    group_by = (run.config.get("plots") or {}).get("group_by")
+    report.add_links(run.links, data=run.store_path, gene_annotation=run.genes,
+                     exon_annotation=run.exons if run.exons is not None and len(run.exons) else None,
+                     group_by=group_by, bigwig_files=run.bigwigs)
+    browsers = 0
+    for path in run.record["outputs"].get("plots") or []:
+        name = Path(path).name
+        if name.startswith("browser_"):
+            browsers += 1
+            if browsers == 1:  # one example is enough for the report; all are in the folder
+                report.add_figure(f"Browser track of {name[len('browser_'):-len('.png')]}", path)
+        elif name in _REPORT_TITLES:
+            report.add_figure(_REPORT_TITLES[name], path)

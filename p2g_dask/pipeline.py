@@ -16,6 +16,8 @@ Config sections (all but ``inputs`` and ``output`` optional)::
                    into the store; peak_to_gene uses them with peak_to_gene.gene_obsm: <key_added>
     plots:         genes (list), group_by, summary / heatmap / calibration (true or false: which
                    figures besides the browser tracks), and plot_peak2gene options
+    report:        true (default): report.html and Dask's performance_report.html (see
+                   p2g_dask.report); false: neither
 
 The run's details (every INFO record of the ``p2g_dask`` logger) go to ``p2g.log`` in the output
 folder; the terminal shows one line per stage, its progress bar and the warnings.
@@ -23,6 +25,7 @@ folder; the terminal shows one line per stage, its progress bar and the warnings
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -40,7 +43,7 @@ from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import log_to_file, logger
 
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
-            "filter_links", "pseudobulk", "plots", "gene_scores")
+            "filter_links", "pseudobulk", "plots", "gene_scores", "report")
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
               "mod_atac", "mod_rna", "truth")
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
@@ -124,6 +127,8 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         _check_keys("gene_scores", config["gene_scores"], allowed)
     if config.get("gene_scores") and not (inputs.get("fragments") and inputs.get("gene_annotation")):
         raise ValueError("config section 'gene_scores' needs inputs.fragments and inputs.gene_annotation.")
+    if not isinstance(config.get("report", True), bool):
+        raise ValueError(f"config 'report: {config['report']!r}' must be true or false.")
     if config.get("pseudobulk") and not (inputs.get("fragments") and inputs.get("chrom_sizes")):
         raise ValueError("config section 'pseudobulk' needs inputs.fragments and inputs.chrom_sizes.")
     return config
@@ -187,6 +192,16 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
     return record
 
 
+def _report(config: dict, client: Any):
+    """The run's report (report.html and Dask's performance report in the output folder), unless
+    the config says ``report: false``."""
+    if config.get("report", True) is False:
+        return contextlib.nullcontext()
+    from p2g_dask.report import run_report
+
+    return run_report(Path(config["output"]) / "report.html", client=client)
+
+
 def _run_with_client(config: dict, client: Any, record: dict, progress: bool) -> None:
     from p2g_dask import _stages
 
@@ -203,16 +218,26 @@ def _run_with_client(config: dict, client: Any, record: dict, progress: bool) ->
     record["dashboard"] = dashboard_link(client)
     if progress and record["dashboard"]:
         _stages.show_line(f"Dask dashboard: {record['dashboard']}")
+    report = None
     try:
-        _stages.run_all(config, client, record, progress=progress)
-        record["status"] = "finished"
-    except BaseException as err:
-        record["status"] = f"failed: {type(err).__name__}: {err}"
-        # The terminal shows the error once (the CLI's error line); the log keeps it with the stage.
-        logger.info("run %s", record["status"])
-        raise
+        with _report(config, client) as report:
+            try:
+                _stages.run_all(config, client, record, progress=progress, report=report)
+                record["status"] = "finished"
+            except BaseException as err:
+                record["status"] = f"failed: {type(err).__name__}: {err}"
+                # The terminal shows the error once (the CLI's error line); the log keeps it.
+                logger.info("run %s", record["status"])
+                raise
+            finally:
+                record["timings"]["total"] = round(time.perf_counter() - started, 3)
     finally:
-        record["timings"]["total"] = round(time.perf_counter() - started, 3)
+        if report is not None:
+            # The report's own time: Dask's performance report fetched, report.html drawn.
+            record["timings"]["report"] = round(time.perf_counter() - started - record["timings"]["total"], 3)
+            record["outputs"]["report"] = str(report.path)
+            if report.performance_report is not None:
+                record["outputs"]["performance_report"] = str(report.performance_report)
         if own_client:
             from p2g_dask.cluster import close_cluster
 

@@ -58,6 +58,18 @@ def shared_data(request):
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``p2g demo`` on 1,200 cells and 2 workers, once, in a fresh process: (output folder, terminal text).
+
+    Shared by the demo's checks (tests/test_cli.py) and the report's (tests/test_report.py).
+    """
+    from _sim_files import run_cli_terminal
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_cli_terminal(["demo", "--out", str(out), "--cells", "1200", "--workers", "2"], out.parent)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_matplotlib_style():
     """plot_set() changes matplotlib's global rcParams; keep each test's style its own."""

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from _sim_files import write_sim_inputs
+from _sim_files import run_cli_terminal, write_sim_inputs
 
 import p2g_dask as p2g
 from p2g_dask.cli import main
@@ -116,20 +116,6 @@ def _rendered_lines(text: str) -> list[str]:
     return lines
 
 
-def _run_cli(argv: list[str], cwd) -> str:
-    """The command's terminal output: stdout and stderr in one stream, as a terminal shows them."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-m", "p2g_dask.cli", *argv], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:]
-    return done.stdout
-
-
 LOG_LINE = r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) "
 
 
@@ -155,7 +141,7 @@ def test_p2g_run__stage_lines_not_interleaved_with_dask_progress(inputs, tmp_pat
     # 250 x 25 metacells on 500 cells: each cell in 12.5 metacells, so peak_to_gene warns.
     config = _config(folder, tmp_path / "progress",
                      peak_to_gene={"use_rep": "X_latent", "n_metacells": 250, "k_neighbors": 25, "seed": 3})
-    output = _run_cli(["run", str(config)], tmp_path)
+    output = run_cli_terminal(["run", str(config)], tmp_path)
     shown = _rendered_lines(output)
     assert_one_view_per_stage(shown, ["ingest", "peak_to_gene", "filter_links"])
     # The Dask progress of peak_to_gene was drawn.
@@ -176,14 +162,7 @@ def test_p2g_run__stage_lines_not_interleaved_with_dask_progress(inputs, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------
-# p2g demo: one run (a fresh process, its terminal captured) for every check of the demo
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    output = _run_cli(["demo", "--out", str(out), "--cells", "1200", "--workers", "1"], out.parent)
-    return out, output
+# p2g demo: one run (a fresh process, its terminal captured: conftest's demo_run) for every check
 
 
 @pytest.mark.slow
