@@ -137,5 +137,5 @@ def summary_lines(record: dict, out: Path) -> list[str]:
         lines.append(f"report: {outputs['report']}" + (f" (and Dask's performance report: {dask_report})"
                                                        if dask_report else ""))
     lines.append(f"log (details of every stage): {outputs['log']}")
-    lines.append(f"run record: {out / 'run.json'}")
+    lines.append(f"run record: {Path(out).resolve() / 'run.json'}")
     return lines

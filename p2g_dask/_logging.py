@@ -97,3 +97,29 @@ def log_to_file(path: str | os.PathLike, *, level: int = logging.INFO, mode: str
         logger.removeHandler(handler)
         handler.close()
         logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def dask_records_to_log_file() -> Iterator[None]:
+    """While the block runs, ``distributed``'s log records go to the run's log file, not stderr.
+
+    For a cluster's shutdown after a finished run: a slow machine's nanny warns that it killed a
+    worker still exiting, which asks nothing of the user. Outside ``log_to_file`` it does nothing.
+    """
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    dask_logger = logging.getLogger("distributed")
+    if not files:
+        yield
+        return
+    consoles = [(h, h.level) for h in dask_logger.handlers if not isinstance(h, logging.FileHandler)]
+    for handler, _ in consoles:
+        handler.setLevel(logging.CRITICAL + 1)
+    for handler in files:
+        dask_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in files:
+            dask_logger.removeHandler(handler)
+        for handler, level in consoles:
+            handler.setLevel(level)

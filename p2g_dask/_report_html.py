@@ -51,7 +51,7 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return f'<td class="num">{value:,}</td>'
         if isinstance(value, (float, np.floating)):
-            return f'<td class="num">{value:,.3g}</td>' if abs(value) < 1000 else f'<td class="num">{value:,.1f}</td>'
+            return f'<td class="num">{value:,.2f}</td>'
         return f"<td>{html.escape(str(value), quote=False)}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

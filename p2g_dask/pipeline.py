@@ -40,7 +40,7 @@ import yaml
 
 import p2g_dask
 from p2g_dask._atomic import atomic_path
-from p2g_dask._logging import log_to_file, logger
+from p2g_dask._logging import dask_records_to_log_file, log_to_file, logger
 
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
             "filter_links", "pseudobulk", "plots", "gene_scores", "report")
@@ -241,7 +241,9 @@ def _run_with_client(config: dict, client: Any, record: dict, progress: bool) ->
         if own_client:
             from p2g_dask.cluster import close_cluster
 
-            close_cluster(client)
+            # A finished run's shutdown chatter goes to the log; a failed run's shows as it was.
+            with dask_records_to_log_file() if record["status"] == "finished" else contextlib.nullcontext():
+                close_cluster(client)
         # A failed run's record is kept apart so that run.json always means a finished run.
         target = out / "run.json" if record["status"] == "finished" else out / "run.failed.json"
         _write_json(target, record)

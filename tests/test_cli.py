@@ -261,3 +261,26 @@ def test_load_config__old_plot_argument_names_still_accepted(inputs, tmp_path):
     assert config["plots"] == {"fdr_thresh": 0.1, "min_abs_r": 0.2}
     with pytest.raises(ValueError, match="unknown key"):
         load_config(_config(folder, tmp_path / "bad", plots={"fdr_threshold": 0.1}))
+
+
+def test_dask_records_to_log_file__shutdown_warning_in_log_only(tmp_path):
+    """A finished run's cluster shutdown: distributed's warnings go to p2g.log, not the terminal."""
+    import io
+    import logging
+
+    from p2g_dask._logging import dask_records_to_log_file, log_to_file
+
+    terminal = io.StringIO()  # stands for distributed's own stderr handler
+    console = logging.StreamHandler(terminal)
+    dask_logger, nanny = logging.getLogger("distributed"), logging.getLogger("distributed.nanny")
+    dask_logger.addHandler(console)
+    try:
+        with log_to_file(tmp_path / "p2g.log"):
+            with dask_records_to_log_file():
+                nanny.warning("Worker process still alive after 4.0 seconds, killing")
+            nanny.warning("a worker exceeded its memory budget")  # outside the shutdown: on the terminal
+    finally:
+        dask_logger.removeHandler(console)
+    assert "still alive" not in terminal.getvalue() and "memory budget" in terminal.getvalue()
+    log = (tmp_path / "p2g.log").read_text()
+    assert "WARNING distributed.nanny: Worker process still alive" in log and "memory budget" not in log

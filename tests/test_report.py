@@ -202,7 +202,7 @@ def test_performance_report__bokeh_charts_draw_offline_in_headless_chromium(demo
 
     out, _ = demo_run
     # Show the Task Stream tab (the first tab is text); Bokeh must have loaded from the file itself.
-    visit = visit_page(out / "performance_report.html", settle=2.5,
+    visit = visit_page(out / "performance_report.html", settle=1.5,
                        scripts=("window.Bokeh ? Bokeh.documents.length : 0",
                                 "Bokeh.documents[0].roots()[0].active = 1; Bokeh.documents[0].roots()[0].active"))
     assert visit.errors == [] and visit.values == [1, 1]
