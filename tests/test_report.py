@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from _headless_chromium import find_chromium, visit_page
 
 import p2g_dask as p2g
 from p2g_dask.report import run_report
@@ -165,11 +166,9 @@ def test_p2g_run__report_false_writes_neither(tmp_path, local_client):
 # In a real browser
 
 
-def _chromium():
-    from _headless_chromium import find_chromium
-
-    if find_chromium() is None:
-        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+# Decided at collection: without a browser the demo run is not even started for these tests.
+needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (Debian: apt-get "
+                                    "install chromium; .ci/run installs it)")
 
 
 def _drawn(png: bytes) -> tuple[float, int]:
@@ -182,10 +181,8 @@ def _drawn(png: bytes) -> tuple[float, int]:
 
 
 @pytest.mark.slow
+@needs_chromium
 def test_report__opens_in_headless_chromium_without_errors(demo_run):
-    _chromium()
-    from _headless_chromium import visit_page
-
     out, _ = demo_run
     visit = visit_page(out / "report.html", settle=1.0,
                        scripts=("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length",))
@@ -196,10 +193,8 @@ def test_report__opens_in_headless_chromium_without_errors(demo_run):
 
 
 @pytest.mark.slow
+@needs_chromium
 def test_performance_report__bokeh_charts_draw_offline_in_headless_chromium(demo_run):
-    _chromium()
-    from _headless_chromium import visit_page
-
     out, _ = demo_run
     # Show the Task Stream tab (the first tab is text); Bokeh must have loaded from the file itself.
     visit = visit_page(out / "performance_report.html", settle=1.5,
