@@ -202,7 +202,9 @@ def test_p2g_demo__metacells_by_rule_and_both_fdrs_side_by_side(demo_run):
     # The metacells follow the package's rule for 1,200 cells: no small-data warning.
     assert (links.attrs["params"]["n_metacells"], links.attrs["params"]["k_neighbors"]) == metacells_for(1200) \
         == (120, 20)
-    assert "small data" not in output and "WARNING" not in output
+    # No warning of the package (distributed's own, e.g. an event loop slowed by a busy machine,
+    # stay visible: they are not the package's to hide).
+    assert "small data" not in output and not re.search(LOG_LINE, output, re.M)
     assert links.attrs["params"]["n_permutations"] > 0
     assert links["perm_fdr"].notna().sum() == links["fdr"].notna().sum() > 0
     truth = pd.read_csv(out / "inputs" / "truth.tsv", sep="\t")
