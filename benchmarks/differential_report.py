@@ -84,11 +84,12 @@ def planted_recall(p2g) -> None:
           f"{np.mean(diff['pval'] < 0.05):.3f}, fdr < 0.05 {np.mean(diff['fdr'] < 0.05):.3f}")
 
 
-def pbmc_input(p2g):
+def pbmc_input(p2g, data: Path = DATA):
     """PBMC 1k ATAC (with a plain LSI in obsm['X_lsi'] and coarse B / T / myeloid labels in
     obs['coarse'] from marker genes), RNA and the hg38 genes; None when the data folder is absent."""
     import anndata as ad
 
+    DATA = data
     if not (DATA / "pbmc_multiome_1k" / "atac.h5ad").exists():
         return None
     atac = ad.read_h5ad(DATA / "pbmc_multiome_1k" / "atac.h5ad")

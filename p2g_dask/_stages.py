@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,21 @@ def _save_figure(fig, path: Path, overwrite: bool) -> str:
     return str(path)
 
 
-def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05) -> dict[str, float]:
-    """Recall of planted links at ``fdr`` and the share of significant links that are planted."""
-    significant = links.loc[links["fdr"] < fdr, ["peak", "gene"]] if np.isfinite(fdr) else links[["peak", "gene"]]
+def planted_recall(links: pd.DataFrame, truth: pd.DataFrame, fdr: float = 0.05, *,
+                   column: str = "fdr") -> dict[str, float]:
+    """Recall of planted links at ``column < fdr`` and the share of significant links that are planted.
+
+    ``column`` is ``"fdr"`` (the t-test), ``"perm_fdr"`` or ``"emp_fdr"``; ``fdr=inf`` counts every row.
+
+    Examples
+    --------
+    >>> links = pd.DataFrame({"peak": ["p1", "p2", "p3"], "gene": "g", "fdr": [0.01, 0.01, 0.5],
+    ...                       "perm_fdr": [0.01, 0.5, 0.5]})
+    >>> truth = pd.DataFrame({"peak": ["p1", "p3"], "gene": "g"})
+    >>> planted_recall(links, truth)["precision"], planted_recall(links, truth, column="perm_fdr")["recall"]
+    (0.5, 0.5)
+    """
+    significant = links.loc[links[column] < fdr, ["peak", "gene"]] if np.isfinite(fdr) else links[["peak", "gene"]]
     found = set(zip(significant["peak"], significant["gene"]))
     planted = set(zip(truth["peak"], truth["gene"]))
     hits = len(found & planted)
@@ -107,11 +120,14 @@ class _Run:
                                   show_progress=self.progress, **params)
         path = write_links(self.links, self.out / "links.parquet", overwrite=self.overwrite)
         self.record["outputs"]["links"] = str(path)
-        summary = {"pairs": len(self.links), "significant_fdr_0.05": int((self.links["fdr"] < 0.05).sum())}
+        summary = {"cells": self.links.attrs.get("n_cells"), "pairs": len(self.links)}
+        nulls = [c for c in ("fdr", "perm_fdr", "emp_fdr") if c in self.links.columns]
+        summary.update({f"significant_{c}_0.05": int((self.links[c] < 0.05).sum()) for c in nulls})
         self.record["parameters"] = {"peak_to_gene": self.links.attrs["params"]}
         self.record["timings"].update({f"peak_to_gene.{k}": v for k, v in self.links.attrs["timings"].items()})
         if self.truth is not None:
             summary["planted_links"] = planted_recall(self.links, self.truth)
+            summary.update({f"planted_links_{c}": planted_recall(self.links, self.truth, column=c) for c in nulls[1:]})
         self.record["summary"].update(summary)
 
     def filter_links(self) -> None:
@@ -148,20 +164,25 @@ class _Run:
             groupby = options.pop("group_by")
         want_summary = options.pop("summary", True)
         want_heatmap = options.pop("heatmap", True)
+        want_calibration = options.pop("calibration", True)
         # The style applies to these figures only (drawn and saved inside the context), never
         # to the caller's global matplotlib rcParams.
         with plot_style():
-            written = self._draw_plots(genes, groupby, want_summary, want_heatmap, options)
+            written = self._draw_plots(genes, groupby, want_summary, want_heatmap, want_calibration, options)
         self.record["outputs"]["plots"] = written
 
     def _draw_plots(self, genes: list, groupby: str | None, want_summary: bool, want_heatmap: bool,
-                    options: dict) -> list[str]:
-        from p2g_dask.pl import plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
+                    want_calibration: bool, options: dict) -> list[str]:
+        from p2g_dask.pl import plot_link_calibration, plot_link_summary, plot_peak2gene, plot_peak2gene_heatmap
 
         written = []
         if want_summary:
             fig, _ = plot_link_summary(self.links)
             written.append(_save_figure(fig, self.out / "link_summary.png", self.overwrite))
+        if want_calibration and {"perm_pval", "emp_pval"} & set(self.links.columns):
+            # t-test against the null p-values the run computed (n_permutations / empirical_pval).
+            fig, _ = plot_link_calibration(self.links)
+            written.append(_save_figure(fig, self.out / "link_calibration.png", self.overwrite))
         for gene in genes:
             coverage = {"bigwig_files": self.bigwigs} if self.bigwigs else {"groupby": groupby}
             fig, _ = plot_peak2gene(self.store_path, gene=gene, links=self.links, gene_annotation=self.genes,
@@ -189,7 +210,8 @@ def stage_line(number: int, total: int, name: str, *, seconds: float | None = No
     return f"[{number}/{total}] {name} done ({seconds:.1f} s)"
 
 
-def _show(line: str) -> None:
+def show_line(line: str) -> None:
+    """Write one line of the run's terminal view (stderr), after whatever Dask drew on stdout."""
     # Dask's text progress bar draws on stdout and ends by clearing its line; flush it first so
     # the stage line (stderr, as log lines) starts at the beginning of a line of its own.
     sys.stdout.flush()
@@ -197,13 +219,23 @@ def _show(line: str) -> None:
     sys.stderr.flush()
 
 
-def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) -> None:
+def run_all(config: dict, client: Any, record: dict, *, progress: bool = False, report: Any = None) -> None:
     """Run the stages the config asks for, in order, timing each.
 
     With ``progress``: a ``[i/n] stage ...`` line as each stage starts and a ``done`` line when it
-    ends (stderr), and the stage's own Dask progress bar between them.
+    ends (stderr), and the stage's own Dask progress bar between them. With a ``report``
+    (:class:`p2g_dask.report.RunReport`): each stage is timed into it, and the links and figures
+    go to it at the end (also when a stage fails).
     """
     run = _Run(config, client, record, progress)
+    try:
+        _run_stages(run, config, record, progress, report)
+    finally:
+        if report is not None:
+            _add_to_report(report, run)
+
+
+def _run_stages(run: _Run, config: dict, record: dict, progress: bool, report: Any) -> None:
     stages = ["ingest"]
     if config.get("iterative_lsi", {}) is not False:
         stages.append("iterative_lsi")
@@ -212,10 +244,41 @@ def run_all(config: dict, client: Any, record: dict, *, progress: bool = False) 
     stages.append("peak_to_gene")
     stages += [name for name in ("filter_links", "pseudobulk", "plots") if config.get(name)]
     for number, name in enumerate(stages, start=1):
+        # The terminal shows the stage lines (with progress); the log file always has them.
+        logger.info("%s", stage_line(number, len(stages), name))
         if progress:
-            _show(stage_line(number, len(stages), name))
+            show_line(stage_line(number, len(stages), name))
         started = time.perf_counter()
-        getattr(run, name)()
+        with report.stage(name) if report is not None else contextlib.nullcontext():
+            getattr(run, name)()
         record["timings"][name] = round(time.perf_counter() - started, 3)
+        logger.info("%s", stage_line(number, len(stages), name, seconds=record["timings"][name]))
         if progress:
-            _show(stage_line(number, len(stages), name, seconds=record["timings"][name]))
+            show_line(stage_line(number, len(stages), name, seconds=record["timings"][name]))
+
+
+# Titles of the figures the run wrote, as the report names them (a browser track per gene).
+_REPORT_TITLES = {"link_summary.png": "Link summary (FDR < 0.05)",
+                  "link_calibration.png": "Calibration: the t-test's p-values against the null p-values",
+                  "peak2gene_heatmap.png": "Heatmap of the links (ArchR's plotPeak2GeneHeatmap)"}
+
+
+def _add_to_report(report: Any, run: _Run) -> None:
+    """The run's links and the figures it wrote go to the report (it draws what is missing)."""
+    report.record = run.record
+    if run.links is None:
+        return
+    plots = run.config.get("plots") or {}
+    groupby = plots.get("groupby", plots.get("group_by"))
+    report.add_links(run.links, data=run.store_path, gene_annotation=run.genes,
+                     exon_annotation=run.exons if run.exons is not None and len(run.exons) else None,
+                     groupby=groupby, bigwig_files=run.bigwigs)
+    browsers = 0
+    for path in run.record["outputs"].get("plots") or []:
+        name = Path(path).name
+        if name.startswith("browser_"):
+            browsers += 1
+            if browsers == 1:  # one example is enough for the report; all are in the folder
+                report.add_figure(f"Browser track of {name[len('browser_'):-len('.png')]}", path)
+        elif name in _REPORT_TITLES:
+            report.add_figure(_REPORT_TITLES[name], path)

@@ -165,6 +165,42 @@ def check_metacell_params(n_metacells: int, k_neighbors: int, overlap_cutoff: fl
 SMALL_DATA_OVERLAP = 10.0
 
 
+#: ArchR's ``addPeak2GeneLinks`` defaults: 500 metacells of 100 cells each.
+ARCHR_METACELLS = (500, 100)
+
+
+def small_data_metacells(n_cells: int) -> tuple[int, int]:
+    """``(n_metacells, k_neighbors)`` for data too small for ArchR's 500 x 100.
+
+    ``n_metacells ~ n_cells / 10`` (at least 3) and ``k_neighbors`` 20 below 5,000 cells, else
+    50: the small end of 20-50 keeps each cell in ~2-5 metacells.
+
+    Examples
+    --------
+    >>> small_data_metacells(3000), small_data_metacells(8000)
+    ((300, 20), (800, 50))
+    """
+    return max(3, round(n_cells / 10)), 20 if n_cells < 5_000 else 50
+
+
+def metacells_for(n_cells: int) -> tuple[int, int]:
+    """The rule for choosing ``(n_metacells, k_neighbors)`` from the number of cells.
+
+    ArchR's 500 x 100 where they leave each cell in at most ``SMALL_DATA_OVERLAP`` (10) metacells
+    on average (5,000 cells or more), else :func:`small_data_metacells`; values from this rule
+    never trigger :func:`warn_small_data`.
+
+    Examples
+    --------
+    >>> metacells_for(3000), metacells_for(10_000)
+    ((300, 20), (500, 100))
+    """
+    n_metacells, k_neighbors = ARCHR_METACELLS
+    if n_metacells * k_neighbors / max(1, n_cells) <= SMALL_DATA_OVERLAP:
+        return ARCHR_METACELLS
+    return small_data_metacells(n_cells)
+
+
 def warn_small_data(n_cells: int, n_metacells: int, k_neighbors: int, *, tool: str = "peak_to_gene") -> bool:
     """Log a warning with advice when ``n_metacells * k_neighbors`` exceeds ~10x the cells.
 
@@ -197,9 +233,7 @@ def warn_small_data(n_cells: int, n_metacells: int, k_neighbors: int, *, tool: s
         return False
     import logging
 
-    suggested_n = max(3, round(n_cells / 10))
-    # The small end of 20-50 on a few thousand cells keeps ~2-5 metacells per cell.
-    suggested_k = 20 if n_cells < 5_000 else 50
+    suggested_n, suggested_k = small_data_metacells(n_cells)
     logging.getLogger("p2g_dask").warning(
         "%s: small data for n_metacells=%d x k_neighbors=%d: each of the %d cells is in %.1f metacells on "
         "average (more than %g), so metacells are near-copies and correlations look stronger than they are. "

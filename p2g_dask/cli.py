@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -15,118 +16,27 @@ from pathlib import Path
 
 import dask
 
-from p2g_dask._logging import enable_console_logging, logger
-
-
-def _demo_inputs(folder: Path, n_cells: int, seed: int, overwrite: bool) -> dict:
-    """Simulate the demo data and write it as files, as a user's inputs would be."""
-    from p2g_dask.datasets import simulate_fragments, simulate_multiome
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sim = simulate_multiome(n_cells=n_cells, seed=seed)
-    paths = {name: folder / name for name in ("atac.h5ad", "rna.h5ad", "genes.tsv", "exons.tsv", "truth.tsv",
-                                              "chrom.sizes", "fragments.tsv.gz")}
-    for path in paths.values():
-        if path.exists() and overwrite:
-            path.unlink()
-    sim.atac.write_h5ad(paths["atac.h5ad"])
-    sim.rna.write_h5ad(paths["rna.h5ad"])
-    sim.genes.to_csv(paths["genes.tsv"], sep="\t", index=False)
-    sim.exons.to_csv(paths["exons.tsv"], sep="\t", index=False)
-    sim.truth.to_csv(paths["truth.tsv"], sep="\t", index=False)
-    paths["chrom.sizes"].write_text("".join(f"{c}\t{n}\n" for c, n in sim.chrom_sizes.items()))
-    simulate_fragments(sim.atac, paths["fragments.tsv.gz"], chrom_sizes=sim.chrom_sizes, seed=seed)
-    # The browser track shows the planted gene with the most links.
-    demo_gene = sim.truth["gene"].value_counts().index[0]
-    return {"paths": {k: str(v) for k, v in paths.items()}, "gene": demo_gene}
-
-
-def demo_config(out: Path, inputs: dict, workers: int) -> dict:
-    """The run config of ``p2g demo`` (also a worked example of the config format)."""
-    paths = inputs["paths"]
-    return {
-        "inputs": {
-            "atac": paths["atac.h5ad"], "rna": paths["rna.h5ad"], "gene_annotation": paths["genes.tsv"],
-            "exon_annotation": paths["exons.tsv"], "fragments": {"demo": paths["fragments.tsv.gz"]},
-            "chrom_sizes": paths["chrom.sizes"], "truth": paths["truth.tsv"],
-        },
-        "output": str(out),
-        "overwrite": True,
-        "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1},
-        "iterative_lsi": {"n_components": 30, "var_features": 10_000, "sample_cells_pre": 10_000, "seed": 1},
-        "peak_to_gene": {"n_metacells": 500, "k_neighbors": 100, "max_distance": 250_000, "seed": 1},
-        "filter_links": {"cor_cutoff": 0.45, "fdr_cutoff": 1e-4},
-        "pseudobulk": {"groupby": "cell_type", "executor": "dask"},
-        "plots": {"genes": [inputs["gene"]], "groupby": "cell_type"},
-    }
-
-
-def _demo_atac_only(out: Path, inputs: dict, quiet: bool) -> int:
-    """ATAC-only: iterative LSI, gene scores from the fragments, then peak_to_gene on the scores."""
-    import anndata as ad
-    import pandas as pd
-
-    import p2g_dask as p2g
-    from p2g_dask._atomic import atomic_path
-    from p2g_dask._stages import _save_figure, planted_recall
-
-    paths = inputs["paths"]
-    atac = ad.read_h5ad(paths["atac.h5ad"])
-    genes, exons = p2g.io.read_gene_annotation(paths["genes.tsv"], exons=paths["exons.tsv"])
-    p2g.tl.iterative_lsi(atac, n_components=30, var_features=10_000, seed=1)
-    scores = p2g.tl.gene_scores({"demo": paths["fragments.tsv.gz"]}, genes=genes, cells=atac,
-                                cache_fragments=out / "fragment_cache", show_progress=not quiet)
-    with atomic_path(out / "gene_scores.h5ad", overwrite=True) as tmp:
-        scores.write_h5ad(tmp)
-    atac.obsm["X_gene_score"] = scores.X
-    links = p2g.tl.peak_to_gene(atac, gene_obsm="X_gene_score", gene_names=scores.var_names, gene_annotation=genes,
-                                seed=1, show_progress=not quiet)
-    p2g.io.write_links(links, out / "links.parquet", overwrite=True)
-    recall = planted_recall(links, pd.read_csv(paths["truth.tsv"], sep="\t"))
-    p2g.pl.plot_set()
-    fig, _ = p2g.pl.plot_peak2gene(atac, gene=inputs["gene"], links=links, gene_annotation=genes,
-                                   exon_annotation=exons, groupby="cell_type")
-    plot = _save_figure(fig, out / f"browser_{inputs['gene']}.png", overwrite=True)
-    print(f"gene scores: {out / 'gene_scores.h5ad'} ({scores.n_obs} cells x {scores.n_vars} genes)")
-    print(f"links (gene scores as the gene side): {out / 'links.parquet'} ({len(links):,} pairs, "
-          f"{int((links['fdr'] < 0.05).sum()):,} at FDR < 0.05); planted links recovered: "
-          f"{recall['recovered']}/{recall['planted']} (recall {recall['recall']:.2f})")
-    print(f"plots: {plot}")
-    return 0
+from p2g_dask._logging import enable_console_logging
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from p2g_dask._demo import demo_config, summary_lines, write_demo_inputs
+    from p2g_dask._logging import log_to_file
     from p2g_dask.pipeline import run_pipeline
 
     out = Path(args.out)
     started = time.perf_counter()
-    if args.atac_only:
-        print(f"p2g demo --atac-only: simulating {args.cells} ATAC cells and their fragments ...")
-        inputs = _demo_inputs(out / "inputs", args.cells, args.seed, overwrite=True)
-        code = _demo_atac_only(out, inputs, args.quiet)
-        print(f"total {time.perf_counter() - started:.1f} s")
-        return code
-    print(f"p2g demo: simulating {args.cells} paired ATAC + RNA cells with planted peak-gene links ...")
-    inputs = _demo_inputs(out / "inputs", args.cells, args.seed, overwrite=True)
-    record = run_pipeline(demo_config(out, inputs, args.workers), progress=not args.quiet)
-    planted = record["summary"]["planted_links"]
-    print(f"Dask dashboard (while it ran): {record.get('dashboard')}")
-    print(f"links: {out / 'links.parquet'} ({record['summary']['pairs']:,} pairs tested, "
-          f"{record['summary']['significant_fdr_0.05']:,} at FDR < 0.05, "
-          f"{record['summary'].get('filtered_links', 0):,} pass ArchR's filter)")
-    print(f"planted links recovered at FDR < 0.05: {planted['recovered']}/{planted['planted']} "
-          f"(recall {planted['recall']:.2f}); precision {planted['precision']:.3f} (most other significant "
-          "pairs co-vary through cell type, as in real data)")
-    filtered = record["summary"].get("planted_links_filtered")
-    if filtered:
-        print(f"with ArchR's filter (|r| >= 0.45, FDR <= 1e-4, variance quantiles > 0.25): "
-              f"recall {filtered['recall']:.2f}, precision {filtered['precision']:.3f}")
-    for kind in ("bigwigs", "plots"):
-        value = record["outputs"].get(kind)
-        if value:
-            shown = list(value.values()) if isinstance(value, dict) else value
-            print(f"{kind}: {', '.join(map(str, shown))}")
-    print(f"run record: {out / 'run.json'}; total {time.perf_counter() - started:.1f} s")
+    what = ("ATAC cells and their fragments (no RNA: gene scores are the gene side)" if args.atac_only
+            else "paired ATAC + RNA cells with planted peak-gene links")
+    print(f"p2g demo: simulating {args.cells:,} {what} ...", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # One log for the whole demo: the simulation, then the run (which writes into the same file).
+    with log_to_file(out / "p2g.log"):
+        inputs = write_demo_inputs(out / "inputs", args.cells, args.seed, rna=not args.atac_only)
+        record = run_pipeline(demo_config(out, inputs, args.workers, atac_only=args.atac_only),
+                              progress=not args.quiet)
+    print("\n".join(summary_lines(record, out)))
+    print(f"total {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -370,7 +280,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``p2g`` console script."""
     args = build_parser().parse_args(argv)
-    enable_console_logging(30 if args.quiet else 20)
+    # demo and run show one line per stage and its progress bar; their details go to the log
+    # file in the output folder, so the terminal gets warnings only, like -q everywhere.
+    detail_in_log_file = args.command in ("demo", "run")
+    enable_console_logging(logging.WARNING if args.quiet or detail_in_log_file else logging.INFO)
     try:
         # Each stage of a command is announced on its own line: its progress bar follows at once.
         with sigterm_as_interrupt(), dask.config.set({"p2g.progress-after": 0}):

@@ -14,18 +14,23 @@ Config sections (all but ``inputs`` and ``output`` optional)::
     pseudobulk:    pseudobulk_with_fragments parameters (needs inputs.fragments, inputs.chrom_sizes)
     gene_scores:   gene_scores parameters (needs inputs.fragments and inputs.gene_annotation); written
                    into the store; peak_to_gene uses them with peak_to_gene.gene_obsm: <key_added>
-    plots:         genes (list), groupby, and plot_peak2gene options
+    plots:         genes (list), groupby, summary / heatmap / calibration (true or false: which
+                   figures besides the browser tracks), and plot_peak2gene options
+    report:        true (default): report.html and Dask's performance_report.html (see
+                   p2g_dask.report); false: neither
+
+The run's details (every INFO record of the ``p2g_dask`` logger) go to ``p2g.log`` in the output
+folder; the terminal shows one line per stage, its progress bar and the warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +38,17 @@ import yaml
 
 import p2g_dask
 from p2g_dask._atomic import atomic_path
-from p2g_dask._logging import logger
+from p2g_dask._versions import VERSIONED, versions  # noqa: F401 - run.json's versions
+from p2g_dask._logging import dask_records_to_log_file, log_to_file, logger
 
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
-            "filter_links", "pseudobulk", "plots", "gene_scores")
+            "filter_links", "pseudobulk", "plots", "gene_scores", "report")
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
               "mod_atac", "mod_rna", "truth")
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
                     "path_to_fragments", "chromsizes", "fragments", "chrom_sizes", "bigwig_path", "show", "ax", "gene", "overwrite",
                     "show_progress", "mod_atac", "mod_rna"}
-_PLOT_KEYS = ("genes", "groupby", "group_by", "summary", "heatmap")
-VERSIONED = ("p2g_dask", "dask", "distributed", "dask-jobqueue", "zarr", "anndata", "mudata", "numpy", "scipy",
-             "pandas", "scikit-learn", "pybigtools", "pyarrow", "numba", "matplotlib")
+_PLOT_KEYS = ("genes", "groupby", "group_by", "summary", "heatmap", "calibration")
 
 
 def _check_keys(section: str, given: Mapping, allowed) -> None:
@@ -121,20 +125,11 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         _check_keys("gene_scores", config["gene_scores"], allowed)
     if config.get("gene_scores") and not (inputs.get("fragments") and inputs.get("gene_annotation")):
         raise ValueError("config section 'gene_scores' needs inputs.fragments and inputs.gene_annotation.")
+    if not isinstance(config.get("report", True), bool):
+        raise ValueError(f"config 'report: {config['report']!r}' must be true or false.")
     if config.get("pseudobulk") and not (inputs.get("fragments") and inputs.get("chrom_sizes")):
         raise ValueError("config section 'pseudobulk' needs inputs.fragments and inputs.chrom_sizes.")
     return config
-
-
-def versions() -> dict[str, str]:
-    """Versions of p2g_dask, Python and the libraries that shape results."""
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def _write_json(path: Path, payload: dict, overwrite: bool = True) -> None:
@@ -154,6 +149,7 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
         (LocalCluster by default) and closed at the end.
     progress
         Announce each stage on its own line (stderr) and show the Dask progress of its graphs.
+        Either way the details go to ``p2g.log`` in the output folder.
 
     Returns
     -------
@@ -166,8 +162,6 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
     >>> # Not run: the example config runs the whole pipeline on a cluster (minutes).
     >>> run_pipeline("deploy/example-config.yaml")["timings"]  # doctest: +SKIP
     """
-    from p2g_dask import _stages
-
     config = load_config(config)
     out = Path(config["output"])
     overwrite = bool(config.get("overwrite", False))
@@ -179,6 +173,26 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
         "p2g_dask_version": p2g_dask.__version__, "config": config, "versions": versions(),
         "timings": {}, "outputs": {}, "summary": {}, "status": "running",
     }
+    with log_to_file(out / "p2g.log") as log:
+        record["outputs"]["log"] = str(log)
+        _run_with_client(config, client, record, progress)
+    return record
+
+
+def _report(config: dict, client: Any):
+    """The run's report (report.html and Dask's performance report in the output folder), unless
+    the config says ``report: false``."""
+    if config.get("report", True) is False:
+        return contextlib.nullcontext()
+    from p2g_dask.report import run_report
+
+    return run_report(Path(config["output"]) / "report.html", client=client)
+
+
+def _run_with_client(config: dict, client: Any, record: dict, progress: bool) -> None:
+    from p2g_dask import _stages
+
+    out = Path(config["output"])
     started = time.perf_counter()
     own_client = client is None
     if own_client:
@@ -189,20 +203,35 @@ def run_pipeline(config: str | os.PathLike | Mapping, *, client: Any = None, pro
     from p2g_dask.cluster import dashboard_link
 
     record["dashboard"] = dashboard_link(client)
+    if progress and record["dashboard"]:
+        _stages.show_line(f"Dask dashboard: {record['dashboard']}")
+    report = None
     try:
-        _stages.run_all(config, client, record, progress=progress)
-        record["status"] = "finished"
-    except BaseException as err:
-        record["status"] = f"failed: {type(err).__name__}: {err}"
-        raise
+        with _report(config, client) as report:
+            try:
+                _stages.run_all(config, client, record, progress=progress, report=report)
+                record["status"] = "finished"
+            except BaseException as err:
+                record["status"] = f"failed: {type(err).__name__}: {err}"
+                # The terminal shows the error once (the CLI's error line); the log keeps it.
+                logger.info("run %s", record["status"])
+                raise
+            finally:
+                record["timings"]["total"] = round(time.perf_counter() - started, 3)
     finally:
-        record["timings"]["total"] = round(time.perf_counter() - started, 3)
+        if report is not None:
+            # The report's own time: Dask's performance report fetched, report.html drawn.
+            record["timings"]["report"] = round(time.perf_counter() - started - record["timings"]["total"], 3)
+            record["outputs"]["report"] = str(report.path)
+            if report.performance_report is not None:
+                record["outputs"]["performance_report"] = str(report.performance_report)
         if own_client:
             from p2g_dask.cluster import close_cluster
 
-            close_cluster(client)
+            # A finished run's shutdown chatter goes to the log; a failed run's shows as it was.
+            with dask_records_to_log_file() if record["status"] == "finished" else contextlib.nullcontext():
+                close_cluster(client)
         # A failed run's record is kept apart so that run.json always means a finished run.
-        target = run_json if record["status"] == "finished" else out / "run.failed.json"
+        target = out / "run.json" if record["status"] == "finished" else out / "run.failed.json"
         _write_json(target, record)
     logger.info("run finished in %.1f s; outputs in %s", record["timings"]["total"], out)
-    return record

@@ -1,7 +1,10 @@
-"""Write a simulated case as the input files the command line and `p2g run` read."""
+"""Write a simulated case as the input files the command line and `p2g run` read; run the CLI."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -15,3 +18,12 @@ def write_sim_inputs(sim, folder: Path, *, rna: bool = True, truth: bool = False
     if truth:
         sim.truth.to_csv(folder / "truth.tsv", sep="\t", index=False)
     return folder
+
+
+def run_cli_terminal(argv: list[str], cwd: Path) -> str:
+    """Run ``p2g ARGV`` in a fresh process; its terminal output (stdout and stderr in one stream)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-m", "p2g_dask.cli", *argv], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real data folder beside the repository; P2G_SHARED_DATA points elsewhere (e.g. a missing
+# folder, to run the suite as a fresh clone would).
+SHARED_DATA = Path(os.environ.get("P2G_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +38,36 @@ def local_client():
             yield client
 
 
-@pytest.fixture(scope="session")
-def shared_data():
-    """The read-only real data folder (../shared/data); skips when absent, as in a fresh clone."""
-    if not (SHARED_DATA / "pbmc_multiome_1k" / "atac.h5ad").exists():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (fresh clone without ../shared/data)")
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data(why): the test's point is the real data of ../shared/data; "
+                            "why is shown when it skips")
+
+
+@pytest.fixture
+def shared_data(request):
+    """The read-only real data folder (../shared/data, or $P2G_SHARED_DATA); skips when absent.
+
+    Only tests whose point is real data use it (each says why with ``@pytest.mark.real_data``);
+    every other check makes its own files.
+    """
+    wanted = [SHARED_DATA / "pbmc_multiome_1k" / "atac.h5ad", SHARED_DATA / "hg38" / "hg38_genes.tsv.gz"]
+    if not all(path.exists() for path in wanted):
+        marker = request.node.get_closest_marker("real_data")
+        why = f"; real data is its point: {marker.args[0]}" if marker and marker.args else ""
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared/data){why}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``p2g demo`` on 1,200 cells and 2 workers, once, in a fresh process: (output folder, terminal text).
+
+    Shared by the demo's checks (tests/test_cli.py) and the report's (tests/test_report.py).
+    """
+    from _sim_files import run_cli_terminal
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_cli_terminal(["demo", "--out", str(out), "--cells", "1200", "--workers", "2"], out.parent)
 
 
 @pytest.fixture(autouse=True)

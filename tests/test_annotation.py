@@ -16,8 +16,6 @@ import p2g_dask as p2g
 from p2g_dask.io import _gff
 from p2g_dask.io.annotation import read_chrom_sizes, read_gene_annotation
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HG38 = DATA / "hg38"
 
 # GENCODE v41 basic, exactly as released, except that columns are shown separated by two spaces
 # (turned back into tabs by `_tabs`) and a few exon coordinates are shortened.
@@ -311,18 +309,14 @@ def test_read_gene_annotation__bed_tables(tmp_path):
     assert read_gene_annotation(tmp_path / "genes12.txt")[0]["end"].tolist() == [900]
 
 
-def _need_hg38():
-    if not (HG38 / "hg38_genes.tsv.gz").exists():
-        pytest.skip(f"shared real data not found at {HG38} (only present in the workplace checkout)")
-
-
 def _karyotype_sorted(df):
     order = {f"chr{c}": i for i, c in enumerate([*range(1, 23), "X", "Y", "M"])}
     return df.assign(r=df["chrom"].map(order)).sort_values(["r", "start", "end"], kind="stable").drop(columns="r")
 
 
-def test_read_gene_annotation__hg38_gene_table_and_exon_bed():
-    _need_hg38()
+@pytest.mark.real_data("the reader on GENCODE v44's 62,700 genes and MANE exons (duplicated names, all chromosomes)")
+def test_read_gene_annotation__hg38_gene_table_and_exon_bed(shared_data):
+    HG38 = shared_data / "hg38"
     genes, exons = read_gene_annotation(HG38 / "hg38_genes.tsv.gz", exons=HG38 / "hg38_exons.bed.gz")
     raw = pd.read_csv(HG38 / "hg38_genes.tsv.gz", sep="\t").rename(columns={"#contig": "chrom"})
     want = _karyotype_sorted(raw.drop_duplicates("gene_name", keep="first"))
@@ -335,8 +329,9 @@ def test_read_gene_annotation__hg38_gene_table_and_exon_bed():
 
 
 @pytest.mark.parametrize("fmt", ["gff3", "gtf"])
-def test_read_gene_annotation__hg38_roundtrip_through_gencode_text(tmp_path, fmt):
-    _need_hg38()
+@pytest.mark.real_data("GFF3/GTF text of GENCODE's own genes and MANE exons on chr21, chr22, chrX, chrY (PAR genes)")
+def test_read_gene_annotation__hg38_roundtrip_through_gencode_text(shared_data, tmp_path, fmt):
+    HG38 = shared_data / "hg38"
     chroms = ["chr21", "chr22", "chrX", "chrY"]
     genes_t, exons_t = read_gene_annotation(HG38 / "hg38_genes.tsv.gz", exons=HG38 / "hg38_exons.bed.gz",
                                             chromosomes=chroms)
@@ -400,9 +395,9 @@ def test_read_chrom_sizes__errors(tmp_path):
         read_chrom_sizes(pd.DataFrame({"a": ["chr1"], "b": [1], "c": [2]}))
 
 
-def test_genome__hg38_chrom_sizes_match_shared_file():
-    if not (HG38 / "hg38.chrom.sizes").exists():
-        pytest.skip(f"shared real data not found at {HG38}")
+@pytest.mark.real_data("the shipped hg38 sizes against an independent copy (bioframe's hg38 report)")
+def test_genome__hg38_chrom_sizes_match_shared_file(shared_data):
+    HG38 = shared_data / "hg38"
     ref = pd.read_csv(HG38 / "hg38.chrom.sizes", sep="\t", header=None, names=["chrom", "size"])
     primary = ref[ref["chrom"].isin([f"chr{c}" for c in [*range(1, 23), "X", "Y", "M"]])]
     assert p2g.genome.hg38.chrom_sizes == dict(zip(primary["chrom"], primary["size"].astype(int)))

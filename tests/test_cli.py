@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from _sim_files import write_sim_inputs
+from _sim_files import run_cli_terminal, write_sim_inputs
 
 import p2g_dask as p2g
 from p2g_dask.cli import main
@@ -105,28 +105,6 @@ def test_example_config__validates():
     assert load_config(config)["peak_to_gene"]["n_metacells"] == 500
 
 
-@pytest.mark.slow
-def test_p2g_demo__writes_every_output(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out), "--cells", "1200", "--workers", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "planted links recovered at FDR < 0.05" in printed and "Dask dashboard" in printed
-    record = json.loads((out / "run.json").read_text())
-    assert record["summary"]["planted_links"]["recall"] >= 0.8
-    links = p2g.io.read_links(out / "links.parquet")
-    assert len(links) == record["summary"]["pairs"]
-    assert (out / "link_summary.png").stat().st_size > 10_000
-    assert (out / "peak2gene_heatmap.png").stat().st_size > 10_000
-    assert len(list(out.glob("browser_*.png"))) == 1
-    import pybigtools
-
-    bigwigs = record["outputs"]["bigwigs"]
-    assert len(bigwigs) == 6
-    for path in bigwigs.values():
-        with pybigtools.open(path) as bw:
-            assert sum(1 for _ in bw.records("chr1")) > 0
-
-
 def _rendered_lines(text: str) -> list[str]:
     """What a terminal shows: per line, the text after the last carriage return, escapes dropped."""
     import re
@@ -138,31 +116,129 @@ def _rendered_lines(text: str) -> list[str]:
     return lines
 
 
-def test_p2g_run__stage_lines_not_interleaved_with_dask_progress(inputs, tmp_path):
-    import os
+LOG_LINE = r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) "
+
+
+def assert_one_view_per_stage(shown: list[str], stages: list[str]) -> None:
+    """Each stage: its start line and its done line, each exactly once, intact, in order."""
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    total = len(stages)
+    for number, stage in enumerate(stages, start=1):
+        assert shown.count(f"[{number}/{total}] {stage} ...") == 1, shown
+        done = [line for line in shown if re.fullmatch(rf"\[{number}/{total}\] {stage} done \(\d+\.\d s\)", line)]
+        assert len(done) == 1, shown
+    starts = [shown.index(f"[{n}/{total}] {s} ...") for n, s in enumerate(stages, start=1)]
+    assert starts == sorted(starts)
+    # Dask's progress bars never share a line with a stage line.
+    assert not [line for line in shown if "Completed" in line and re.search(rf"\[\d/{total}\] ", line)]
+
+
+def test_p2g_run__stage_lines_not_interleaved_with_dask_progress(inputs, tmp_path):
+    import re
 
     folder, _ = inputs
-    config = _config(folder, tmp_path / "progress")
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo))
-    done = subprocess.run([sys.executable, "-m", "p2g_dask.cli", "run", str(config)], env=env, cwd=tmp_path,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:]
-    shown = _rendered_lines(done.stdout)
-    stages = ["ingest", "peak_to_gene", "filter_links"]
+    # 250 x 25 metacells on 500 cells: each cell in 12.5 metacells, so peak_to_gene warns.
+    config = _config(folder, tmp_path / "progress",
+                     peak_to_gene={"use_rep": "X_latent", "n_metacells": 250, "k_neighbors": 25, "seed": 3})
+    output = run_cli_terminal(["run", str(config)], tmp_path)
+    shown = _rendered_lines(output)
+    assert_one_view_per_stage(shown, ["ingest", "peak_to_gene", "filter_links"])
+    # The Dask progress of peak_to_gene was drawn.
+    assert "Completed" in output
+    # The terminal: no INFO line of the package; its warning once, as it matters.
+    assert not [line for line in shown if re.match(LOG_LINE.replace("WARNING|", ""), line)], shown
+    warnings = [line for line in shown if re.match(LOG_LINE, line)]
+    assert len(warnings) == 1 and "WARNING peak_to_gene: small data" in warnings[0], warnings
+    # The details are in the log file of the output folder, the warning with them.
+    log = (tmp_path / "progress" / "p2g.log").read_text()
+    assert re.search(r"INFO p2g_dask: peak_to_gene: 3000 peaks, \d+ annotated genes, 500 cells, \d+ metacells of 25", log)
+    assert re.search(r"INFO p2g_dask: peak_to_gene: \d+ candidate pairs, \d+ with FDR < 0.05", log)
+    assert "WARNING p2g_dask: peak_to_gene: small data" in log
+    for number, stage in enumerate(["ingest", "peak_to_gene", "filter_links"], start=1):
+        assert log.count(f"[{number}/3] {stage} ...") == 1 and log.count(f"[{number}/3] {stage} done") == 1
+    record = json.loads((tmp_path / "progress" / "run.json").read_text())
+    assert record["outputs"]["log"] == str((tmp_path / "progress" / "p2g.log").resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# p2g demo: one run (a fresh process, its terminal captured: conftest's demo_run) for every check
+
+
+@pytest.mark.slow
+def test_p2g_demo__writes_every_output(demo_run):
+    out, output = demo_run
+    record = json.loads((out / "run.json").read_text())
+    links = p2g.io.read_links(out / "links.parquet")
+    assert len(links) == record["summary"]["pairs"]
+    # Planted links are found far above chance (the share of all pairs that are significant).
+    share = record["summary"]["significant_fdr_0.05"] / len(links)
+    assert record["summary"]["planted_links"]["recall"] >= max(0.6, 3 * share)
+    for name in ("link_summary.png", "link_calibration.png", "peak2gene_heatmap.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert len(list(out.glob("browser_*.png"))) == 1
+    # Every figure written is listed, and only those.
+    figures = sorted(str(p) for p in out.glob("*.png"))
+    listed = [line.strip() for line in output.splitlines() if line.startswith("  ") and line.strip().endswith(".png")]
+    assert sorted(listed) == figures == sorted(record["outputs"]["plots"])
+    assert f"figures ({len(figures)}):" in output
+    import pybigtools
+
+    bigwigs = record["outputs"]["bigwigs"]
+    assert len(bigwigs) == 6
+    for path in bigwigs.values():
+        with pybigtools.open(path) as bw:
+            assert sum(1 for _ in bw.records("chr1")) > 0
+
+
+@pytest.mark.slow
+def test_p2g_demo__metacells_by_rule_and_both_fdrs_side_by_side(demo_run):
+    import re
+
+    from p2g_dask._variables import metacells_for
+
+    out, output = demo_run
+    links = p2g.io.read_links(out / "links.parquet")
+    # The metacells follow the package's rule for 1,200 cells: no small-data warning.
+    assert (links.attrs["params"]["n_metacells"], links.attrs["params"]["k_neighbors"]) == metacells_for(1200) \
+        == (120, 20)
+    # No warning of the package (distributed's own, e.g. an event loop slowed by a busy machine,
+    # stay visible: they are not the package's to hide).
+    assert "small data" not in output and not re.search(LOG_LINE, output, re.M)
+    assert links.attrs["params"]["n_permutations"] > 0
+    assert links["perm_fdr"].notna().sum() == links["fdr"].notna().sum() > 0
+    truth = pd.read_csv(out / "inputs" / "truth.tsv", sep="\t")
+    planted = set(zip(truth["peak"], truth["gene"]))
+    for column, label in (("fdr", r"fdr < 0\.05 \(t-test\)"), ("perm_fdr", r"perm_fdr < 0\.05 \(\d+ permutations\)")):
+        chosen = links[links[column] < 0.05]
+        found = set(zip(chosen["peak"], chosen["gene"]))
+        hits = len(found & planted)
+        row = re.search(rf"^  {label}\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)$", output, re.M)
+        assert row, (label, output)
+        assert int(row[1].replace(",", "")) == len(found) and int(row[2].replace(",", "")) == hits
+        assert float(row[3]) == pytest.approx(hits / len(planted), abs=0.005)
+        assert float(row[4]) == pytest.approx(hits / len(found), abs=0.0005)
+    # The permutation null is stricter than the anti-conservative t-test on overlapping metacells.
+    assert (links["perm_fdr"] < 0.05).sum() < (links["fdr"] < 0.05).sum()
+
+
+@pytest.mark.slow
+def test_p2g_demo__one_terminal_view_details_in_log(demo_run):
+    import re
+
+    out, output = demo_run
+    shown = _rendered_lines(output)
+    stages = ["ingest", "iterative_lsi", "peak_to_gene", "filter_links", "pseudobulk", "plots"]
+    assert_one_view_per_stage(shown, stages)
+    assert not [line for line in shown if re.match(LOG_LINE, line)], shown  # no log line of the package
+    assert sum(line.startswith("Dask dashboard: http://") for line in shown) == 1
+    log = out / "p2g.log"
+    assert f"log (details of every stage): {log.resolve()}" in output
+    text = log.read_text()
+    assert "INFO p2g_dask: simulated 1200 cells" in text and "INFO p2g_dask: stored 1200 cells" in text
+    assert re.search(r"INFO p2g_dask: metacells: 120 of 120 seeds kept", text)
     for number, stage in enumerate(stages, start=1):
-        # Each stage line is intact and alone on its line, start and end.
-        assert f"[{number}/3] {stage} ..." in shown, shown
-        assert any(re.fullmatch(rf"\[{number}/3\] {stage} done \(\d+\.\d s\)", line) for line in shown), shown
-    # The Dask progress of peak_to_gene was drawn, on lines of its own.
-    assert "Completed" in done.stdout
-    assert not [line for line in shown if "Completed" in line and re.search(r"\[\d/3\] ", line)]
-    starts = [shown.index(f"[{n}/3] {s} ...") for n, s in enumerate(stages, start=1)]
-    assert starts == sorted(starts)
+        assert text.count(f"[{number}/6] {stage} ...") == 1
 
 
 def test_p2g_plot__old_option_names_warn_and_set_new(tmp_path):
@@ -187,3 +263,26 @@ def test_load_config__old_plot_argument_names_still_accepted(inputs, tmp_path):
     assert config["plots"] == {"fdr_thresh": 0.1, "min_abs_r": 0.2}
     with pytest.raises(ValueError, match="unknown key"):
         load_config(_config(folder, tmp_path / "bad", plots={"fdr_threshold": 0.1}))
+
+
+def test_dask_records_to_log_file__shutdown_warning_in_log_only(tmp_path):
+    """A finished run's cluster shutdown: distributed's warnings go to p2g.log, not the terminal."""
+    import io
+    import logging
+
+    from p2g_dask._logging import dask_records_to_log_file, log_to_file
+
+    terminal = io.StringIO()  # stands for distributed's own stderr handler
+    console = logging.StreamHandler(terminal)
+    dask_logger, nanny = logging.getLogger("distributed"), logging.getLogger("distributed.nanny")
+    dask_logger.addHandler(console)
+    try:
+        with log_to_file(tmp_path / "p2g.log"):
+            with dask_records_to_log_file():
+                nanny.warning("Worker process still alive after 4.0 seconds, killing")
+            nanny.warning("a worker exceeded its memory budget")  # outside the shutdown: on the terminal
+    finally:
+        dask_logger.removeHandler(console)
+    assert "still alive" not in terminal.getvalue() and "memory budget" in terminal.getvalue()
+    log = (tmp_path / "p2g.log").read_text()
+    assert "WARNING distributed.nanny: Worker process still alive" in log and "memory budget" not in log

@@ -297,6 +297,7 @@ def test_gene_scores__store_result_feeds_peak_to_gene(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data("gene scores of real cells must follow their measured RNA")
 def test_gene_scores__pbmc_scores_follow_rna(shared_data):
     """Real PBMC 1k: per-gene correlation across cells of gene score and log-normalised RNA."""
     import anndata as ad

@@ -83,12 +83,18 @@ def test_p2g_run__gene_scores_section_checks_keys(sim_files, tmp_path):
 
 @pytest.mark.slow
 def test_p2g_demo__atac_only_writes_scores_links_plot(tmp_path, capsys):
+    from p2g_dask.io.store import StoreModality
+
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--atac-only", "--out", str(out), "--cells", "600"]) == 0
     printed = capsys.readouterr().out
-    assert "gene scores:" in printed and "planted links recovered" in printed
-    scores = ad.read_h5ad(out / "gene_scores.h5ad")
-    assert scores.n_obs == 600
-    np.testing.assert_allclose(np.asarray(scores.X.sum(axis=1)).ravel(), 1e4, atol=2.0)
-    assert len(p2g.io.read_links(out / "links.parquet")) > 0
-    assert list(out.glob("browser_*.png"))
+    assert "gene scores (the gene side of the links):" in printed and "planted links recovered" in printed
+    assert "perm_fdr < 0.05" in printed and "small data" not in printed
+    scores = StoreModality(str(out / "store.zarr"), "X_gene_score")
+    assert scores.n_obs == 600 and p2g.io.open_store(out / "store.zarr").rna is None
+    np.testing.assert_allclose(np.asarray(scores.to_memory().sum(axis=1)).ravel(), 1e4, atol=2.0)
+    links = p2g.io.read_links(out / "links.parquet")
+    assert len(links) > 0 and links.attrs["params"]["gene_obsm"] == "X_gene_score"
+    assert (links.attrs["params"]["n_metacells"], links.attrs["params"]["k_neighbors"]) == (60, 20)
+    assert not (out / "inputs" / "rna.h5ad").exists()  # ATAC only: no RNA file was even written
+    assert list(out.glob("browser_*.png")) and (out / "link_calibration.png").is_file()

@@ -14,8 +14,6 @@ import p2g_dask as p2g
 from p2g_dask.tl.engine import accumulate as aggregate
 from p2g_dask.tl.links.groups import group_metacells
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def numpy_group_links(atac, rna, genes, neighbours, max_distance=250_000):
     """One group's pairs, r and BH from dense numpy sums over the group's metacells."""
@@ -219,11 +217,9 @@ def load_report_script():
 
 
 @pytest.mark.slow
-def test_peak_to_gene__groupby_real_pbmc_matches_numpy():
-    loaded = load_report_script().pbmc_input(p2g)
-    if loaded is None:
-        pytest.skip(f"real data folder {DATA} is absent (fresh clone without ../shared/data)")
-    atac, rna, genes = loaded
+@pytest.mark.real_data("groups from marker genes of real cells (B / T / myeloid), uneven sizes")
+def test_peak_to_gene__groupby_real_pbmc_matches_numpy(shared_data):
+    atac, rna, genes = load_report_script().pbmc_input(p2g, shared_data)
     assert set(atac.obs["coarse"]) == {"B", "T", "myeloid"}
     with dask.config.set(scheduler="synchronous"):
         links = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=genes, use_rep="X_lsi", groupby="coarse",

@@ -1,13 +1,12 @@
 """Issue 13, MuData input: a MuData / .h5mu gives what the two AnnData objects give.
 
-On the real PBMC cells in ``../shared/data/pbmc_multiome_1k`` (skipped when absent):
-``peak_to_gene``, ``ingest`` and ``iterative_lsi``; on small simulated data: the BigWigs and the
-browser track. Every result is compared with the two-AnnData call and with plain numpy.
+On simulated cells written as files here (an .h5mu made in tmp_path, no real data needed):
+``peak_to_gene``, ``ingest`` and ``iterative_lsi``; the BigWigs and the browser track. Every
+result is compared with the two-AnnData call and with plain numpy.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
@@ -25,10 +24,6 @@ import scipy.sparse as sp  # noqa: E402
 import p2g_dask as p2g  # noqa: E402
 
 md = pytest.importorskip("mudata")
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PBMC = DATA / "pbmc_multiome_1k"
-HG38_GENES = DATA / "hg38" / "hg38_genes.tsv.gz"
 
 # mudata 0.3 warns about a future default on every MuData construction; not ours to act on.
 pytestmark = pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning")
@@ -54,19 +49,21 @@ def _close_figures():
 
 
 # ---------------------------------------------------------------------------------------------
-# MuData input on the real PBMC cells
+# MuData input on simulated cells, read back from the files written here
 
 
 @pytest.fixture(scope="module")
-def pbmc(tmp_path_factory):
-    if not (PBMC / "atac.h5ad").is_file() or not HG38_GENES.is_file():
-        pytest.skip(f"real data folder {DATA} is absent (a fresh clone without ../shared/data)")
-    atac = ad.read_h5ad(PBMC / "atac.h5ad")
-    rna = ad.read_h5ad(PBMC / "rna.h5ad")
+def multiome(tmp_path_factory):
+    """600 simulated cells as h5ad files and an .h5mu, with a plain LSI."""
+    sim = p2g.datasets.simulate_multiome(n_cells=600, n_peaks=2000, n_genes=200, n_linked_genes=20, seed=13)
+    folder = tmp_path_factory.mktemp("sim_mudata_files")
+    sim.atac.write_h5ad(folder / "atac.h5ad")
+    sim.rna.write_h5ad(folder / "rna.h5ad")
+    atac = ad.read_h5ad(folder / "atac.h5ad")
+    rna = ad.read_h5ad(folder / "rna.h5ad")
     atac.obsm["X_lsi"] = tfidf_svd(atac.X)
-    genes, _ = p2g.io.read_gene_annotation(HG38_GENES)
-    folder = tmp_path_factory.mktemp("pbmc_mudata")
-    h5mu = folder / "pbmc.h5mu"
+    genes = sim.genes
+    h5mu = folder / "multiome.h5mu"
     md.MuData({"atac": atac.copy(), "rna": rna.copy()}).write(h5mu)
     return SimpleNamespace(atac=atac, rna=rna, genes=genes, h5mu=h5mu, mdata=md.read_h5mu(h5mu), folder=folder)
 
@@ -75,61 +72,61 @@ P2G_SMALL = dict(n_metacells=100, k_neighbors=20, seed=1)
 
 
 @pytest.fixture(scope="module")
-def pbmc_links(pbmc):
+def pair_links(multiome):
     with dask.config.set(scheduler="synchronous"):
-        return p2g.tl.peak_to_gene(pbmc.atac, rna=pbmc.rna, gene_annotation=pbmc.genes, use_rep="X_lsi",
+        return p2g.tl.peak_to_gene(multiome.atac, rna=multiome.rna, gene_annotation=multiome.genes, use_rep="X_lsi",
                                    **P2G_SMALL)
 
 
-def test_peak_to_gene__h5mu_equals_two_anndata(pbmc, pbmc_links):
-    assert set(pbmc.mdata.mod) == {"atac", "rna"}  # the file round trip kept both modalities
+def test_peak_to_gene__h5mu_equals_two_anndata(multiome, pair_links):
+    assert set(multiome.mdata.mod) == {"atac", "rna"}  # the file round trip kept both modalities
     with dask.config.set(scheduler="synchronous"):
-        got = p2g.tl.peak_to_gene(pbmc.mdata, gene_annotation=pbmc.genes, use_rep="X_lsi", **P2G_SMALL)
-        shared = p2g.tl.peak_to_gene(pbmc.mdata, gene_annotation=pbmc.genes,
-                                     metacells=pbmc_links.attrs["metacells"])
-    assert len(pbmc_links) > 100 and pbmc_links["correlation"].notna().sum() > 100
-    pd.testing.assert_frame_equal(got, pbmc_links)
-    pd.testing.assert_frame_equal(shared, pbmc_links)
-    np.testing.assert_array_equal(got.attrs["metacells"], pbmc_links.attrs["metacells"])
-    assert got.attrs["obs_names_hash"] == pbmc_links.attrs["obs_names_hash"]
-    assert got.attrs["params"] == pbmc_links.attrs["params"]
+        got = p2g.tl.peak_to_gene(multiome.mdata, gene_annotation=multiome.genes, use_rep="X_lsi", **P2G_SMALL)
+        shared = p2g.tl.peak_to_gene(multiome.mdata, gene_annotation=multiome.genes,
+                                     metacells=pair_links.attrs["metacells"])
+    assert len(pair_links) > 100 and pair_links["correlation"].notna().sum() > 100
+    pd.testing.assert_frame_equal(got, pair_links)
+    pd.testing.assert_frame_equal(shared, pair_links)
+    np.testing.assert_array_equal(got.attrs["metacells"], pair_links.attrs["metacells"])
+    assert got.attrs["obs_names_hash"] == pair_links.attrs["obs_names_hash"]
+    assert got.attrs["params"] == pair_links.attrs["params"]
 
 
-def test_peak_to_gene__h5mu_path_on_local_cluster(pbmc, pbmc_links, local_client):
-    got = p2g.tl.peak_to_gene(pbmc.h5mu, gene_annotation=pbmc.genes, use_rep="X_lsi", client=local_client,
+def test_peak_to_gene__h5mu_path_on_local_cluster(multiome, pair_links, local_client):
+    got = p2g.tl.peak_to_gene(multiome.h5mu, gene_annotation=multiome.genes, use_rep="X_lsi", client=local_client,
                               **P2G_SMALL)
-    pd.testing.assert_frame_equal(got, pbmc_links)
+    pd.testing.assert_frame_equal(got, pair_links)
 
 
-def test_peak_to_gene__mudata_use_rep_from_mudata_obsm(pbmc, pbmc_links):
-    atac = pbmc.atac.copy()
+def test_peak_to_gene__mudata_use_rep_from_mudata_obsm(multiome, pair_links):
+    atac = multiome.atac.copy()
     embedding = atac.obsm.pop("X_lsi")
-    mdata = md.MuData({"atac": atac, "rna": pbmc.rna.copy()})
+    mdata = md.MuData({"atac": atac, "rna": multiome.rna.copy()})
     mdata.obsm["X_joint"] = embedding
     with dask.config.set(scheduler="synchronous"):
-        got = p2g.tl.peak_to_gene(mdata, gene_annotation=pbmc.genes, use_rep="X_joint", **P2G_SMALL)
-    pd.testing.assert_frame_equal(got, pbmc_links)
+        got = p2g.tl.peak_to_gene(mdata, gene_annotation=multiome.genes, use_rep="X_joint", **P2G_SMALL)
+    pd.testing.assert_frame_equal(got, pair_links)
     # The ATAC modality wins over the MuData's own obsm when both have the key.
     mdata.mod["atac"].obsm["X_joint"] = embedding[:, ::-1].copy()
     with dask.config.set(scheduler="synchronous"):
-        atac_first = p2g.tl.peak_to_gene(mdata, gene_annotation=pbmc.genes, use_rep="X_joint", **P2G_SMALL)
+        atac_first = p2g.tl.peak_to_gene(mdata, gene_annotation=multiome.genes, use_rep="X_joint", **P2G_SMALL)
     reversed_atac = atac.copy()
     reversed_atac.obsm["X_joint"] = embedding[:, ::-1].copy()
     with dask.config.set(scheduler="synchronous"):
-        want = p2g.tl.peak_to_gene(reversed_atac, rna=pbmc.rna, gene_annotation=pbmc.genes, use_rep="X_joint",
+        want = p2g.tl.peak_to_gene(reversed_atac, rna=multiome.rna, gene_annotation=multiome.genes, use_rep="X_joint",
                                    **P2G_SMALL)
     pd.testing.assert_frame_equal(atac_first, want)
 
 
-def test_peak_to_gene__mudata_cells_are_the_shared_barcodes(pbmc):
+def test_peak_to_gene__mudata_cells_are_the_shared_barcodes(multiome):
     rng = np.random.default_rng(0)
-    rna_cells = rng.permutation(pbmc.rna.n_obs)[: pbmc.rna.n_obs - 150]
-    atac = pbmc.atac[50:].copy()
-    rna = pbmc.rna[rna_cells].copy()
+    rna_cells = rng.permutation(multiome.rna.n_obs)[: multiome.rna.n_obs - 150]
+    atac = multiome.atac[50:].copy()
+    rna = multiome.rna[rna_cells].copy()
     mdata = md.MuData({"atac": atac.copy(), "rna": rna.copy()})
     with dask.config.set(scheduler="synchronous"):
-        got = p2g.tl.peak_to_gene(mdata, gene_annotation=pbmc.genes, use_rep="X_lsi", **P2G_SMALL)
-        want = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=pbmc.genes, use_rep="X_lsi", **P2G_SMALL)
+        got = p2g.tl.peak_to_gene(mdata, gene_annotation=multiome.genes, use_rep="X_lsi", **P2G_SMALL)
+        want = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=multiome.genes, use_rep="X_lsi", **P2G_SMALL)
     shared = atac.obs_names.intersection(rna.obs_names)
     assert got.attrs["n_cells"] == shared.size < atac.n_obs
     pd.testing.assert_frame_equal(got, want)
@@ -147,39 +144,39 @@ def _store_equal(a, b) -> None:
             np.testing.assert_array_equal(np.asarray(ma.obsm[key]), np.asarray(mb.obsm[key]))
 
 
-def test_ingest__h5mu_equals_two_anndata(pbmc):
-    folder = pbmc.folder
-    from_pair = p2g.io.ingest(pbmc.atac, pbmc.rna, folder / "pair.zarr", chunk_cells=300)
-    from_file = p2g.io.ingest(pbmc.h5mu, folder / "h5mu.zarr", chunk_cells=300)   # ingest(h5mu, store)
-    from_object = p2g.io.ingest(pbmc.mdata, path=folder / "mudata.zarr", chunk_cells=300)
+def test_ingest__h5mu_equals_two_anndata(multiome):
+    folder = multiome.folder
+    from_pair = p2g.io.ingest(multiome.atac, multiome.rna, folder / "pair.zarr", chunk_cells=300)
+    from_file = p2g.io.ingest(multiome.h5mu, folder / "h5mu.zarr", chunk_cells=300)   # ingest(h5mu, store)
+    from_object = p2g.io.ingest(multiome.mdata, path=folder / "mudata.zarr", chunk_cells=300)
     _store_equal(from_pair, from_file)
     _store_equal(from_pair, from_object)
     # And the store holds the data itself: the real counts, cell for cell.
     x = from_file.atac.to_memory()
-    assert (x != sp.csr_matrix(pbmc.atac.X)).nnz == 0
-    assert list(from_file.rna.var.index) == list(pbmc.rna.var_names)
-    assert list(from_file.atac.obs.index) == list(pbmc.atac.obs_names)
+    assert (x != sp.csr_matrix(multiome.atac.X)).nnz == 0
+    assert list(from_file.rna.var.index) == list(multiome.rna.var_names)
+    assert list(from_file.atac.obs.index) == list(multiome.atac.obs_names)
 
 
-def test_peak_to_gene__mudata_without_modality_lists_modalities(pbmc):
+def test_peak_to_gene__mudata_without_modality_lists_modalities(multiome):
     with pytest.raises(ValueError) as err:
-        p2g.tl.peak_to_gene(pbmc.mdata, gene_annotation=pbmc.genes, use_rep="X_lsi", mod_atac="peaks", **P2G_SMALL)
+        p2g.tl.peak_to_gene(multiome.mdata, gene_annotation=multiome.genes, use_rep="X_lsi", mod_atac="peaks", **P2G_SMALL)
     assert "mod_atac='peaks'" in str(err.value) and "['atac', 'rna']" in str(err.value)
     with pytest.raises(ValueError) as err:
-        p2g.tl.iterative_lsi(pbmc.mdata, mod_atac="peaks")
+        p2g.tl.iterative_lsi(multiome.mdata, mod_atac="peaks")
     assert "mod_atac='peaks'" in str(err.value) and "['atac', 'rna']" in str(err.value)
     with pytest.raises(ValueError) as err:
-        p2g.pl.plot_peak2gene_heatmap(pbmc.mdata, links=pbmc_links_stub(), mod_rna="gex")
+        p2g.pl.plot_peak2gene_heatmap(multiome.mdata, links=one_link_stub(), mod_rna="gex")
     assert "mod_rna='gex'" in str(err.value) and "['atac', 'rna']" in str(err.value)
-    for source in (pbmc.mdata, pbmc.h5mu):
+    for source in (multiome.mdata, multiome.h5mu):
         for option, name in (("mod_atac", "peaks"), ("mod_rna", "gex")):
             with pytest.raises(ValueError) as err:
-                p2g.io.ingest(source, path=pbmc.folder / "never.zarr", **{option: name})
+                p2g.io.ingest(source, path=multiome.folder / "never.zarr", **{option: name})
             assert f"'{name}'" in str(err.value) and "'atac'" in str(err.value) and "'rna'" in str(err.value)
-    assert not (pbmc.folder / "never.zarr").exists()
+    assert not (multiome.folder / "never.zarr").exists()
 
 
-def pbmc_links_stub() -> pd.DataFrame:
+def one_link_stub() -> pd.DataFrame:
     """A one-row links table; the heatmap resolves its input before it looks at the links."""
     table = pd.DataFrame({"peak": ["chr1:100-600"], "gene": ["CD2"], "correlation": [0.9], "fdr": [1e-9],
                           "var_q_atac": [0.9], "var_q_rna": [0.9]})
@@ -187,21 +184,21 @@ def pbmc_links_stub() -> pd.DataFrame:
     return table
 
 
-def test_peak_to_gene__mudata_without_rna_modality_lists_modalities(pbmc):
+def test_peak_to_gene__mudata_without_rna_modality_lists_modalities(multiome):
     with pytest.raises(ValueError) as err:
-        p2g.tl.peak_to_gene(pbmc.mdata, gene_annotation=pbmc.genes, use_rep="X_lsi", mod_rna="gex", **P2G_SMALL)
+        p2g.tl.peak_to_gene(multiome.mdata, gene_annotation=multiome.genes, use_rep="X_lsi", mod_rna="gex", **P2G_SMALL)
     assert "mod_rna='gex'" in str(err.value) and "['atac', 'rna']" in str(err.value)
 
 
-def test_iterative_lsi__mudata_writes_into_atac_modality(pbmc):
-    mdata = md.read_h5mu(pbmc.h5mu)
+def test_iterative_lsi__mudata_writes_into_atac_modality(multiome):
+    mdata = md.read_h5mu(multiome.h5mu)
     small = dict(n_components=8, iterations=2, var_features=150, n_neighbors=15, sample_cells_pre=1000,
                  resolution=0.5, seed=2, key_added="X_ilsi")
     got = p2g.tl.iterative_lsi(mdata, **small)
     np.testing.assert_array_equal(mdata.mod["atac"].obsm["X_ilsi"], got)
     assert "X_ilsi" not in mdata.mod["rna"].obsm
     assert mdata.mod["atac"].uns["X_ilsi"]
-    want = p2g.tl.iterative_lsi(pbmc.atac.copy(), **small)
+    want = p2g.tl.iterative_lsi(multiome.atac.copy(), **small)
     np.testing.assert_array_equal(got, want)
 
 

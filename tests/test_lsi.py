@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import anndata as ad
 import dask
@@ -20,7 +19,6 @@ from p2g_dask.tl.lsi._kernels import (
     project_block, sample_cells, sparse_svd, top_accessible, variable_features,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ---------------------------------------------------------------- independent numpy references
@@ -417,10 +415,9 @@ def test_iterative_lsi__large_sample_two_iterations_recover_cell_types(sim_small
 
 
 # ---------------------------------------------------------------- real data and docs
-def test_iterative_lsi__real_pbmc_projection_matches_numpy():
-    path = DATA / "pbmc_multiome_1k" / "atac.h5ad"
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (the shared data folder is not part of a fresh clone)")
+@pytest.mark.real_data("real PBMC depths, including cells without any peak count")
+def test_iterative_lsi__real_pbmc_projection_matches_numpy(shared_data):
+    path = shared_data / "pbmc_multiome_1k" / "atac.h5ad"
     atac = ad.read_h5ad(path)
     emb = p2g.tl.iterative_lsi(atac, n_components=8, var_features=150, n_neighbors=15, total_features=174)
     assert (np.asarray(atac.X.sum(1)).ravel() == 0).any()  # real data: some cells have no peak counts

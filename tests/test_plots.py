@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import matplotlib
 
@@ -22,8 +21,6 @@ from p2g_dask.pl.browser import plot_peak2gene  # noqa: E402
 from p2g_dask.pl.heatmap import plot_peak2gene_heatmap  # noqa: E402
 from p2g_dask.pl.style import plot_set  # noqa: E402
 from p2g_dask.pl.summary import plot_link_summary  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,9 +304,9 @@ def test_plot_peak2gene__renders_png_headless_into_given_axes(sim, target, links
     assert image.shape[:2] == (480, 720) and image[..., :3].std() > 0.05
 
 
-def test_plot_peak2gene__real_pbmc_locus_with_annotation_files(tmp_path):
-    if not DATA.exists():
-        pytest.skip(f"real data folder {DATA} is absent (a fresh clone has no ../shared/data)")
+@pytest.mark.real_data("a real locus (CD8A) drawn from the GENCODE gene table and MANE exon BED")
+def test_plot_peak2gene__real_pbmc_locus_with_annotation_files(shared_data, tmp_path):
+    DATA = shared_data
     import anndata as ad
 
     atac = ad.read_h5ad(DATA / "pbmc_multiome_1k" / "atac.h5ad")

@@ -19,7 +19,6 @@ from p2g_dask.datasets.simulate_fragments import simulate_fragments
 from p2g_dask.tl.pseudobulk._coverage import fragment_runs, insertion_runs
 from p2g_dask.tl.pseudobulk.pseudobulk import pseudobulk_with_fragments
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHROMS = {"chr1": 1000, "chr2": 500}
 
 
@@ -334,10 +333,10 @@ def _windows(pos, gap=50_000):
 
 
 @pytest.mark.slow
-def test_pseudobulk_with_fragments__real_pbmc(tmp_path):
+@pytest.mark.real_data("a real Cell Ranger fragment file (bgzip + tabix, 16 chromosomes), base by base")
+def test_pseudobulk_with_fragments__real_pbmc(shared_data, tmp_path):
+    DATA = shared_data
     folder = DATA / "pbmc_multiome_1k"
-    if not (folder / "fragments.tsv.gz").is_file():
-        pytest.skip(f"real data folder {folder} is absent (a fresh clone without ../shared/data)")
     atac = ad.read_h5ad(folder / "atac.h5ad")
     atac.obs["half"] = np.where(np.arange(atac.n_obs) < atac.n_obs // 2, "first", "second")
     sizes = pd.read_csv(DATA / "hg38" / "hg38.chrom.sizes", sep="\t", header=None, names=["c", "n"])
