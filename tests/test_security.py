@@ -5,11 +5,9 @@ LocalClusters stay plain TCP; the dashboard stays on 127.0.0.1 unless asked."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -20,11 +18,11 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
+from _slurm import require_idle_slurm, sbatch_run_in_allocation
 from p2g_dask._cluster_security import binds_beyond_loopback
 from p2g_dask.cluster import close_cluster, dashboard_link, load_credentials, start_cluster, write_credentials
 
 REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
 
 
 def _network_address() -> tuple[str, str]:
@@ -80,6 +78,16 @@ def _run_task(client: Client) -> int:
     return client.submit(pow, 6, 2, pure=False).result(timeout=60)
 
 
+def _assert_credentials_admit(client: Client, folder: Path) -> None:
+    """Another process holding the owner's credentials (written to ``folder``) gets in and runs a task."""
+    write_credentials(client.security, folder)
+    other = start_cluster("address", address=client.scheduler.address, security=folder, warm=False)
+    try:
+        assert _run_task(other) == 36
+    finally:
+        close_cluster(other)
+
+
 def test_start_cluster__local_beyond_loopback_refuses_clients_without_credentials(network, tmp_path):
     _, ip = network
     client = start_cluster("local", host=ip, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0")
@@ -96,13 +104,7 @@ def test_start_cluster__local_beyond_loopback_refuses_clients_without_credential
             with pytest.raises(Exception):  # noqa: B017 - any failure to connect will do
                 _worker_identity(attempt, security)
         assert _run_task(client) == 36
-        # Another process holding the credentials (written by the owner) gets in.
-        folder = write_credentials(client.security, tmp_path / "tls")
-        other = start_cluster("address", address=address, security=folder, warm=False)
-        try:
-            assert _run_task(other) == 36
-        finally:
-            close_cluster(other)
+        _assert_credentials_admit(client, tmp_path / "tls")
     finally:
         close_cluster(client)
 
@@ -227,27 +229,9 @@ def test_binds_beyond_loopback__cases(network):
 
 # --- real SLURM ----------------------------------------------------------------------------------
 
-def _require_idle_slurm() -> None:
-    import shutil
-    import time
-
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed here (no sinfo/sbatch): start a one-node SLURM with "
-                    "`sudo deploy/slurm/local-slurm.sh` to run the SLURM tests")
-    deadline = time.monotonic() + 60
-    while True:
-        done = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
-        states = [s.rstrip("*~#") for s in done.stdout.split()]
-        if done.returncode == 0 and any(s in ("idle", "mix") for s in states):
-            return
-        if time.monotonic() > deadline or not any(s in ("comp", "alloc") for s in states):
-            pytest.skip(f"no idle SLURM node (sinfo states {states}); run `sudo deploy/slurm/local-slurm.sh`")
-        time.sleep(1)
-
-
 @pytest.mark.slurm
 def test_start_cluster__slurm_tls_refuses_clients_without_credentials(network, tmp_path):
-    _require_idle_slurm()
+    require_idle_slurm()
     interface, ip = network
     creds = tmp_path / "tls"
     client = start_cluster("slurm", jobs=1, interface=interface, cores=1, memory="1GiB", processes=1,
@@ -263,12 +247,7 @@ def test_start_cluster__slurm_tls_refuses_clients_without_credentials(network, t
         assert stat.S_IMODE(creds.stat().st_mode) == 0o700
         assert client.run(lambda: os.environ.get("SLURM_JOB_ID")) and _run_task(client) == 36
         _assert_refuses_strangers(address)
-        folder = write_credentials(client.security, tmp_path / "mine")
-        other = start_cluster("address", address=address, security=folder, warm=False)
-        try:
-            assert _run_task(other) == 36
-        finally:
-            close_cluster(other)
+        _assert_credentials_admit(client, tmp_path / "mine")
     finally:
         close_cluster(client)
     assert list(creds.iterdir()) == []  # the workers' credentials went with the cluster
@@ -296,7 +275,7 @@ json.dump(info, open(os.environ['STUB_OUT'], 'w'))
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_run_in_allocation__network_scheduler_uses_tls(network, tmp_path):
-    _require_idle_slurm()
+    require_idle_slurm()
     interface, ip = network
     stub = tmp_path / "stub_p2g.py"
     stub.write_text(_STUB)
@@ -304,14 +283,8 @@ def test_run_in_allocation__network_scheduler_uses_tls(network, tmp_path):
     env = {**os.environ, "STUB_OUT": str(out), "PYTHON": sys.executable, "P2G_INTERFACE": interface,
            "P2G_CMD": f"{sys.executable} {stub}", "P2G_DASK_DIR": str(tmp_path / "dask"),
            "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "--cpus-per-task=1", "--mem=1500M", "--time=00:10:00",
-         f"--output={tmp_path}/job-%j.out", str(DEPLOY / "slurm" / "run-in-allocation.sbatch"), "cfg.yaml"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    logs = "\n".join(p.read_text() for p in tmp_path.glob("job-*.out"))
-    assert done.returncode == 0, done.stderr + logs
-    info = json.loads(out.read_text())
+    info, job_id = sbatch_run_in_allocation(tmp_path, env)
     assert info["address"].startswith(f"tls://{ip}:") and info["value"] == 36
-    assert info["job_ids"] == [done.stdout.strip().split(";")[0]]
+    assert info["job_ids"] == [job_id]
     assert info["no_credentials"].startswith("refused") and info["plain_tcp"].startswith("refused")
     assert not (tmp_path / "dask" / "tls").exists()  # the job's credentials were removed at its end

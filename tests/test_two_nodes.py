@@ -250,12 +250,19 @@ def test_gene_scores__two_nodes_match_local_cluster(case, nodes, local, stores):
     sim, fragments = case
 
     def run(client, store, _):
-        scores = p2g.tl.gene_scores({"sim": fragments}, genes=sim.genes, store=store, chunk_cells=200,
-                                    client=client, show_progress=False)
-        return scores.to_memory().toarray()
-    on_nodes, on_local = _on_both(nodes, local, stores, run)
+        into_store = p2g.tl.gene_scores({"sim": fragments}, genes=sim.genes, store=store, chunk_cells=200,
+                                        client=client, show_progress=False)
+        # In-memory cells: the fragment caches the workers build must land where all nodes and
+        # the client see them (not the client's /tmp).
+        in_memory = p2g.tl.gene_scores({"sim": fragments}, genes=sim.genes, cells=sim.atac, chunk_cells=200,
+                                       client=client, show_progress=False)
+        return into_store.to_memory().toarray(), in_memory.X.toarray()
+    (on_nodes, nodes_memory), (on_local, local_memory) = _on_both(nodes, local, stores, run)
     assert on_nodes.shape[0] == SIM["n_cells"] and (on_nodes > 0).mean() > 0.1
     np.testing.assert_array_equal(on_nodes, on_local)
+    np.testing.assert_array_equal(nodes_memory, local_memory)
+    np.testing.assert_array_equal(nodes_memory, on_nodes)
+    assert not list(fragments.parent.glob(".p2g-tmp-*"))  # the working folders were removed
 
 
 def _bigwig_records(paths: dict[str, str]) -> dict[str, np.ndarray]:
