@@ -118,7 +118,25 @@ def _squeue(job_ids: list[str]) -> str:
     return (done.stdout + done.stderr).strip() or f"({' '.join(cmd)}: no jobs listed)"
 
 
-def _start_slurm(opts: dict[str, Any]) -> Client:
+def start_slurm(opts: dict[str, Any]) -> Client:
+    """``start_cluster("slurm", ...)``: submit the jobs, wait for their workers, return a client.
+
+    Parameters
+    ----------
+    opts
+        The merged options of ``kind='slurm'`` (see :func:`p2g_dask.cluster.start_cluster`).
+
+    Returns
+    -------
+    distributed.Client
+        Connected to the SLURMCluster (TLS unless ``security=False``); the jobs are cancelled
+        when it does not come up in time.
+
+    Examples
+    --------
+    >>> # Not run: needs SLURM's sbatch (deploy/slurm/local-slurm.sh makes a one-node SLURM).
+    >>> client = start_slurm({"jobs": 1, "cores": 1, "memory": "1GiB"})  # doctest: +SKIP
+    """
     from dask_jobqueue import SLURMCluster
     from distributed.deploy.utils import nprocesses_nthreads
 
@@ -210,13 +228,24 @@ def _close_quietly(client: Client | None, cluster: Any) -> None:
             client.close()
     with contextlib.suppress(Exception):
         cluster.close()
-    _remove_job_credentials(cluster)
+    remove_job_credentials(cluster)
 
 
-def _remove_job_credentials(cluster: Any) -> None:
-    # dask-jobqueue keeps the workers' credential files open as NamedTemporaryFile attributes
-    # (`_job_key`, ...) and deletes them only when the cluster object is collected: delete them
-    # now, so no key outlives the jobs that used it.
+def remove_job_credentials(cluster: Any) -> None:
+    """Delete the workers' credential files dask-jobqueue wrote for ``cluster`` (if any).
+
+    dask-jobqueue keeps them open as NamedTemporaryFile attributes (``_job_key``, ...) and
+    deletes them only when the cluster object is collected: this deletes them now, so no key
+    outlives the jobs that used it.
+
+    Examples
+    --------
+    >>> import tempfile, types, os
+    >>> handle = tempfile.NamedTemporaryFile()
+    >>> remove_job_credentials(types.SimpleNamespace(_job_key=handle))
+    >>> os.path.exists(handle.name)
+    False
+    """
     for name, value in list(vars(cluster).items()):
         if name.startswith("_job_") and callable(getattr(value, "close", None)) and hasattr(value, "name"):
             with contextlib.suppress(OSError):

@@ -27,7 +27,7 @@ from distributed.security import Security
 
 from p2g_dask._cluster_options import check_keywords, default_host, free_dashboard_address, positive_int, underscore_keys
 from p2g_dask._cluster_security import binds_beyond_loopback, load_credentials, resolve_security, write_credentials
-from p2g_dask._cluster_slurm import _remove_job_credentials, _start_slurm, slurm_cluster_options
+from p2g_dask._cluster_slurm import remove_job_credentials, start_slurm, slurm_cluster_options
 from p2g_dask._logging import logger
 
 __all__ = ["VALID_KINDS", "close_cluster", "cluster_session", "dashboard_link", "load_credentials",
@@ -148,7 +148,7 @@ def close_cluster(client: Client, *, shutdown_scheduler: bool = False) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
-        _remove_job_credentials(cluster)
+        remove_job_credentials(cluster)
 
 
 def _start_local(opts: dict[str, Any]) -> Client:
@@ -260,7 +260,7 @@ def _start_address(opts: dict[str, Any]) -> Client:
     return client
 
 
-_STARTERS = {"local": _start_local, "slurm": _start_slurm, "address": _start_address}
+_STARTERS = {"local": _start_local, "slurm": start_slurm, "address": _start_address}
 
 
 def start_cluster(kind: str | None = None, **options: Any) -> Client:

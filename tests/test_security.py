@@ -88,6 +88,7 @@ def _assert_credentials_admit(client: Client, folder: Path) -> None:
         close_cluster(other)
 
 
+@pytest.mark.slow
 def test_start_cluster__local_beyond_loopback_refuses_clients_without_credentials(network, tmp_path):
     _, ip = network
     client = start_cluster("local", host=ip, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0")
@@ -240,6 +241,7 @@ def test_start_cluster__slurm_tls_refuses_clients_without_credentials(network, t
     try:
         address = client.scheduler.address
         assert address.startswith(f"tls://{ip}:")
+        assert urlparse(dashboard_link(client)).hostname == "127.0.0.1" and _dashboard_hosts(client) == {"127.0.0.1"}
         script = client.cluster.job_script()
         assert f"--tls-key {creds}/" in script and "--protocol tls://" in script
         keys = list(creds.glob(".dask-jobqueue.worker.key.*"))

@@ -193,6 +193,7 @@ def test_ingest__every_node_reads_what_the_client_wrote(case, nodes, local, stor
     assert (local_atac != sim.atac.X).nnz == 0 and (local_rna != sim.rna.X).nnz == 0
 
 
+@pytest.mark.slow
 def test_iterative_lsi__two_nodes_match_local_cluster(nodes, local, stores):
     def run(client, store, _):
         return p2g.tl.iterative_lsi(store, n_components=10, iterations=2, var_features=800, resolution=0.5,
@@ -318,6 +319,7 @@ def test_ingest_samples__two_nodes_match_local_cluster(case, nodes, local, harne
     arrays (atac/X, obs, var) are equal, as the tests above do for the other tools."""
 
 
+@pytest.mark.slow
 def test_p2g_run__config_naming_the_nodes_matches_local_cluster(case, harness, local, stores):
     sim, _ = case
     inputs, out = harness.data / "inputs", harness.data / "run"
