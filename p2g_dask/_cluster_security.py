@@ -126,7 +126,7 @@ def resolve_security(security: Any, *, default_tls: bool, where: str) -> Securit
             logger.warning(
                 "security=False: the Dask scheduler on %s accepts any client without credentials; "
                 "anyone on the network who can reach it can run code as user %r. Leave security "
-                "unset for TLS with temporary credentials.", where, getpass.getuser())
+                "unset for TLS with temporary credentials.", where, _user())
         return None
     if isinstance(security, Security):
         return security
@@ -136,6 +136,13 @@ def resolve_security(security: Any, *, default_tls: bool, where: str) -> Securit
         f"security={security!r} is not valid; pass None (TLS where needed), True, False, a "
         "distributed.security.Security, or a folder written by p2g_dask.cluster.write_credentials."
     )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid {os.getuid()}"
 
 
 def _pem(value: str | None, field: str) -> str:

@@ -106,7 +106,7 @@ def case(harness):
 
 @pytest.fixture(scope="module")
 def stores(harness, case, nodes, local):
-    """One store per cluster (tools write into them), ingested from the same files."""
+    """One store per cluster (tools write into them), ingested by the client from the same cells."""
     sim, _ = case
     made = {}
     for name, client in (("nodes", nodes), ("local", local)):
