@@ -2,18 +2,15 @@
 
 Defaults come from dask config (``p2g.cluster.*`` and ``jobqueue.slurm.*``, see
 ``p2g_dask/cluster_defaults.yaml``); options passed to :func:`start_cluster` override them. Every
-scheduler that p2g starts listens on 127.0.0.1 unless ``host=`` or ``interface=`` says otherwise.
+scheduler that p2g starts listens on 127.0.0.1 unless ``host=`` or ``interface=`` says otherwise,
+and its dashboard on 127.0.0.1 unless ``dashboard_address=`` says otherwise. A scheduler that
+listens beyond loopback, and every SLURM scheduler, uses TLS with temporary credentials
+(``security=False`` opts out, with a warning); see :mod:`p2g_dask._cluster_security`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +23,15 @@ import dask_jobqueue  # noqa: F401
 import yaml
 from dask.utils import format_bytes, parse_timedelta
 from distributed import Client
+from distributed.security import Security
 
+from p2g_dask._cluster_options import check_keywords, default_host, free_dashboard_address, positive_int, underscore_keys
+from p2g_dask._cluster_security import binds_beyond_loopback, load_credentials, resolve_security, write_credentials
+from p2g_dask._cluster_slurm import remove_job_credentials, start_slurm, slurm_cluster_options
 from p2g_dask._logging import logger
+
+__all__ = ["VALID_KINDS", "close_cluster", "cluster_session", "dashboard_link", "load_credentials",
+           "register_defaults", "slurm_cluster_options", "start_cluster", "write_credentials"]
 
 VALID_KINDS = ("local", "slurm", "address")
 _DEFAULTS_FILE = Path(__file__).with_name("cluster_defaults.yaml")
@@ -63,39 +67,11 @@ def register_defaults() -> bool:
 register_defaults()
 
 
-def _underscore(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    # dask config keys use hyphens, Python keywords underscores; accept both everywhere.
-    return {str(k).replace("-", "_"): v for k, v in mapping.items()}
-
-
 def _section(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Config ``p2g.cluster.<kind>`` overridden by ``options``."""
-    merged = _underscore(dask.config.get(f"p2g.cluster.{kind}", default={}) or {})
-    merged.update(_underscore(options))
+    merged = underscore_keys(dask.config.get(f"p2g.cluster.{kind}", default={}) or {})
+    merged.update(underscore_keys(options))
     return merged
-
-
-def _default_host() -> str:
-    return dask.config.get("p2g.cluster.host", default="127.0.0.1") or "127.0.0.1"
-
-
-def _dashboard_address(host: str) -> str:
-    # 8787 is what users expect to tunnel to; fall back to a random port rather than fail.
-    port = int(dask.config.get("p2g.cluster.dashboard-port", default=8787))
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return f"{host}:0"
-    return f"{host}:{port}"
-
-
-def _positive_int(name: str, value: Any, *, allow_none: bool = True, minimum: int = 1) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not valid; pass an integer >= {minimum}.")
-    return value
 
 
 def dashboard_link(client: Client) -> str | None:
@@ -109,7 +85,8 @@ def dashboard_link(client: Client) -> str | None:
     Returns
     -------
     The dashboard URL (e.g. ``http://127.0.0.1:8787/status``), or ``None`` when the scheduler
-    serves no HTTP at all.
+    serves no HTTP at all. For a scheduler started here, the host is where the dashboard really
+    listens (127.0.0.1 by default, also when the scheduler listens on a network address).
 
     Examples
     --------
@@ -122,7 +99,28 @@ def dashboard_link(client: Client) -> str | None:
         link = client.dashboard_link
     except (KeyError, AttributeError, OSError):
         return None
-    return link or None
+    return _served_link(client, link) if link else None
+
+
+def _served_link(client: Client, link: str) -> str:
+    # distributed builds the link from the scheduler's host; the dashboard of a scheduler that
+    # p2g started may listen elsewhere (127.0.0.1). Its scheduler runs in this process: ask it.
+    from urllib.parse import urlparse
+
+    scheduler = getattr(getattr(client, "cluster", None), "scheduler", None)
+    sockets = getattr(getattr(scheduler, "http_server", None), "_sockets", None)
+    if not sockets:
+        return link
+    try:
+        hosts = {sock.getsockname()[0] for sock in sockets.values()}
+        parsed = urlparse(link)
+    except (OSError, ValueError):
+        return link
+    if not hosts or parsed.hostname in hosts or hosts & {"0.0.0.0", "::"}:
+        return link
+    host = "127.0.0.1" if "127.0.0.1" in hosts else sorted(hosts)[0]
+    host = f"[{host}]" if ":" in host else host
+    return parsed._replace(netloc=f"{host}:{parsed.port}").geturl()
 
 
 def close_cluster(client: Client, *, shutdown_scheduler: bool = False) -> None:
@@ -150,88 +148,7 @@ def close_cluster(client: Client, *, shutdown_scheduler: bool = False) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
-
-
-def slurm_cluster_options(config: str | os.PathLike | Mapping | None = None, **options: Any) -> dict[str, Any]:
-    """Keyword arguments for ``dask_jobqueue.SLURMCluster``: dask config, then ``config``, then ``options``.
-
-    Parameters
-    ----------
-    config
-        A YAML file (or the equivalent mapping) with ``jobqueue: slurm: {...}`` keys, such as
-        ``deploy/slurm/jobqueue.yaml``. It overrides the dask config ``jobqueue.slurm``.
-    **options
-        SLURMCluster keywords (``cores``, ``memory``, ``queue``, ``walltime``,
-        ``job_extra_directives``, ...); they override both. Hyphenated config spellings work too.
-
-    Returns
-    -------
-    The merged keywords with Python names; unset (``None``) values are left out, deprecated
-    dask-jobqueue names are mapped to their replacements, and the job name is ``job_name``.
-
-    Examples
-    --------
-    >>> kw = slurm_cluster_options(cores=2, memory="4GiB", queue="debug")
-    >>> kw["cores"], kw["memory"], kw["queue"]
-    (2, '4GiB', 'debug')
-    """
-    from dask_jobqueue import SLURMCluster
-    from dask_jobqueue.core import Job
-    from dask_jobqueue.slurm import SLURMJob
-
-    merged = copy.deepcopy(dict(dask.config.get("jobqueue.slurm", default={}) or {}))
-    if config is not None:
-        merged = dask.config.merge(merged, _read_jobqueue_config(config))
-    kwargs = _underscore(merged)
-    # In jobqueue config `name` is the job name; as a SLURMCluster keyword it names the cluster.
-    if "name" in kwargs:
-        kwargs["job_name"] = kwargs.pop("name")
-    kwargs.update(_underscore(options))
-    for old, new in [("extra", "worker_extra_args"), ("env_extra", "job_script_prologue"),
-                     ("job_extra", "job_extra_directives"), ("header_skip", "job_directives_skip"),
-                     ("project", "account")]:
-        value = kwargs.pop(old, None)
-        if value and not kwargs.get(new):
-            kwargs[new] = value
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-
-    accepted = set()
-    for fn in (SLURMCluster.__init__, SLURMJob.__init__, Job.__init__):
-        accepted |= set(inspect.signature(fn).parameters)
-    # Handled by start_cluster (host/dashboard go to scheduler_options) or set internally.
-    accepted -= {"self", "scheduler", "job_cls", "loop", "dashboard_address", "host",
-                 "job_kwargs", "base_class_kwargs", "extra", "env_extra", "job_extra", "header_skip",
-                 "project"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(
-            f"unknown SLURMCluster option(s) {unknown} (values {[kwargs[k] for k in unknown]}); "
-            f"valid options are {sorted(accepted)}."
-        )
-    return kwargs
-
-
-def _read_jobqueue_config(config: str | os.PathLike | Mapping) -> dict:
-    if isinstance(config, Mapping):
-        data, where = config, "the config mapping"
-    else:
-        path = Path(config).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"config={str(config)!r} does not exist; pass a YAML file with 'jobqueue: slurm:' "
-                "keys, e.g. deploy/slurm/jobqueue.yaml."
-            )
-        data, where = yaml.safe_load(path.read_text()) or {}, f"config={str(config)!r}"
-    jobqueue = data.get("jobqueue") if isinstance(data, Mapping) else None
-    section = jobqueue.get("slurm") if isinstance(jobqueue, Mapping) else None
-    if not isinstance(section, Mapping):
-        raise ValueError(
-            f"{where} has no 'jobqueue: slurm:' section; write the SLURM job options under "
-            "jobqueue.slurm (see deploy/slurm/jobqueue.yaml)."
-        )
-    # null in the file means "not set here", as in dask-jobqueue's own YAML: it must not clear a
-    # value set elsewhere (e.g. DASK_JOBQUEUE__SLURM__INTERFACE).
-    return dask.config.expand_environment_variables({k: v for k, v in section.items() if v is not None})
+        remove_job_credentials(cluster)
 
 
 def _start_local(opts: dict[str, Any]) -> Client:
@@ -240,9 +157,12 @@ def _start_local(opts: dict[str, Any]) -> Client:
     from distributed.deploy.utils import nprocesses_nthreads
     from distributed.system import MEMORY_LIMIT
 
-    host = opts.pop("host", None) or _default_host()
-    n_workers = _positive_int("n_workers", opts.pop("n_workers", None))
-    threads = _positive_int("threads_per_worker", opts.pop("threads_per_worker", None))
+    # An interface alone decides the address (LocalCluster refuses neither, but binds `host`).
+    interface = opts.get("interface")
+    host = opts.pop("host", None) or (None if interface else default_host())
+    security = opts.pop("security", None)
+    n_workers = positive_int("n_workers", opts.pop("n_workers", None))
+    threads = positive_int("threads_per_worker", opts.pop("threads_per_worker", None))
     # Size to the machine the way distributed does, but explicitly, so it can be logged.
     if n_workers is None and threads is None:
         n_workers, threads = nprocesses_nthreads(CPU_COUNT)
@@ -254,7 +174,7 @@ def _start_local(opts: dict[str, Any]) -> Client:
     if memory_limit is None:
         memory_limit = int(MEMORY_LIMIT // n_workers)
     # dashboard_address=None given explicitly means no dashboard, as in LocalCluster.
-    dashboard = opts.pop("dashboard_address") if "dashboard_address" in opts else _dashboard_address(host)
+    dashboard = opts.pop("dashboard_address") if "dashboard_address" in opts else free_dashboard_address()
     for key in ("timeout", "wait_for_workers"):
         opts.pop(key, None)  # LocalCluster returns with all its workers up
     processes = opts.pop("processes", True)
@@ -262,7 +182,11 @@ def _start_local(opts: dict[str, Any]) -> Client:
         # In-process workers default to the inproc protocol, which cannot bind 127.0.0.1 and
         # whose address would make the dashboard link point at the machine's public IP.
         opts.setdefault("protocol", "tcp://")
-    _check_keywords(opts, "local", LocalCluster.__init__, Worker.__init__, Nanny.__init__)
+    check_keywords(opts, "local", LocalCluster.__init__, Worker.__init__, Nanny.__init__)
+    security = resolve_security(security, default_tls=binds_beyond_loopback(host, interface),
+                                where=host or f"interface {interface!r}")
+    if security is not None:
+        opts.update(security=security, protocol="tls://")
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=memory_limit,
                            processes=processes, host=host, dashboard_address=dashboard, **opts)
     shown = format_bytes(memory_limit) if isinstance(memory_limit, int) else memory_limit
@@ -271,23 +195,22 @@ def _start_local(opts: dict[str, Any]) -> Client:
     return Client(cluster)
 
 
-def _check_keywords(opts: Mapping[str, Any], kind: str, *functions) -> None:
-    # Catch a misspelt option here, by name, rather than as a TypeError deep inside a worker.
-    accepted = set().union(*(inspect.signature(fn).parameters for fn in functions))
-    accepted -= {"self", "args", "kwargs", "worker_kwargs", "scheduler_ip", "scheduler_file", "address"}
-    unknown = sorted(set(opts) - accepted)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} (values {[opts[k] for k in unknown]}) for "
-                         f"kind={kind!r}; valid options include {sorted(accepted)}.")
+def _scheduler_file_address(scheduler_file: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(Path(scheduler_file).read_text()).get("address", ""))
+    except (OSError, TypeError, ValueError, AttributeError):
+        return ""
 
 
-def _normalise_address(address: Any) -> str:
+def _normalise_address(address: Any, *, tls: bool = False) -> str:
     from distributed.comm import parse_address
     from distributed.comm.addressing import parse_host_port
 
     if not isinstance(address, str) or not address:
         raise ValueError(f"address={address!r} is not a scheduler address; pass 'tcp://host:port'.")
-    full = address if "://" in address else f"tcp://{address}"
+    full = address if "://" in address else f"{'tls' if tls else 'tcp'}://{address}"
     try:
         scheme, loc = parse_address(full)
         if scheme in ("tcp", "tls"):
@@ -300,6 +223,10 @@ def _normalise_address(address: Any) -> str:
 def _start_address(opts: dict[str, Any]) -> Client:
     address, scheduler_file = opts.pop("address", None), opts.pop("scheduler_file", None)
     timeout = parse_timedelta(opts.pop("timeout", "30s"))
+    security = opts.pop("security", None)
+    if security is not None:
+        # None keeps distributed's own TLS config (distributed.comm.tls.*), as Client does.
+        security = resolve_security(security, default_tls=False, where=str(address or scheduler_file))
     for key in ("host", "dashboard_address"):
         opts.pop(key, None)  # nothing is started here
     if address is None and scheduler_file is None:
@@ -308,110 +235,32 @@ def _start_address(opts: dict[str, Any]) -> Client:
             "(deploy/local/start-local-cluster.sh starts a scheduler and writes both)."
         )
     if address is not None:
-        address = _normalise_address(address)
+        address = _normalise_address(address, tls=security is not None and security.require_encryption)
     elif not Path(scheduler_file).is_file():
         raise FileNotFoundError(f"scheduler_file={str(scheduler_file)!r} does not exist; pass the file "
                                 "written by `dask scheduler --scheduler-file`.")
-    _check_keywords(opts, "address", Client.__init__)
+    check_keywords(opts, "address", Client.__init__)
     where = address or f"scheduler_file={str(scheduler_file)!r}"
+    target = address or _scheduler_file_address(scheduler_file)
+    if security is None and target.startswith("tls://") and not Security().tls_ca_file:
+        raise ValueError(
+            f"the scheduler at {target} uses TLS and no credentials were given: pass security= (the "
+            "folder written by p2g_dask.cluster.write_credentials, or a distributed.security.Security), "
+            "or set distributed.comm.tls.* in your dask config."
+        )
     try:
-        client = Client(address, scheduler_file=scheduler_file, timeout=timeout, **opts)
+        client = Client(address, scheduler_file=scheduler_file, timeout=timeout, security=security, **opts)
     except (OSError, TimeoutError) as err:
         raise OSError(
             f"could not connect to the Dask scheduler at {where} within {timeout:g} s ({err}); check "
-            "that it is running and the host and port are right, or raise timeout=."
+            "that it is running, that the host and port are right and, for a tls:// scheduler, that "
+            "security= holds its credentials; or raise timeout=."
         ) from err
     logger.info("connected to the scheduler at %s", client.scheduler.address)
     return client
 
 
-def _squeue(job_ids: list[str]) -> str:
-    cmd = ["squeue", "-j", ",".join(job_ids)] if job_ids else ["squeue"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"({' '.join(cmd)} failed: {err})"
-    return (done.stdout + done.stderr).strip() or f"({' '.join(cmd)}: no jobs listed)"
-
-
-def _start_slurm(opts: dict[str, Any]) -> Client:
-    from dask_jobqueue import SLURMCluster
-    from distributed.deploy.utils import nprocesses_nthreads
-
-    if shutil.which("sbatch") is None:
-        raise RuntimeError(
-            "kind='slurm' needs SLURM's sbatch on PATH (run on a SLURM login node); for a one-node "
-            "test SLURM on this machine run deploy/slurm/local-slurm.sh."
-        )
-    host = opts.pop("host", None)
-    jobs = _positive_int("jobs", opts.pop("jobs", 1), minimum=0)
-    adapt = bool(opts.pop("adapt", False))
-    minimum_jobs = _positive_int("minimum_jobs", opts.pop("minimum_jobs", 0) or 0, minimum=0)
-    maximum_jobs = _positive_int("maximum_jobs", opts.pop("maximum_jobs", None))
-    if adapt and maximum_jobs is None:
-        raise ValueError("adapt=True needs maximum_jobs=N (the most SLURM jobs to run at once).")
-    wait = _positive_int("wait_for_workers", opts.pop("wait_for_workers", None), minimum=0)
-    timeout = parse_timedelta(opts.pop("timeout", "600s"))
-    no_dashboard = "dashboard_address" in opts and opts["dashboard_address"] is None
-    dashboard = opts.pop("dashboard_address", None)
-
-    kwargs = slurm_cluster_options(opts.pop("config", None), **opts)
-    scheduler_options = dict(kwargs.pop("scheduler_options", None) or {})
-    # Bind to 127.0.0.1 unless told: an explicit host wins, then an interface from options/config.
-    if host is not None:
-        scheduler_options["host"] = host
-    elif not (kwargs.get("interface") or "interface" in scheduler_options):
-        scheduler_options.setdefault("host", _default_host())
-    if no_dashboard:
-        scheduler_options["dashboard"] = False
-    elif dashboard is not None or "dashboard_address" not in scheduler_options:
-        scheduler_options["dashboard_address"] = dashboard or _dashboard_address(
-            "127.0.0.1" if scheduler_options.get("host") in (None, "0.0.0.0", "") else scheduler_options["host"])
-    cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
-    client = None
-    try:
-        # Workers per job, as dask-jobqueue derives it when `processes` is unset.
-        per_job = kwargs.get("processes") or nprocesses_nthreads(kwargs.get("cores") or 1)[0]
-        if adapt:
-            cluster.adapt(minimum_jobs=minimum_jobs, maximum_jobs=maximum_jobs)
-            n_wait = minimum_jobs * per_job if wait is None else wait
-        else:
-            cluster.scale(jobs=jobs)
-            n_wait = min(1, jobs) if wait is None else wait
-        logger.info("SLURMCluster: scheduler %s, %s; job script:\n%s", cluster.scheduler_address,
-                    f"adapt {minimum_jobs}..{maximum_jobs} jobs" if adapt else f"{jobs} job(s)",
-                    cluster.job_script())
-        client = Client(cluster)
-        if n_wait:
-            client.wait_for_workers(n_wait, timeout=timeout)
-    except TimeoutError:
-        ids = [str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None)]
-        report = _squeue(ids)
-        n_now = len(client.scheduler_info(n_workers=-1)["workers"]) if client is not None else 0
-        script = cluster.job_script()
-        _close_quietly(client, cluster)
-        raise TimeoutError(
-            f"only {n_now} of wait_for_workers={n_wait} SLURM worker(s) connected within timeout={timeout:g} s "
-            f"(jobs {ids or 'none submitted'}). squeue says:\n{report}\n"
-            "The jobs may still be queued or may have failed: raise timeout=, ask for less (cores=, "
-            "memory=, walltime=), check the partition (queue=), or set log_directory= to keep the "
-            f"workers' logs. The job script was:\n{script}"
-        ) from None
-    except BaseException:
-        _close_quietly(client, cluster)
-        raise
-    return client
-
-
-def _close_quietly(client: Client | None, cluster: Any) -> None:
-    with contextlib.suppress(Exception):
-        if client is not None:
-            client.close()
-    with contextlib.suppress(Exception):
-        cluster.close()
-
-
-_STARTERS = {"local": _start_local, "slurm": _start_slurm, "address": _start_address}
+_STARTERS = {"local": _start_local, "slurm": start_slurm, "address": _start_address}
 
 
 def start_cluster(kind: str | None = None, **options: Any) -> Client:
@@ -429,14 +278,23 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
         ``job_extra_directives``, ...); ``jobs=N`` scales to N jobs, or ``adapt=True`` with
         ``minimum_jobs`` / ``maximum_jobs`` scales with the load. Waits for ``wait_for_workers``
         workers (default 1) up to ``timeout`` and shows ``squeue`` when they do not come.
-        ``'address'``: connect to a running scheduler, ``address='tcp://host:port'`` or
-        ``scheduler_file=``; ``wait_for_workers`` workers (default 0) are awaited.
-        Default: dask config ``p2g.cluster.kind`` (``'local'``).
+        ``'address'``: connect to a running scheduler, ``address='tcp://host:port'`` (or
+        ``'tls://...'``) or ``scheduler_file=``; ``wait_for_workers`` workers (default 0) are
+        awaited. Default: dask config ``p2g.cluster.kind`` (``'local'``).
     **options
         Options of that kind (see above); defaults come from dask config ``p2g.cluster.<kind>``.
         ``host`` (default ``127.0.0.1``) is where a scheduler started here listens; for SLURM on
         several nodes pass ``interface='ib0'`` (or the node's ``host=``) so workers can reach it.
-        ``dashboard_address`` defaults to port 8787 on that host when free, else a random port.
+        ``dashboard_address`` defaults to port 8787 on 127.0.0.1 when free, else a random port,
+        whatever the scheduler's host: pass it to show the dashboard elsewhere.
+        ``security``: for a scheduler started here that listens beyond loopback (``host=``,
+        ``interface=``) and for every SLURM scheduler, the default (None) is TLS with temporary
+        credentials that only this client and its workers hold (SLURM workers read them from
+        ``credentials_directory``, default ``~/.p2g_dask/tls``, files removed when the cluster
+        closes); loopback LocalClusters keep plain TCP. ``False`` turns TLS off and logs a
+        WARNING (anyone who can reach the port can run code as you); ``True`` forces temporary
+        credentials; a ``distributed.security.Security`` is used as given. For
+        ``kind='address'``: a ``Security`` or a folder written by :func:`write_credentials`.
         ``warm`` (default True): every worker, now and later, imports the package and loads its
         numba kernels when it starts (:class:`p2g_dask._warm.WarmWorker`), so the first call
         does not pay that warm-up.
@@ -459,7 +317,7 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
     opts = _section(kind, options)
     warm_workers = bool(opts.pop("warm", True))
     # SLURM waits for its workers itself (it must report squeue); a remote scheduler is awaited here.
-    wait = _positive_int("wait_for_workers", opts.pop("wait_for_workers", None), minimum=0) if kind == "address" else None
+    wait = positive_int("wait_for_workers", opts.pop("wait_for_workers", None), minimum=0) if kind == "address" else None
     timeout = parse_timedelta(opts.get("timeout", "30s"))
     client = _STARTERS[kind](dict(opts))
     if wait:

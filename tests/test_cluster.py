@@ -22,6 +22,8 @@ import pandas.testing as pdt
 import pytest
 import yaml
 
+from _slurm import require_idle_slurm as _require_idle_slurm
+from _slurm import sbatch_run_in_allocation
 from p2g_dask.cluster import (
     VALID_KINDS,
     close_cluster,
@@ -361,24 +363,6 @@ def test_peak_to_gene__address_matches_local(small_sim, local_links, process_clu
 
 # --- real SLURM ----------------------------------------------------------------------------------
 
-def _require_idle_slurm() -> None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed here (no sinfo/sbatch): start a one-node SLURM with "
-                    "`sudo deploy/slurm/local-slurm.sh` to run the SLURM tests")
-    # A node still completing the previous test's jobs ("comp") becomes idle within seconds.
-    deadline = time.monotonic() + 60
-    while True:
-        done = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
-        states = done.stdout.split()
-        if done.returncode == 0 and any(s.rstrip("*~#") in ("idle", "mix") for s in states):
-            return
-        if time.monotonic() > deadline or not any(s.rstrip("*~#") in ("comp", "alloc") for s in states):
-            break
-        time.sleep(1)
-    pytest.skip(f"no idle SLURM node (sinfo states {states}, {done.stderr.strip()!r}); "
-                "run `sudo deploy/slurm/local-slurm.sh`")
-
-
 def _slurm_options(log_dir: Path) -> dict:
     return dict(cores=1, memory="1GiB", processes=1, walltime="00:15:00",
                 job_extra_directives=["--partition=debug"], log_directory=str(log_dir), timeout="120s")
@@ -449,15 +433,9 @@ def test_run_in_allocation__sbatch_runs_p2g_against_its_scheduler(tmp_path):
     out = tmp_path / "out.json"
     env = {**os.environ, "STUB_OUT": str(out), "PYTHON": sys.executable,
            "P2G_CMD": f"{sys.executable} {_stub_p2g(tmp_path)}", "P2G_DASK_DIR": str(tmp_path / "dask")}
-    done = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "--cpus-per-task=1", "--mem=1500M", "--time=00:10:00",
-         f"--output={tmp_path}/job-%j.out", str(DEPLOY / "slurm" / "run-in-allocation.sbatch"), "cfg.yaml"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    logs = "\n".join(p.read_text() for p in tmp_path.glob("job-*.out"))
-    assert done.returncode == 0, done.stderr + logs
-    info = json.loads(out.read_text())
+    info, job_id = sbatch_run_in_allocation(tmp_path, env)
     assert info["argv"] == ["run", "cfg.yaml"]
-    assert info["job_ids"] == [done.stdout.strip().split(";")[0]] and info["workers"] == 1
+    assert info["job_ids"] == [job_id] and info["workers"] == 1
     assert _host(info["address"]) == "127.0.0.1"
     assert info["value"] == pytest.approx(_stub_value(), rel=1e-12)
 

@@ -483,7 +483,7 @@ def test_start_cluster__slurm_scheduler_binds_localhost(monkeypatch):
             seen.update(scheduler_options or {})
             raise RuntimeError("no SLURM here")
 
-    monkeypatch.setattr(cluster.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(dask_jobqueue, "SLURMCluster", FakeSLURMCluster)
     with pytest.raises(RuntimeError, match="no SLURM here"):
         cluster.start_cluster("slurm", cores=1, memory="1GiB")

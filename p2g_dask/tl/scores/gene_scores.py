@@ -127,7 +127,8 @@ def gene_scores(
         Cells per block (one task per chromosome and block); bounds the memory of a task.
     cache_fragments
         Folder for the parquet cache of each file (``<folder>/<sample>/``), reused while the
-        file is unchanged. None: a temporary cache, deleted at the end.
+        file is unchanged. None: a temporary cache beside the store (without one, beside the
+        first fragment file; the temp folder when that is read-only), deleted at the end.
     mod_atac
         MuData modality / store modality with the ATAC cells.
     client
@@ -181,13 +182,15 @@ def gene_scores(
     if store_obj is not None:
         _check_free(store_obj, key_added, overwrite)
     client = _graph.current_client(client)
-    work = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}genescore-",
-                                 dir=None if store_obj is None else Path(store_obj.path).parent))
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_MARKER}genescore-", dir=_shared_folder(store_obj, files)))
     cache_root = Path(cache_fragments) if cache_fragments is not None else work / "cache"
     try:
         with timed(f"gene scores: fragment caches of {len(files)} file(s) and tile weights"):
+            # The cache folder is in the key: a call right after another must not be handed the
+            # previous call's (deleted) temporary cache while the scheduler still holds its key.
             tasks = [dask.delayed(build_fragment_cache, pure=False)(
-                path, cache_root / _safe(sample), dask_key_name=f"p2g-gene-score-cache-{tokenize(sample, str(path))}")
+                path, cache_root / _safe(sample),
+                dask_key_name=f"p2g-gene-score-cache-{tokenize(sample, str(path), str(cache_root))}")
                 for sample, path in files.items()]
             # The weights need no fragments: computed while the files are parsed (parsing runs in
             # its own GIL-free threads). On a cluster they stay there as futures.
@@ -213,6 +216,17 @@ def gene_scores(
         return _write_store(store_obj, key_added, parts_dir, blocks, obs, var, params, overwrite)
     finally:
         _remove(work)
+
+
+def _shared_folder(store_obj, files: dict) -> Path | None:
+    # Workers write the fragment caches into the working folder and the client reads them back:
+    # on a cluster it must be a folder every node sees, never this machine's /tmp. Beside the
+    # store, else beside the first fragment file (workers read it, so they see its folder); the
+    # temp folder only when that folder is read-only.
+    if store_obj is not None:
+        return Path(store_obj.path).parent
+    folder = Path(next(iter(files.values()))).resolve().parent
+    return folder if os.access(folder, os.W_OK) else None
 
 
 def _safe(name: str) -> str:
