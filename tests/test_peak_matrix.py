@@ -8,33 +8,10 @@ import pytest
 import scipy.sparse as sp
 
 from _fragment_files import write_fragment_file
+from _sample_files import numpy_counts
 from p2g_dask.io._peak_matrix_kernels import count_peaks
 from p2g_dask.io.peak_matrix import peak_matrix
 from p2g_dask.io.peak_sets import merge_peaks, read_peaks
-
-
-def numpy_counts(frags: pd.DataFrame, peaks: pd.DataFrame, cells: list[str], *, strategy="insertion", ceiling=4):
-    """Cells x peaks by brute force: every fragment against every peak (0-based half-open)."""
-    row = {c: i for i, c in enumerate(cells)}
-    out = np.zeros((len(cells), len(peaks)), np.int64)
-    for chrom, part in frags.groupby("chrom"):
-        on = (peaks["chrom"] == chrom).to_numpy()
-        s, e = peaks["start"].to_numpy()[on][None, :], peaks["end"].to_numpy()[on][None, :]
-        a = part["start"].to_numpy()[:, None]
-        b = part["end"].to_numpy()[:, None] - 1
-        in_a, in_b = (s <= a) & (a < e), (s <= b) & (b < e)
-        if strategy == "insertion":
-            hits = in_a.astype(int) + in_b
-        elif strategy == "paired-insertion":
-            hits = (in_a | in_b).astype(int)
-        else:
-            hits = ((s <= b) & (e > a)).astype(int)
-        rows = np.array([row.get(c, -1) for c in part["barcode"]])
-        keep = rows >= 0
-        block = np.zeros((len(cells), int(on.sum())), np.int64)
-        np.add.at(block, rows[keep], hits[keep])
-        out[:, on] += block
-    return np.minimum(out, ceiling) if ceiling is not None else out
 
 
 def _random_case(rng, n_frags=4000, n_cells=30):

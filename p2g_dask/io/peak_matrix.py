@@ -60,14 +60,16 @@ def chrom_peaks(peaks: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray, 
     return out
 
 
-def count_chrom_block(sources, chrom: str, first: int, stop: int, peak_start: np.ndarray, peak_end: np.ndarray,
+def count_chrom_block(sources, chrom: str, first: int, stop: int, chrom_peak_bounds: tuple[np.ndarray, np.ndarray],
                       ceiling: int | None, counting_strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One task: cells ``first:stop`` x the peaks of ``chrom``, as CSR arrays (data, indices, indptr).
 
-    ``sources`` holds ``(FragmentCache, lookup)`` pairs; caches without the chromosome are skipped.
+    ``sources`` holds ``(FragmentCache, lookup)`` pairs (caches without the chromosome are
+    skipped); ``chrom_peak_bounds`` the chromosome's peak starts and ends.
     """
     files = [(cache.chrom_file(chrom), lookup) for cache, lookup in sources if chrom in cache.chroms]
     start, end, cell = read_block_fragments(files, first, stop)
+    peak_start, peak_end = chrom_peak_bounds
     return count_peaks(start, end, cell, stop - first, peak_start, peak_end, ceiling=ceiling,
                        counting_strategy=counting_strategy)
 
@@ -105,13 +107,16 @@ def block_tasks(sources: list, peaks: pd.DataFrame, blocks: list[tuple[int, int]
     by_chrom = chrom_peaks(peaks)
     widths = [s.size for s, _, _ in by_chrom.values()]
     peak_token = tokenize(peaks["chrom"].to_numpy(), peaks["start"].to_numpy(), peaks["end"].to_numpy())
+    # A chromosome's peaks enter the graph once, shared by its tasks (and by every sample's).
+    bounds = {chrom: dask.delayed((starts, ends), name=f"p2g-peak-matrix-peaks-{tokenize(peak_token, chrom)}")
+              for chrom, (starts, ends, _) in by_chrom.items()}
     tasks = []
     for first, stop in blocks:
         parts = []
-        for chrom, (starts, ends, _) in by_chrom.items():
+        for chrom in by_chrom:
             key = tokenize(token, peak_token, chrom, first, stop, ceiling, counting_strategy)
             parts.append(dask.delayed(count_chrom_block, pure=True)(
-                sources, chrom, first, stop, starts, ends, ceiling, counting_strategy,
+                sources, chrom, first, stop, bounds[chrom], ceiling, counting_strategy,
                 dask_key_name=f"p2g-peak-matrix-count-{key}"))
         key = tokenize(token, peak_token, first, stop, ceiling, counting_strategy)
         tasks.append(dask.delayed(join_chromosomes, pure=True)(parts, widths, stop - first,
