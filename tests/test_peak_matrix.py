@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from _fragment_files import write_fragment_file
 from _sample_files import numpy_counts
 from p2g_dask.io._peak_matrix_kernels import count_peaks
-from p2g_dask.io.peak_matrix import peak_matrix
+from p2g_dask.io.peak_counts import peak_matrix
 from p2g_dask.io.peak_sets import merge_peaks, read_peaks
 
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "read_fragments": "fragments",
     "ingest_samples": "samples",
     "read_sample_table": "samples",
-    "peak_matrix": "peak_matrix",
+    "peak_matrix": "peak_counts",
     "merge_peaks": "peak_sets",
     "read_peaks": "peak_sets",
 }

@@ -181,7 +181,7 @@ def _peak_set(scans: list[SampleInfo], peaks: Any, min_samples: int) -> tuple[pd
 def make_plan(rows: list[dict], scans: list[SampleInfo], *, peaks: Any, genes: Any, min_samples: int,
               ceiling: int | None, counting_strategy: str, chunk_cells: int) -> SamplePlan:
     """Genes aligned by id, the one peak set, dtypes and each sample's fingerprint."""
-    from p2g_dask.io.peak_matrix import check_counting
+    from p2g_dask.io.peak_counts import check_counting
 
     check_counting(ceiling, counting_strategy)
     gene_ids, gene_names = _genes(scans, genes)

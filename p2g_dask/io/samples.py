@@ -79,7 +79,7 @@ def ingest_samples(
     min_samples
         With merged peaks: keep merged peaks seen in at least this many samples.
     ceiling, counting_strategy
-        The counting rule (see :func:`p2g_dask.io.peak_matrix.peak_matrix`): ArchR's
+        The counting rule (see :func:`p2g_dask.io.peak_counts.peak_matrix`): ArchR's
         ``addPeakMatrix`` by default (insertions, capped at 4).
     chunk_cells
         Cells per task block (writing and counting); bounds a task's memory.
@@ -134,7 +134,7 @@ def _sample_graph(plan: SamplePlan, i: int, folder: Path, cache_root: Path) -> A
     """The delayed ``p2g-ingest-sample`` task of sample ``i`` and everything it needs."""
     from p2g_dask.io._fragment_cache import build_fragment_cache
     from p2g_dask.io.fragment_blocks import safe_name
-    from p2g_dask.io.peak_matrix import block_tasks
+    from p2g_dask.io.peak_counts import block_tasks
 
     row, info = plan.rows[i], plan.scans[i]
     token = plan.fingerprints[i]
