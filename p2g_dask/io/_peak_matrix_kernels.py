@@ -40,78 +40,74 @@ def _last_start_at_or_before(peak_start, p):  # pragma: no cover - numba
     return lo - 1
 
 
-@numba.njit(cache=True, nogil=True)
-def _hits(start, end, peak_start, peak_end, reach, strategy, out_peak, out_cell, cell, write):  # pragma: no cover
-    """Walk every fragment once; count (``write`` False) or write its (peak, cell) hits.
+@numba.njit(cache=True, nogil=True, inline="always")
+def _walk(peak_start, peak_end, reach, lo, hi, skip_from, out_peak, out_cell, c, n, write):  # pragma: no cover
+    """Add the peaks ``[s, e)`` with ``s <= hi`` and ``e > lo`` as hits of cell ``c`` (from index ``n``),
+    except peaks starting at or before ``skip_from``; returns the new number of hits.
 
-    ``reach[j]`` is the largest end of peaks ``0..j`` (peaks sorted by start), so the walk back
-    from the last peak starting at or before a position stops at the first peak that cannot
-    reach it: one step for non-overlapping peaks.
+    Walking back from the last peak starting at or before ``hi``, ``reach[j]`` (the largest end
+    of peaks ``0..j``, peaks sorted by start) stops the walk at the first peak that cannot reach
+    ``lo``: one step for non-overlapping peaks.
     """
-    n = 0
-    for i in range(start.size):
-        a = np.int64(start[i])
-        b = np.int64(end[i]) - 1  # the second insertion; the fragment's last base
-        if strategy == 2:  # fragment: every peak overlapping [a, b]
-            j = _last_start_at_or_before(peak_start, b)
-            while j >= 0 and reach[j] > a:
-                if peak_end[j] > a:
-                    if write:
-                        out_peak[n] = j
-                        out_cell[n] = cell[i]
-                    n += 1
-                j -= 1
-            continue
-        j = _last_start_at_or_before(peak_start, a)
-        while j >= 0 and reach[j] > a:
-            if peak_end[j] > a:
-                if write:
-                    out_peak[n] = j
-                    out_cell[n] = cell[i]
-                n += 1
-            j -= 1
-        j = _last_start_at_or_before(peak_start, b)
-        while j >= 0 and reach[j] > b:
-            # paired-insertion: a peak already holding the first insertion (start <= a, and
-            # a <= b < end) is not counted again.
-            if peak_end[j] > b and not (strategy == 1 and peak_start[j] <= a):
-                if write:
-                    out_peak[n] = j
-                    out_cell[n] = cell[i]
-                n += 1
-            j -= 1
+    j = _last_start_at_or_before(peak_start, hi)
+    while j >= 0 and reach[j] > lo:
+        if peak_end[j] > lo and peak_start[j] > skip_from:
+            if write:
+                out_peak[n] = j
+                out_cell[n] = c
+            n += 1
+        j -= 1
     return n
 
 
 @numba.njit(cache=True, nogil=True)
-def _capped_csr(hit_peak, hit_cell, n_peaks, n_cells, ceiling):  # pragma: no cover - numba
-    """Cells x peaks CSR (columns sorted) of the hit counts, capped at ``ceiling`` (<= 0: none).
+def _hits(start, end, peak_start, peak_end, reach, strategy, out_peak, out_cell, cell, write):  # pragma: no cover
+    """Walk every fragment once; count (``write`` False) or write its (peak, cell) hits."""
+    n = 0
+    none = np.int64(-1)  # no peak start is <= -1: nothing skipped
+    for i in range(start.size):
+        a = np.int64(start[i])
+        b = np.int64(end[i]) - 1  # the second insertion; the fragment's last base
+        if strategy == 2:  # fragment: every peak overlapping [a, b]
+            n = _walk(peak_start, peak_end, reach, a, b, none, out_peak, out_cell, cell[i], n, write)
+            continue
+        n = _walk(peak_start, peak_end, reach, a, a, none, out_peak, out_cell, cell[i], n, write)
+        # paired-insertion: a peak already holding the first insertion (start <= a, and a <= b < end)
+        # is not counted again for the second.
+        n = _walk(peak_start, peak_end, reach, b, b, a if strategy == 1 else none, out_peak, out_cell, cell[i], n,
+                  write)
+    return n
 
-    A counting sort of the hits by peak, then per peak a per-cell counter (touched cells only),
-    emitting entries in peak order; a second counting sort by cell keeps that order in each row.
+
+@numba.njit(cache=True, nogil=True)
+def capped_counts_by_key(hit_key, hit_cell, n_keys, n_cells, ceiling):  # pragma: no cover - numba
+    """Counts of (key, cell) pairs as CSR by key: ``(ptr, cell, count)``, capped at ``ceiling`` (<= 0: none).
+
+    A counting sort of the pairs by key (a peak, a tile), then per key a per-cell counter over
+    the touched cells only; cells come out in first-seen order within a key. The shared core of
+    the peak matrix and of tile counts (gene scores).
     """
-    ptr = np.zeros(n_peaks + 1, np.int64)
-    for k in range(hit_peak.size):
-        ptr[hit_peak[k] + 1] += 1
-    for j in range(n_peaks):
+    ptr = np.zeros(n_keys + 1, np.int64)
+    for k in range(hit_key.size):
+        ptr[hit_key[k] + 1] += 1
+    for j in range(n_keys):
         ptr[j + 1] += ptr[j]
     fill = ptr[:-1].copy()
-    by_peak = np.empty(hit_peak.size, np.int32)
-    for k in range(hit_peak.size):
-        j = hit_peak[k]
-        by_peak[fill[j]] = hit_cell[k]
+    by_key = np.empty(hit_key.size, np.int32)
+    for k in range(hit_key.size):
+        j = hit_key[k]
+        by_key[fill[j]] = hit_cell[k]
         fill[j] += 1
     counter = np.zeros(n_cells, np.int32)
     touched = np.empty(max(1, n_cells), np.int32)
-    entry_peak = np.empty(hit_peak.size, np.int32)
-    entry_cell = np.empty(hit_peak.size, np.int32)
-    entry_count = np.empty(hit_peak.size, np.int32)
-    row_nnz = np.zeros(n_cells + 1, np.int64)
+    out_ptr = np.zeros(n_keys + 1, np.int64)
+    out_cell = np.empty(hit_key.size, np.int32)
+    out_count = np.empty(hit_key.size, np.int32)
     m = 0
-    for j in range(n_peaks):
+    for j in range(n_keys):
         n_touched = 0
         for k in range(ptr[j], ptr[j + 1]):
-            c = by_peak[k]
+            c = by_key[k]
             if counter[c] == 0:
                 touched[n_touched] = c
                 n_touched += 1
@@ -122,19 +118,31 @@ def _capped_csr(hit_peak, hit_cell, n_peaks, n_cells, ceiling):  # pragma: no co
             counter[c] = 0
             if ceiling > 0 and v > ceiling:
                 v = ceiling
-            entry_peak[m], entry_cell[m], entry_count[m] = j, c, v
-            row_nnz[c + 1] += 1
+            out_cell[m] = c
+            out_count[m] = v
             m += 1
+        out_ptr[j + 1] = m
+    return out_ptr, out_cell[:m], out_count[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_cell(key_ptr, key_cell, key_count, n_cells):  # pragma: no cover - numba
+    """CSR by key -> CSR by cell (a counting sort by cell keeps the keys sorted in each row)."""
+    m = key_cell.size
+    row_nnz = np.zeros(n_cells + 1, np.int64)
+    for k in range(m):
+        row_nnz[key_cell[k] + 1] += 1
     for c in range(n_cells):
         row_nnz[c + 1] += row_nnz[c]
     fill_row = row_nnz[:-1].copy()
     indices = np.empty(m, np.int32)
     data = np.empty(m, np.int32)
-    for k in range(m):  # peaks were emitted in order, so each row's columns come out sorted
-        c = entry_cell[k]
-        indices[fill_row[c]] = entry_peak[k]
-        data[fill_row[c]] = entry_count[k]
-        fill_row[c] += 1
+    for j in range(key_ptr.size - 1):
+        for k in range(key_ptr[j], key_ptr[j + 1]):
+            c = key_cell[k]
+            indices[fill_row[c]] = j
+            data[fill_row[c]] = key_count[k]
+            fill_row[c] += 1
     return data, indices, row_nnz
 
 
@@ -179,4 +187,6 @@ def count_peaks(start, end, cell, n_cells: int, peak_start, peak_end, *, ceiling
     n_hits = _hits(start, end, peak_start, peak_end, reach, code, empty, empty, cell, False)
     hit_peak, hit_cell = np.empty(n_hits, np.int32), np.empty(n_hits, np.int32)
     _hits(start, end, peak_start, peak_end, reach, code, hit_peak, hit_cell, cell, True)
-    return _capped_csr(hit_peak, hit_cell, int(peak_start.size), int(n_cells), -1 if ceiling is None else int(ceiling))
+    by_peak = capped_counts_by_key(hit_peak, hit_cell, int(peak_start.size), int(n_cells),
+                                   -1 if ceiling is None else int(ceiling))
+    return _by_cell(*by_peak, int(n_cells))

@@ -105,7 +105,7 @@ def sample_lookup(row: dict, cache) -> np.ndarray:
     with open_sample(row) as (_, _, common, _, _):
         barcodes = cache.barcodes()
         lookup = cell_lookups(common, np.full(common.size, row["sample"], dtype=object), {row["sample"]: barcodes})
-        lookup = lookup[row["sample"]]
+        lookup = lookup[row["sample"]].astype(np.int32)
     found = int((lookup >= 0).sum())
     if found == 0:
         raise ValueError(
