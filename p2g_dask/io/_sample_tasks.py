@@ -17,8 +17,6 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -153,20 +151,26 @@ def _write_unit(folder: Path, name: str, block: sp.csr_matrix, dtype: np.dtype) 
             target[:] = values
 
 
-def write_block(row: dict, unit: str, first: int, stop: int, plan: dict, atac_counts: Any = None) -> dict:
+def write_block(row: dict, unit: str, first: int, stop: int, plan: dict, counting: tuple | None = None) -> dict:
     """One task: cells ``first:stop`` of the sample as a staged unit ``unit/{atac,rna}`` (``p2g-ingest-block``).
 
     ``plan`` holds the sample's ``gene_map`` (sample gene -> store gene, -1: not kept), ``n_genes``,
-    ``peak_map`` (copy mode: sample peak -> store peak) or counted ATAC in ``atac_counts``,
-    ``n_peaks`` and the store's dtypes. Written under a temporary name and renamed: a unit is
-    complete or absent.
+    ``peak_map`` (copy mode: sample peak -> store peak), ``n_peaks`` and the store's dtypes.
+    ``counting`` is ``(cache, lookup, {chrom: (starts, ends)}, ceiling, counting_strategy)`` when
+    ATAC is counted from the fragments, here, chromosome by chromosome
+    (:func:`p2g_dask.io.peak_counts.count_block`), so the task holds one block of one sample and
+    no count waits in memory for its writer. Written under a temporary name and renamed: a unit
+    is complete or absent.
     """
+    from p2g_dask.io.peak_counts import count_block
+
     with open_sample(row) as (atac, rna, _, atac_rows, rna_rows):
         rna_block = _remap_columns(_rows_in_order(rna, rna_rows[first:stop]), plan["gene_map"], plan["n_genes"])
-        if atac_counts is None:
+        if counting is None:
             atac_block = _remap_columns(_rows_in_order(atac, atac_rows[first:stop]), plan["peak_map"], plan["n_peaks"])
-        else:
-            atac_block = sp.csr_matrix(atac_counts)
+    if counting is not None:
+        cache, lookup, peaks_by_chrom, ceiling, strategy = counting
+        atac_block = count_block([(cache, lookup)], peaks_by_chrom, first, stop, ceiling, strategy)
     blocks = {"atac": atac_block, "rna": rna_block}
     for name, block in blocks.items():
         check_counts(block, f"sample {row['sample']!r}: {name} counts contain", first_row=first)

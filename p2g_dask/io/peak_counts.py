@@ -74,6 +74,19 @@ def count_chrom_block(sources, chrom: str, first: int, stop: int, chrom_peak_bou
                        counting_strategy=counting_strategy)
 
 
+def count_block(sources, peaks_by_chrom: dict, first: int, stop: int, ceiling: int | None,
+                counting_strategy: str) -> sp.csr_matrix:
+    """Cells ``first:stop`` x every peak in one task: the chromosomes one after the other.
+
+    ``peaks_by_chrom`` is ``{chrom: (starts, ends)}`` in column order. A task holds one
+    chromosome's fragments of the block at a time plus the block's counts; ``ingest_samples``
+    counts each block of a sample this way, inside the task that writes it.
+    """
+    parts = [count_chrom_block(sources, chrom, first, stop, bounds, ceiling, counting_strategy)
+             for chrom, bounds in peaks_by_chrom.items()]
+    return join_chromosomes(parts, [b[0].size for b in peaks_by_chrom.values()], stop - first)
+
+
 def join_chromosomes(parts, widths: list[int], n_rows: int) -> sp.csr_matrix:
     """One block's chromosome parts side by side (columns offset by ``widths``) as one CSR.
 

@@ -10,9 +10,9 @@ than one block of one sample in a task and only small tables on the client:
    same and ``peaks=None`` (counts copied), otherwise ``peaks=`` or the merged set
    (:func:`p2g_dask.io.peak_sets.merge_peaks`), counted from the fragments;
 2. per sample not yet finished: ``p2g-ingest-fragcache`` and ``p2g-ingest-barcodes`` (when
-   counting), ``p2g-peak-matrix-count`` / ``-block`` (one per chromosome x block of cells),
-   ``p2g-ingest-block`` (one staged unit per block), ``p2g-ingest-sample`` (obs, then the
-   sample's marker, written last);
+   counting), ``p2g-ingest-block`` (one per block of cells: its RNA, and its ATAC copied or
+   counted from the fragment cache chromosome by chromosome, written as a staged unit),
+   ``p2g-ingest-sample`` (obs, then the sample's marker, written last);
 3. ``p2g-ingest-assemble``: the units copied into the store's chunks (see
    :mod:`p2g_dask.io._sample_assemble` for why two steps), then obs/var/attributes, and the
    store is renamed into place.
@@ -102,6 +102,7 @@ def ingest_samples(
     Examples
     --------
     >>> import p2g_dask as p2g
+    >>> # Not run here: it needs Cell Ranger ARC outputs (tests/test_ingest_samples.py simulates them).
     >>> store = p2g.io.ingest_samples("samples.tsv", "atlas.zarr")  # doctest: +SKIP
     >>> store.atac.obs["sample"].value_counts()  # doctest: +SKIP
     """
@@ -130,30 +131,28 @@ def ingest_samples(
     return store
 
 
-def _sample_graph(plan: SamplePlan, i: int, folder: Path, cache_root: Path) -> Any:
+def _sample_graph(plan: SamplePlan, i: int, folder: Path, cache_root: Path, peaks_by_chrom: Any) -> Any:
     """The delayed ``p2g-ingest-sample`` task of sample ``i`` and everything it needs."""
     from p2g_dask.io._fragment_cache import build_fragment_cache
     from p2g_dask.io.fragment_blocks import safe_name
-    from p2g_dask.io.peak_counts import block_tasks
 
     row, info = plan.rows[i], plan.scans[i]
     token = plan.fingerprints[i]
     blocks = _graph.row_bounds(info.n_cells, plan.chunk_cells)
     sample_plan = dask.delayed(plan.sample_maps(i), name=f"p2g-ingest-plan-{token}")
-    counted = [None] * len(blocks)
+    counting = None
     if plan.count_atac:
         cache = dask.delayed(build_fragment_cache, pure=False)(
             row["fragments"], cache_root / safe_name(row["sample"]), dask_key_name=f"p2g-ingest-fragcache-{token}")
         lookup = dask.delayed(tasks_mod.sample_lookup, pure=True)(row, cache,
                                                                  dask_key_name=f"p2g-ingest-barcodes-{token}")
-        counted = block_tasks([(cache, lookup)], plan.peaks, blocks, ceiling=plan.ceiling,
-                              counting_strategy=plan.counting_strategy, token=token)
+        counting = (cache, lookup, peaks_by_chrom, plan.ceiling, plan.counting_strategy)
     units, written = [], []
     for b, (first, stop) in enumerate(blocks):
         unit = str(folder / f"block-{b:06d}")
         units.append(unit)
         written.append(dask.delayed(tasks_mod.write_block, pure=True)(
-            row, unit, first, stop, sample_plan, counted[b], dask_key_name=f"p2g-ingest-block-{token}-{b}"))
+            row, unit, first, stop, sample_plan, counting, dask_key_name=f"p2g-ingest-block-{token}-{b}"))
     marker = folder.with_name(folder.name + ".done.json")
     return dask.delayed(tasks_mod.finish_sample, pure=True)(
         row, str(folder), str(marker), token, units, written, plan.genes_absent[i],
@@ -164,8 +163,13 @@ def _write_samples(plan: SamplePlan, work: Path, cache_root: Path, client, show_
     """Every sample's staged units and marker: finished samples are skipped, the rest written."""
     from p2g_dask.io.fragment_blocks import safe_name
 
+    from p2g_dask.io.peak_counts import chrom_peaks
+
     records: list[dict | None] = []
     todo = []
+    # The peak set enters the graph once, shared by every sample's block tasks.
+    peaks_by_chrom = dask.delayed({c: (s, e) for c, (s, e, _) in chrom_peaks(plan.peaks).items()},
+                                  name=f"p2g-ingest-peaks-{tokenize(plan.fingerprints)}")
     for i, row in enumerate(plan.rows):
         folder = work / "samples" / safe_name(row["sample"])
         record = tasks_mod.read_marker(folder.with_name(folder.name + ".done.json"), plan.fingerprints[i])
@@ -175,7 +179,7 @@ def _write_samples(plan: SamplePlan, work: Path, cache_root: Path, client, show_
         shutil.rmtree(folder, ignore_errors=True)  # a half-written sample is written again
         folder.mkdir(parents=True)
         records.append(None)
-        todo.append((i, _sample_graph(plan, i, folder, cache_root)))
+        todo.append((i, _sample_graph(plan, i, folder, cache_root, peaks_by_chrom)))
     done = len(plan.rows) - len(todo)
     if done:
         logger.info("ingest_samples: %d of %d samples already written (resuming); writing %d", done, len(plan.rows),
