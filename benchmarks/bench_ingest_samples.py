@@ -138,7 +138,50 @@ def generate(work: Path, n_samples: int, n_cells: int, per_cell: int, seed: int 
         rows.append({"sample": f"S{i:03d}", "fragments": f"{folder.name}/atac_fragments.tsv.gz",
                      "h5": f"{folder.name}/filtered_feature_bc_matrix.h5"})
     pd.DataFrame(rows).to_csv(work / "samples.tsv", sep="\t", index=False)
-    return {"n_fragments": n_fragments, "seconds": time.perf_counter() - t}
+    made = {"n_fragments": n_fragments, "seconds": time.perf_counter() - t}
+    (work / "generated.json").write_text(__import__("json").dumps(made))
+    return made
+
+
+class _ProcessPeaks:
+    """Peak RSS of this process (the client) and of the largest single child (a worker), sampled."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.client = self.worker = 0
+        self._interval, self._stop = interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self._interval):
+            self.client = max(self.client, me.memory_info().rss)
+            for child in me.children(recursive=True):
+                try:
+                    self.worker = max(self.worker, child.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _reuse(work: Path, n_samples: int) -> dict | None:
+    """The files of an earlier run in ``work`` (``--work`` given twice), when there are enough samples."""
+    import json
+
+    record = work / "generated.json"
+    if not record.is_file() or not (work / f"sample{n_samples - 1:03d}").is_dir():
+        return None
+    return json.loads(record.read_text())
 
 
 def run_ingest(work: Path, n_samples: int) -> None:
@@ -153,12 +196,13 @@ def run_ingest(work: Path, n_samples: int) -> None:
     out = work / f"atlas{n_samples}.zarr"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="4GiB") as cluster, Client(cluster) as client:
-        with PeakRSS(interval=0.05) as rss:
+        with PeakRSS(interval=0.05) as rss, _ProcessPeaks() as parts:
             store = p2g.io.ingest_samples(table, out, peaks=work / "peaks.bed", client=client,
                                           cache_fragments=work / f"cache{n_samples}")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     emit(samples=n_samples, cells=int(store.atac.n_obs), peaks=int(store.atac.n_vars), nnz=int(store.atac.nnz),
-         seconds=rss.seconds, cpu=rss.cpu, peak_rss=rss.peak, store_bytes=size)
+         seconds=rss.seconds, cpu=rss.cpu, peak_rss=rss.peak, store_bytes=size, client_rss=parts.client,
+         worker_rss=parts.worker)
     shutil.rmtree(out)
     shutil.rmtree(work / f"cache{n_samples}")
 
@@ -201,7 +245,7 @@ def main(argv=None) -> int:
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="p2g-bench-samples-"))
     work.mkdir(parents=True, exist_ok=True)
-    made = generate(work, max(args.samples), args.cells, args.fragments_per_cell)
+    made = _reuse(work, max(args.samples)) or generate(work, max(args.samples), args.cells, args.fragments_per_cell)
     print(f"generated one sample ({args.cells} cells, {made['n_fragments']:,} fragments) in {made['seconds']:.1f} s; "
           f"{max(args.samples)} hard-linked samples in {work}; {load_note()}")
     script = str(Path(__file__).resolve())
@@ -210,12 +254,12 @@ def main(argv=None) -> int:
           f"peaks in {rate['seconds']:.2f} s ({rate['rate'] / 1e6:.2f} M fragments/s; first call "
           f"{rate['first_seconds']:.2f} s), CPU {rate['cpu']:.1f} s, peak RSS {rate['peak_rss'] / 2**30:.2f} GiB")
     print(f"{'samples':>8} {'cells':>9} {'fragments':>12} {'wall s':>8} {'CPU s':>8} {'M frag/s':>9} "
-          f"{'peak RSS GiB':>13} {'store GiB':>10}")
+          f"{'peak RSS GiB':>13} {'client GiB':>11} {'worker GiB':>11} {'store GiB':>10}")
     for n in args.samples:
         r = run_fresh(script, "ingest", "--work", str(work), "--n", str(n))
         print(f"{n:>8} {r['cells']:>9,} {made['n_fragments'] * n:>12,} {r['seconds']:>8.1f} {r['cpu']:>8.1f} "
               f"{made['n_fragments'] * n / r['seconds'] / 1e6:>9.2f} {r['peak_rss'] / 2**30:>13.2f} "
-              f"{r['store_bytes'] / 2**30:>10.2f}")
+              f"{r['client_rss'] / 2**30:>11.2f} {r['worker_rss'] / 2**30:>11.2f} {r['store_bytes'] / 2**30:>10.2f}")
     print(load_note())
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
