@@ -169,9 +169,15 @@ def _peak_set(scans: list[SampleInfo], peaks: Any, min_samples: int) -> tuple[pd
         raise ValueError(f"samples {unparsed[:5]}: their ATAC features are not peaks named 'chr:start-end' (or with "
                          "var chrom/start/end); pass peaks= (a BED) to count every sample's fragments over it.")
     first = scans[0].peaks
-    key = [tuple(map(tuple, s.peaks.sort_values(["chrom", "start", "end"]).to_numpy())) for s in scans]
-    if all(k == key[0] for k in key):
-        table = first.copy()
+
+    def same_set(peaks: pd.DataFrame) -> bool:
+        if len(peaks) != len(first):
+            return False
+        a, b = (p.astype({"chrom": str}).sort_values(["chrom", "start", "end"]).to_numpy() for p in (first, peaks))
+        return bool((a == b).all())
+
+    if all(same_set(s.peaks) for s in scans[1:]):
+        table = first.astype({"chrom": str})
         table.index = peak_names(table)
         return table, False
     logger.info("the samples' peak sets differ: merging them (union of overlapping peaks) and counting fragments")
@@ -187,7 +193,7 @@ def make_plan(rows: list[dict], scans: list[SampleInfo], *, peaks: Any, genes: A
     gene_ids, gene_names = _genes(scans, genes)
     gene_maps, absent = [], []
     for info in scans:
-        gene_maps.append(gene_ids.get_indexer(info.gene_ids).astype(np.int64))
+        gene_maps.append(gene_ids.get_indexer(info.gene_ids).astype(np.int32))
         absent.append(int(len(gene_ids) - (gene_maps[-1] >= 0).sum()))
         if absent[-1]:
             logger.info("sample %r: %d of %d genes absent (zeros in its rows)", info.sample, absent[-1], len(gene_ids))
@@ -199,7 +205,8 @@ def make_plan(rows: list[dict], scans: list[SampleInfo], *, peaks: Any, genes: A
     peak_maps: list[np.ndarray | None] = [None] * len(scans)
     if not count_atac:
         index = pd.MultiIndex.from_frame(table[["chrom", "start", "end"]])
-        peak_maps = [index.get_indexer(pd.MultiIndex.from_frame(s.peaks)).astype(np.int64) for s in scans]
+        peak_maps = [index.get_indexer(pd.MultiIndex.from_frame(s.peaks.astype({"chrom": str}))).astype(np.int32)
+                     for s in scans]
     dtypes = {"atac": "int32" if count_atac or all(s.atac_integer for s in scans) else "float32",
               "rna": "int32" if all(s.rna_integer for s in scans) else "float32"}
     plan = SamplePlan(rows, scans, gene_ids, gene_names, gene_maps, absent, table, peak_maps, count_atac, dtypes,

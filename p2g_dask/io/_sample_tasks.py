@@ -89,7 +89,9 @@ def scan_sample(row: dict) -> SampleInfo:
                              "'id', or var['gene_ids'] in an h5ad): make them unique.")
         try:
             table = peak_table(atac.var)
-            peaks = pd.DataFrame({c: table[c].to_numpy() for c in ("chrom", "start", "end")})
+            # Compact (categorical chromosomes): the client holds every sample's peak coordinates.
+            peaks = pd.DataFrame({"chrom": pd.Categorical(table["chrom"].to_numpy()),
+                                  "start": table["start"].to_numpy(), "end": table["end"].to_numpy()})
         except ValueError:
             peaks = None
         return SampleInfo(row["sample"], int(common.size), ids, np.asarray(rna.var.index, dtype=object).astype(str),
