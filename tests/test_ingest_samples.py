@@ -128,6 +128,13 @@ def test_ingest_samples__interrupted_ingest_resumes_at_the_next_unwritten_sample
         np.testing.assert_array_equal(_arrays(resumed)[name], values)
     pd.testing.assert_frame_equal(resumed.atac.obs, complete.atac.obs)
     pd.testing.assert_frame_equal(resumed.rna.var, complete.rna.var)
+    # ... hence the same links.
+    kwargs = dict(gene_annotation=sim.genes, use_rep="X_latent", n_metacells=40, k_neighbors=20, seed=1)
+    links = []
+    for store in (resumed, complete):
+        store.atac.write_obsm("X_latent", sim.atac.obsm["X_latent"])
+        links.append(p2g.tl.peak_to_gene(store.path, **kwargs))
+    pd.testing.assert_frame_equal(*links)
 
 
 @pytest.mark.slow
