@@ -228,12 +228,34 @@ def run_throughput(work: Path) -> None:
          cpu=cpu, peak_rss=peak, first_seconds=timings[0][0], rate=cache.n_fragments / seconds)
 
 
+def draw(rows: list[dict], path: str) -> None:
+    """Peak RSS (whole tree, client, largest worker) and wall / CPU seconds against the samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["samples"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for key, label in (("peak_rss", "all processes"), ("worker_rss", "largest worker"), ("client_rss", "client")):
+        left.plot(n, [r[key] / 2**30 for r in rows], marker="o", label=label)
+    left.set(xlabel="samples (10,000 cells each)", ylabel="peak RSS (GiB)", ylim=(0, None))
+    left.legend(frameon=False, fontsize=8)
+    right.plot(n, [r["seconds"] for r in rows], marker="o", label="wall")
+    right.plot(n, [r["cpu"] for r in rows], marker="o", label="CPU (all processes)")
+    right.set(xlabel="samples (10,000 cells each)", ylabel="seconds", ylim=(0, None))
+    right.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--fragments-per-cell", type=int, default=1000)
     parser.add_argument("--work", default=None, help="folder for the files (default: a temporary folder)")
+    parser.add_argument("--figure", default=None, help="also draw peak RSS and time against samples into this PNG")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -255,12 +277,16 @@ def main(argv=None) -> int:
           f"{rate['first_seconds']:.2f} s), CPU {rate['cpu']:.1f} s, peak RSS {rate['peak_rss'] / 2**30:.2f} GiB")
     print(f"{'samples':>8} {'cells':>9} {'fragments':>12} {'wall s':>8} {'CPU s':>8} {'M frag/s':>9} "
           f"{'peak RSS GiB':>13} {'client GiB':>11} {'worker GiB':>11} {'store GiB':>10}")
+    rows = []
     for n in args.samples:
         r = run_fresh(script, "ingest", "--work", str(work), "--n", str(n))
+        rows.append(r)
         print(f"{n:>8} {r['cells']:>9,} {made['n_fragments'] * n:>12,} {r['seconds']:>8.1f} {r['cpu']:>8.1f} "
               f"{made['n_fragments'] * n / r['seconds'] / 1e6:>9.2f} {r['peak_rss'] / 2**30:>13.2f} "
               f"{r['client_rss'] / 2**30:>11.2f} {r['worker_rss'] / 2**30:>11.2f} {r['store_bytes'] / 2**30:>10.2f}")
     print(load_note())
+    if args.figure:
+        draw(rows, args.figure)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -7,6 +7,7 @@ sample's rows; for the store the genes, the peak set and the dtypes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,10 @@ def make_plan(rows: list[dict], scans: list[SampleInfo], *, peaks: Any, genes: A
                      for s in scans]
     dtypes = {"atac": "int32" if count_atac or all(s.atac_integer for s in scans) else "float32",
               "rna": "int32" if all(s.rna_integer for s in scans) else "float32"}
-    plan = SamplePlan(rows, scans, gene_ids, gene_names, gene_maps, absent, table, peak_maps, count_atac, dtypes,
+    # The plan keeps what the tasks need; the samples' own gene and peak tables are dropped here,
+    # so the client's memory does not grow with them while the samples are written.
+    light = [dataclasses.replace(info, gene_ids=None, gene_names=None, peaks=None) for info in scans]
+    plan = SamplePlan(rows, light, gene_ids, gene_names, gene_maps, absent, table, peak_maps, count_atac, dtypes,
                       ceiling, counting_strategy, chunk_cells)
     shared = tokenize(MARKER_VERSION, gene_ids.tolist(), table[["chrom", "start", "end"]].to_numpy(), count_atac,
                       ceiling, counting_strategy, chunk_cells, dtypes)

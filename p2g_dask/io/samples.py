@@ -122,6 +122,7 @@ def ingest_samples(
                 row, dask_key_name=f"p2g-ingest-scan-{tokenize(row)}") for row in rows], client, show_progress)
         plan = make_plan(rows, scans, peaks=peaks, genes=genes, min_samples=min_samples, ceiling=ceiling,
                          counting_strategy=counting_strategy, chunk_cells=int(chunk_cells))
+        del scans
         cache_root = Path(cache_fragments) if cache_fragments is not None else work / "fragment_cache"
         records = _write_samples(plan, work, cache_root, client, show_progress)
         from p2g_dask.io._sample_store import write_store
