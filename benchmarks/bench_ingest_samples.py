@@ -239,11 +239,12 @@ def draw(rows: list[dict], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
     for key, label in (("peak_rss", "all processes"), ("worker_rss", "largest worker"), ("client_rss", "client")):
         left.plot(n, [r[key] / 2**30 for r in rows], marker="o", label=label)
-    left.set(xlabel="samples (10,000 cells each)", ylabel="peak RSS (GiB)", ylim=(0, None))
-    left.legend(frameon=False, fontsize=8)
+    top = max(r["peak_rss"] for r in rows) / 2**30
+    left.set(xlabel="samples (10,000 cells each)", ylabel="peak RSS (GiB)", ylim=(0, top * 1.3), xticks=n)
+    left.legend(frameon=False, fontsize=7, loc="upper center", ncol=3)
     right.plot(n, [r["seconds"] for r in rows], marker="o", label="wall")
     right.plot(n, [r["cpu"] for r in rows], marker="o", label="CPU (all processes)")
-    right.set(xlabel="samples (10,000 cells each)", ylabel="seconds", ylim=(0, None))
+    right.set(xlabel="samples (10,000 cells each)", ylabel="seconds", ylim=(0, None), xticks=n)
     right.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
