@@ -42,7 +42,8 @@ def numpy_counts(frags: pd.DataFrame, peaks: pd.DataFrame, cells: list[str], *, 
 
 
 def write_10x_h5(path, atac: ad.AnnData, rna: ad.AnnData) -> None:
-    """A minimal Cell Ranger ARC filtered_feature_bc_matrix.h5 (features x barcodes, CSC)."""
+    """A minimal Cell Ranger ARC filtered_feature_bc_matrix.h5 (features x barcodes, CSC); gene ids
+    from ``rna.var['gene_ids']``, else ``ENSG00000, ENSG00001, ...``."""
     combined = sp.hstack([rna.X, atac.X]).tocsr()
     with h5py.File(path, "w") as f:
         m = f.create_group("matrix")
@@ -50,7 +51,8 @@ def write_10x_h5(path, atac: ad.AnnData, rna: ad.AnnData) -> None:
         m["data"], m["indices"], m["indptr"] = combined.data, combined.indices, combined.indptr
         m["shape"] = np.array([combined.shape[1], combined.shape[0]])
         feats = m.create_group("features")
-        feats["id"] = np.asarray(list(rna.var["gene_ids"]) + list(atac.var_names), dtype="S")
+        ids = rna.var["gene_ids"] if "gene_ids" in rna.var.columns else [f"ENSG{i:05d}" for i in range(rna.n_vars)]
+        feats["id"] = np.asarray(list(ids) + list(atac.var_names), dtype="S")
         feats["name"] = np.asarray(list(rna.var_names) + list(atac.var_names), dtype="S")
         feats["feature_type"] = np.asarray(["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars, dtype="S")
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import pandas as pd
 from dask.base import tokenize
 
 from p2g_dask import _graph
