@@ -190,6 +190,7 @@ def test_ingest_samples__bad_tables_name_the_argument_value_and_fix(sim, tmp_pat
             pytest.raises(ValueError, match=r"sample 's0': none of its 180 cells is in fragments=.*other.tsv"):
         p2g.io.ingest_samples(tmp_path / "wrong.tsv", tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+    assert not (tmp_path / ".p2g-ingest-x.zarr").exists()  # no sample finished: no work folder left
 
 
 def test_ingest_samples__real_pbmc_in_two_pseudo_samples_equals_numpy(shared_data, tmp_path):

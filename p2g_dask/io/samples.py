@@ -115,20 +115,33 @@ def ingest_samples(
     client = _graph.current_client(client)
     work = path.with_name(f".p2g-ingest-{path.name}")
     (work / "samples").mkdir(parents=True, exist_ok=True)
+    try:
+        store = _ingest(rows, path, work, client, peaks=peaks, genes=genes, min_samples=min_samples, ceiling=ceiling,
+                        counting_strategy=counting_strategy, chunk_cells=int(chunk_cells),
+                        cache_fragments=cache_fragments, overwrite=overwrite, show_progress=show_progress)
+    except BaseException:
+        if not any((work / "samples").glob("*.done.json")):  # nothing finished: nothing to resume
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return store
+
+
+def _ingest(rows: list[dict], path: Path, work: Path, client, *, peaks, genes, min_samples, ceiling,
+            counting_strategy, chunk_cells, cache_fragments, overwrite, show_progress):
+    """Scan, plan, write the samples, assemble the store (the steps of :func:`ingest_samples`)."""
+    from p2g_dask.io._sample_store import write_store
+
     with timed(f"ingest_samples: {len(rows)} samples into {path}"):
         with timed("ingest_samples: scanning the samples"):
             scans = _graph.compute([dask.delayed(tasks_mod.scan_sample, pure=False)(
                 row, dask_key_name=f"p2g-ingest-scan-{tokenize(row)}") for row in rows], client, show_progress)
         plan = make_plan(rows, scans, peaks=peaks, genes=genes, min_samples=min_samples, ceiling=ceiling,
-                         counting_strategy=counting_strategy, chunk_cells=int(chunk_cells))
+                         counting_strategy=counting_strategy, chunk_cells=chunk_cells)
         del scans
         cache_root = Path(cache_fragments) if cache_fragments is not None else work / "fragment_cache"
         records = _write_samples(plan, work, cache_root, client, show_progress)
-        from p2g_dask.io._sample_store import write_store
-
-        store = write_store(plan, records, path, client, show_progress, overwrite)
-    shutil.rmtree(work, ignore_errors=True)
-    return store
+        return write_store(plan, records, path, client, show_progress, overwrite)
 
 
 def _sample_graph(plan: SamplePlan, i: int, folder: Path, cache_root: Path, peaks_by_chrom: Any) -> Any:
@@ -162,7 +175,6 @@ def _sample_graph(plan: SamplePlan, i: int, folder: Path, cache_root: Path, peak
 def _write_samples(plan: SamplePlan, work: Path, cache_root: Path, client, show_progress: bool) -> list[dict]:
     """Every sample's staged units and marker: finished samples are skipped, the rest written."""
     from p2g_dask.io.fragment_blocks import safe_name
-
     from p2g_dask.io.peak_counts import chrom_peaks
 
     records: list[dict | None] = []
