@@ -224,5 +224,22 @@ def test_ingest_samples__real_pbmc_in_two_pseudo_samples_equals_numpy(shared_dat
     want = numpy_counts(pd.concat(named), merged, cells)
     assert store.obs_names.tolist() == cells and want.sum() > 10_000
     np.testing.assert_array_equal(store.atac.to_memory().toarray(), want)
-    np.testing.assert_array_equal(store.rna.to_memory().toarray(),
-                                  np.vstack([rna[atac.obs_names[k::2]].X.toarray() for k in range(2)]))
+    rna_counts = np.vstack([rna[atac.obs_names[k::2]].X.toarray() for k in range(2)])
+    np.testing.assert_array_equal(store.rna.to_memory().toarray(), rna_counts)
+    # The same links as ingest of the same cells concatenated in memory.
+    import scipy.sparse as sp
+
+    reference = p2g.io.ingest(ad.AnnData(sp.csr_matrix(want.astype(np.int32)), obs=pd.DataFrame(index=cells),
+                                         var=merged[[]]),
+                              ad.AnnData(sp.csr_matrix(rna_counts.astype(np.int32)), obs=pd.DataFrame(index=cells),
+                                         var=pd.DataFrame(index=store.rna.var.index)), tmp_path / "memory.zarr")
+    logged = np.log1p(rna_counts / np.maximum(rna_counts.sum(1, keepdims=True), 1) * 1e4)
+    u, s, _ = np.linalg.svd(logged - logged.mean(0), full_matrices=False)
+    genes, _ = p2g.io.read_gene_annotation(shared_data / "hg38" / "hg38_genes.tsv.gz")
+    links = []
+    for target in (store, reference):
+        target.atac.write_obsm("X_pca", u[:, :10] * s[:10])
+        links.append(p2g.tl.peak_to_gene(target.path, gene_annotation=genes, use_rep="X_pca", n_metacells=100,
+                                         k_neighbors=20, seed=1))
+    assert len(links[0]) > 50
+    pd.testing.assert_frame_equal(*links)
