@@ -175,12 +175,34 @@ def compute(graph: Any, client: Any = None, progress: bool | None = False, *, sc
     else:
         from dask.diagnostics import ProgressBar
 
-        options = {k: v for k, v in (("scheduler", scheduler or local_scheduler()), ("num_workers", num_workers))
-                   if v is not None}
+        chosen = scheduler or local_scheduler()
+        options = {k: v for k, v in (("scheduler", chosen), ("num_workers", num_workers)) if v is not None}
         bar = ProgressBar(minimum=_progress_after(), out=sys.stderr) if progress else contextlib.nullcontext()
-        with bar:
-            results = dask.compute(*tasks, **options)
+        with bar, _own_thread_pool(chosen, num_workers) as pool:
+            results = dask.compute(*tasks, **options, **pool)
     return list(results) if many else results[0]
+
+
+@contextlib.contextmanager
+def _own_thread_pool(chosen: Any, num_workers: int | None) -> Iterator[dict]:
+    """A thread pool of this compute's own for the threaded scheduler, shut down (waiting) on exit.
+
+    Dask's threaded scheduler raises a task's error at once while the other running tasks go on
+    in its shared pool; with a pool of its own, a failed call returns only when every task it
+    started has stopped, so nothing keeps writing (e.g. into a folder the caller then removes).
+    """
+    from dask import threaded
+
+    if chosen is not threaded.get and chosen not in ("threads", "threading"):
+        yield {}
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    try:
+        yield {"pool": pool}
+    finally:
+        pool.shutdown(wait=True)
 
 
 def local_scheduler() -> Any:

@@ -113,54 +113,9 @@ def _memory_rows(memory: pd.DataFrame) -> list[list[Any]]:
     return rows
 
 
-def _browser_figure(report: Any):
-    """plot_peak2gene for the chosen gene, or the gene with most links passing its default cut-offs."""
-    from p2g_dask.pl import plot_peak2gene
-
-    options, links = report.browser, report.links
-    gene = options.get("gene")
-    if gene is None:
-        passing = links[(links["fdr"] < 0.01) & (links["correlation"].abs() >= 0.3)]
-        if passing.empty:
-            return None, None
-        gene = str(passing["gene"].value_counts().index[0])
-    coverage = ({"bigwig_files": options["bigwig_files"]} if options.get("bigwig_files")
-                else {"groupby": options.get("groupby")})
-    fig, _ = plot_peak2gene(options["data"], gene=gene, links=links, gene_annotation=options["gene_annotation"],
-                            exon_annotation=options.get("exon_annotation"), **coverage)
-    return f"Browser track of {gene} (links at FDR < 0.01 and |r| >= 0.3)", fig
-
-
-_KINDS = ("link", "calibration", "browser")
-
-
-def _kind(title: str) -> str:
-    """The first word of a title, lower case: which figure it is (``"calibration"`` ...)."""
-    return re.match(r"[a-z]*", title.lower())[0]
-
-
-def _link_figures(report: Any) -> list[str]:
-    """The link summary, calibration and browser figures: given ones (by title), else drawn."""
-    from p2g_dask.pl import plot_link_calibration, plot_link_summary
-
-    given = {_kind(title): (title, figure) for title, figure in report.figures}
-    links, drawn = report.links, []
-    if "link" in given:
-        drawn.append(given["link"])
-    elif links is not None:
-        drawn.append(("Link summary (FDR < 0.05)", plot_link_summary(links)[0]))
-    if "calibration" in given:
-        drawn.append(given["calibration"])
-    elif links is not None and {"perm_pval", "emp_pval"} & set(links.columns):
-        drawn.append(("Calibration: the t-test's p-values against the null p-values", plot_link_calibration(links)[0]))
-    if "browser" in given:
-        drawn.append(given["browser"])
-    elif links is not None and report.browser.get("data") is not None and report.browser.get("gene_annotation") is not None:
-        title, fig = _browser_figure(report)
-        if fig is not None:
-            drawn.append((title, fig))
-    drawn += [(title, fig) for title, fig in report.figures if _kind(title) not in _KINDS]
-    return [_figure_html(title, fig) for title, fig in drawn]
+def _given_figures(report: Any) -> list[str]:
+    """The figures given to the report (links' figures drawn by :mod:`p2g_dask.report`, others)."""
+    return [_figure_html(title, fig) for title, fig in report.figures]
 
 
 def _summary_rows(report: Any) -> list[list[Any]]:
@@ -210,7 +165,7 @@ def _body(report: Any) -> str:
                                    memory, report.stages, t0)),
                   _table(_memory_rows(memory), ["worker", "peak process memory", "peak Dask-managed",
                                                 "peak spilled to disk", "memory limit"])]
-    figures = _link_figures(report)
+    figures = _given_figures(report)
     if figures:
         parts += ["<h2>Links</h2>", *figures]
     params = record.get("parameters") or ({"peak_to_gene": report.links.attrs.get("params")}
@@ -224,10 +179,11 @@ def _body(report: Any) -> str:
 
 
 def write_report_html(report: Any) -> Path:
-    """Write ``report.path`` atomically; the figures are drawn in the p2g style, rcParams untouched."""
-    from p2g_dask.pl import plot_style
+    """Write ``report.path`` atomically (matplotlib's global rcParams are left as they are)."""
+    import matplotlib
 
-    with plot_style():
+    with matplotlib.rc_context({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False,
+                                "axes.spines.right": False}):
         body = _body(report)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>p2g_dask run report</title>"
             f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")

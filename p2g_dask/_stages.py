@@ -73,6 +73,13 @@ class _Run:
             return
         self.store_path = str(given or self.out / "store.zarr")
         options = dict(self.config.get("ingest") or {})
+        if self.inputs.get("samples"):
+            from p2g_dask.io import ingest_samples
+
+            ingest_samples(self.inputs["samples"], self.store_path, peaks=self.inputs.get("peaks"), client=self.client,
+                           overwrite=self.overwrite, show_progress=self.progress, **options)
+            self.record["outputs"]["store"] = self.store_path
+            return
         ingest(self.inputs["atac"], self.inputs.get("rna"), self.store_path, overwrite=self.overwrite,
                mod_atac=self.inputs.get("mod_atac", "atac"), mod_rna=self.inputs.get("mod_rna", "rna"), **options)
         self.record["outputs"]["store"] = self.store_path

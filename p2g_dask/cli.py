@@ -41,8 +41,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from p2g_dask.io import ingest
+    from p2g_dask.io import ingest, ingest_samples
 
+    if args.samples is not None:  # p2g ingest --samples samples.tsv STORE: the one positional is the store
+        if args.rna is not None or args.store is not None:
+            raise ValueError("with --samples, give only the output store: p2g ingest --samples samples.tsv STORE")
+        store = ingest_samples(args.samples, args.atac, peaks=args.peaks, chunk_cells=args.chunk_cells or 10_000,
+                               ceiling=None if args.ceiling == 0 else args.ceiling,
+                               counting_strategy=args.counting_strategy, cache_fragments=args.cache,
+                               overwrite=args.overwrite, show_progress=not args.quiet)
+        print(store)
+        return 0
+    if args.store is None:  # p2g ingest data.h5mu STORE
+        args.rna, args.store = None, args.rna
+    if args.store is None:
+        raise ValueError("give the output store: p2g ingest ATAC.h5ad RNA.h5ad STORE (or data.h5mu STORE)")
     store = ingest(args.atac, args.rna, args.store, chunk_cells=args.chunk_cells, overwrite=args.overwrite,
                    mod_atac=args.mod_atac, mod_rna=args.mod_rna, atac_only=args.atac_only)
     print(store)
@@ -181,9 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ing = sub.add_parser("ingest", help="write ATAC + RNA (or ATAC alone) into one chunked Zarr store")
-    ing.add_argument("atac", help=".h5ad, .h5mu or 10x filtered_feature_bc_matrix.h5")
+    ing.add_argument("atac", help=".h5ad, .h5mu or 10x filtered_feature_bc_matrix.h5 (with --samples: STORE)")
     ing.add_argument("rna", nargs="?", default=None, help=".h5ad (omit for .h5mu / 10x h5)")
-    ing.add_argument("store", help="output store folder (e.g. pbmc.zarr)")
+    ing.add_argument("store", nargs="?", default=None, help="output store folder (e.g. pbmc.zarr)")
+    ing.add_argument("--samples", default=None, metavar="SAMPLES.tsv",
+                     help="many samples: a TSV with sample, fragments and h5 (or atac and rna) columns; "
+                          "then give only STORE (p2g ingest --samples samples.tsv STORE)")
+    ing.add_argument("--peaks", default=None, help="with --samples: the one peak set (BED), counted from the fragments")
+    ing.add_argument("--ceiling", type=int, default=4, help="with --samples: cap of a cell's count in a peak "
+                     "(ArchR: %(default)s; 0: no cap)")
+    ing.add_argument("--counting-strategy", default="insertion", choices=["insertion", "paired-insertion", "fragment"],
+                     help="with --samples: insertion (ArchR, default) or SnapATAC2's paired-insertion / fragment")
+    ing.add_argument("--cache", default=None, help="with --samples: parquet fragment cache folder (kept)")
     ing.add_argument("--chunk-cells", type=int, default=None)
     ing.add_argument("--mod-atac", default="atac")
     ing.add_argument("--mod-rna", default="rna")

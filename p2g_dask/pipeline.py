@@ -3,11 +3,12 @@
 Config sections (all but ``inputs`` and ``output`` optional)::
 
     inputs:        atac, rna, store, gene_annotation, exon_annotation, fragments, chrom_sizes,
-                   mod_atac, mod_rna, truth
+                   mod_atac, mod_rna, truth; or samples (a samples TSV for ingest_samples) and peaks
     output:        folder for store.zarr (when ingesting), links.parquet, bigwig/, plots, run.json
     overwrite:     replace existing outputs (default false)
     cluster:       start_cluster options: kind (local | slurm | address) and that kind's options
-    ingest:        ingest options (chunk_cells, atac_only: an ATAC-only store, with gene_scores for the gene side)
+    ingest:        ingest options (chunk_cells, atac_only: an ATAC-only store, with gene_scores for the gene side;
+                   with inputs.samples: chunk_cells, ceiling, counting_strategy, min_samples, cache_fragments)
     iterative_lsi: iterative_lsi parameters, or false to skip (then peak_to_gene.use_rep must exist)
     peak_to_gene:  peak_to_gene parameters
     filter_links:  filter_links cutoffs (writes links_filtered.parquet)
@@ -44,10 +45,12 @@ from p2g_dask._logging import dask_records_to_log_file, log_to_file, logger
 SECTIONS = ("inputs", "output", "overwrite", "cluster", "ingest", "iterative_lsi", "peak_to_gene",
             "filter_links", "pseudobulk", "plots", "gene_scores", "report")
 INPUT_KEYS = ("atac", "rna", "store", "gene_annotation", "exon_annotation", "fragments", "chrom_sizes",
-              "mod_atac", "mod_rna", "truth")
+              "mod_atac", "mod_rna", "truth", "samples", "peaks")
+INGEST_KEYS = ("chunk_cells", "atac_only")
+SAMPLES_INGEST_KEYS = ("chunk_cells", "ceiling", "counting_strategy", "min_samples", "cache_fragments")
 _SET_BY_PIPELINE = {"data", "atac", "rna", "input_data", "links", "client", "gene_annotation", "exon_annotation",
                     "path_to_fragments", "chromsizes", "fragments", "chrom_sizes", "bigwig_path", "show", "ax", "gene", "overwrite",
-                    "show_progress", "mod_atac", "mod_rna"}
+                    "show_progress", "mod_atac", "mod_rna", "report"}
 _PLOT_KEYS = ("genes", "groupby", "group_by", "summary", "heatmap", "calibration")
 
 
@@ -92,10 +95,14 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
             raise ValueError(f"config needs a {required!r} section.")
     inputs = dict(config["inputs"] or {})
     _check_keys("inputs", inputs, INPUT_KEYS)
-    if not inputs.get("atac") and not inputs.get("store"):
-        raise ValueError("config inputs needs 'atac' (h5ad / h5mu / 10x h5) or 'store' (a p2g store).")
+    if not inputs.get("atac") and not inputs.get("store") and not inputs.get("samples"):
+        raise ValueError("config inputs needs 'atac' (h5ad / h5mu / 10x h5), 'samples' (a samples TSV) or 'store' "
+                         "(a p2g store).")
+    if inputs.get("samples") and inputs.get("atac"):
+        raise ValueError("config inputs has both 'samples' and 'atac'; give one: samples (many samples) or atac.")
     # Relative paths are relative to the config file; paths are never shell-interpolated.
-    for key in ("atac", "rna", "store", "gene_annotation", "exon_annotation", "chrom_sizes", "truth"):
+    for key in ("atac", "rna", "store", "gene_annotation", "exon_annotation", "chrom_sizes", "truth", "samples",
+                "peaks"):
         value = inputs.get(key)
         if isinstance(value, str) and not os.path.isabs(value) and (base / value).exists():
             inputs[key] = str(base / value)
@@ -113,7 +120,7 @@ def load_config(config: str | os.PathLike | Mapping) -> dict:
         if isinstance(value, Mapping):
             _check_keys(section, value, _function_keys(function))
     if isinstance(config.get("ingest"), Mapping):
-        _check_keys("ingest", config["ingest"], {"chunk_cells", "atac_only"})
+        _check_keys("ingest", config["ingest"], SAMPLES_INGEST_KEYS if inputs.get("samples") else INGEST_KEYS)
     if isinstance(config.get("plots"), Mapping):
         from p2g_dask.pl import plot_peak2gene
 

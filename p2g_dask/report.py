@@ -8,146 +8,26 @@ calibration, a browser figure, parameters, versions) and Dask's performance repo
             links = p2g.tl.peak_to_gene(store, gene_annotation=genes, client=client)
         report.add_links(links, data=store, gene_annotation=genes)
 
-While the block runs, the memory of every worker (process RSS, Dask-managed bytes, bytes spilled
-to disk) is sampled from the scheduler's view of the workers (their heartbeats), every
-``interval`` seconds, in a thread of the client. Both files are self-contained: images are
-embedded in ``report.html`` as PNG, and Dask's performance report carries Bokeh's scripts inline
-(``mode="inline"``), so they open offline.
-
-Without a ``distributed`` client (the threaded scheduler) there is no scheduler to ask: the
-report samples this process's memory instead (one "worker", nothing spilled) and no Dask
-performance report is written (``report.html`` says so).
+A single tool call takes ``report="out/report.html"`` (``p2g.tl.peak_to_gene(..., report=...)``):
+the same page without the links' figures (their numbers are in it), and Dask's performance
+report. The recording (stages, memory sampled from the scheduler, Dask's report) is
+:mod:`p2g_dask._report`'s; this module adds the links' figures, drawn with :mod:`p2g_dask.pl`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import threading
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from p2g_dask._report import PERFORMANCE_REPORT, RunReport
+from p2g_dask._report import run_report as _record
+from p2g_dask.pl import plot_link_calibration, plot_link_summary, plot_peak2gene, plot_style
 
-from p2g_dask import _graph
-from p2g_dask._atomic import TMP_MARKER
-from p2g_dask._logging import logger
-
-PERFORMANCE_REPORT = "performance_report.html"
-_LOCAL_PROCESS = "this process (threaded scheduler)"
+__all__ = ["PERFORMANCE_REPORT", "RunReport", "run_report"]
 
 
-class _MemorySampler:
-    """Per-worker memory every ``interval`` seconds, in a daemon thread, until ``stop``."""
-
-    def __init__(self, client: Any, interval: float):
-        self.client, self.interval = client, float(interval)
-        self.rows: list[tuple] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="p2g-report-memory", daemon=True)
-
-    def start(self) -> None:
-        self.sample()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.sample()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sample()
-            except Exception as err:  # a closing cluster must not break the run: stop sampling
-                logger.info("report: memory sampling stopped (%s: %s)", type(err).__name__, err)
-                return
-
-    def sample(self) -> None:
-        now = time.time()
-        if self.client is None:
-            import psutil
-
-            rss = psutil.Process().memory_info().rss
-            self.rows.append((now, _LOCAL_PROCESS, rss, float("nan"), 0, psutil.virtual_memory().total))
-            return
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        for address, worker in workers.items():
-            metrics = worker.get("metrics", {})
-            spilled = metrics.get("spilled_bytes", {}).get("disk", 0)
-            name = worker.get("name", address)
-            self.rows.append((now, f"worker {name}" if name != address else address, metrics.get("memory", 0),
-                              metrics.get("managed_bytes", 0), spilled, worker.get("memory_limit") or 0))
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["time", "worker", "memory", "managed", "spilled", "memory_limit"])
-
-
-@dataclass
-class RunReport:
-    """What a run report holds; filled inside :func:`run_report` and written when it ends.
-
-    Attributes
-    ----------
-    path
-        ``report.html``.
-    performance_report
-        Dask's performance report beside it, or None (no distributed client).
-    stages
-        ``(name, start, end)`` in seconds since the epoch, from :meth:`stage`.
-    record
-        A run record (``run.json``'s content) when the pipeline ran: status, timings, summary,
-        parameters and versions come from it.
-    """
-
-    path: Path
-    performance_report: Path | None
-    started: float = field(default_factory=time.time)
-    stages: list[tuple[str, float, float]] = field(default_factory=list)
-    record: dict | None = None
-    links: pd.DataFrame | None = None
-    browser: dict = field(default_factory=dict)
-    figures: list[tuple[str, Any]] = field(default_factory=list)
-    memory: pd.DataFrame | None = None
-    status: str = "running"
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time one stage of the run (drawn on the timeline and over the memory plot)."""
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.stages.append((name, start, time.time()))
-
-    def add_links(self, links: pd.DataFrame, *, data: Any = None, gene_annotation: Any = None,
-                  exon_annotation: Any = None, groupby: str | None = None, bigwig_files: dict | None = None,
-                  gene: str | None = None) -> None:
-        """The links of the run: their summary and calibration figures, parameters and timings.
-
-        With ``data`` and ``gene_annotation`` the report draws a browser figure
-        (:func:`p2g_dask.pl.plot_peak2gene`) for ``gene``, by default the gene with most links at
-        FDR < 0.05, unless a browser figure was added with :meth:`add_figure`.
-        """
-        self.links = links
-        self.browser = {"data": data, "gene_annotation": gene_annotation, "exon_annotation": exon_annotation,
-                        "groupby": groupby, "bigwig_files": bigwig_files, "gene": gene}
-
-    def add_figure(self, title: str, figure: Any) -> None:
-        """A figure for the report: a matplotlib Figure or the path of a PNG already written.
-
-        Titles starting ``"Link summary"``, ``"Calibration"`` or ``"Browser"`` replace the
-        figure the report would otherwise draw from the links.
-        """
-        self.figures.append((title, figure))
-
-
-@contextlib.contextmanager
 def run_report(path: str | Path, *, client: Any = None, interval: float = 0.5,
                performance_report: bool = True) -> Iterator[RunReport]:
     """Record a run and write its report (``path``, e.g. ``out/report.html``) when the block ends.
@@ -166,11 +46,12 @@ def run_report(path: str | Path, *, client: Any = None, interval: float = 0.5,
     performance_report
         Also save Dask's performance report (needs a client).
 
-    Yields
-    ------
-    RunReport
-        Give it the run's stages (:meth:`RunReport.stage`), links (:meth:`RunReport.add_links`)
-        and figures; the pipeline also sets ``record``.
+    Returns
+    -------
+    contextlib.AbstractContextManager of RunReport
+        Give the report the run's stages (:meth:`RunReport.stage`), links
+        (:meth:`RunReport.add_links`) and figures; the pipeline also sets ``record``. The links'
+        summary, calibration and a browser track are drawn when the block ends.
 
     Examples
     --------
@@ -183,77 +64,56 @@ def run_report(path: str | Path, *, client: Any = None, interval: float = 0.5,
     ...     "Memory per worker" in (Path(folder) / "report.html").read_text()
     True
     """
-    client = _graph.current_client(client)
-    path = Path(path)
-    perf_path = path.with_name(PERFORMANCE_REPORT) if client is not None and performance_report else None
-    report = RunReport(path=path, performance_report=perf_path)
-    sampler = _MemorySampler(client, interval)
-    sampler.start()
-    try:
-        with _dask_performance_report(client, report):
-            try:
-                yield report
-                report.status = "finished" if report.status == "running" else report.status
-            except BaseException as err:
-                report.status = f"failed: {type(err).__name__}: {err}"
-                raise
-            finally:
-                sampler.stop()
-                report.memory = sampler.frame()
-    finally:
-        # Written after Dask's report is saved (the block above), also for a failed run, whose
-        # own error is never hidden by one of the report.
-        from p2g_dask._report_html import write_report_html
-
-        try:
-            write_report_html(report)
-        except Exception as err:
-            if not report.status.startswith("failed"):
-                raise
-            logger.warning("report: %s could not be written (%s: %s)", report.path, type(err).__name__, err)
+    return _record(path, client=client, interval=interval, performance_report=performance_report,
+                   draw=link_figures)
 
 
-@contextlib.contextmanager
-def _dask_performance_report(client: Any, report: RunReport) -> Iterator[None]:
-    """Dask's performance report of the block, Bokeh inline, saved under a temporary name and
-    renamed, also for a failed run; a report that cannot be saved is a warning, not a failure."""
-    path = report.performance_report
-    if path is None:
-        yield
-        return
-    from distributed import performance_report
-
-    tmp = path.with_name(f"{TMP_MARKER}{uuid.uuid4().hex[:8]}-{path.name}")
-    recorder = performance_report(filename=str(tmp), mode="inline")
-    with client.as_current():
-        recorder.__enter__()
-    try:
-        yield
-    finally:
-        try:
-            # Its "Calling Code" section shows what ran: the run's config, or its stages.
-            client.sync(recorder.__aexit__, None, None, None, code=_what_ran(report))
-            _offline(tmp)
-            os.replace(tmp, path)
-        except Exception as err:
-            tmp.unlink(missing_ok=True)
-            report.performance_report = None
-            logger.warning("report: Dask's performance report could not be saved (%s: %s)", type(err).__name__, err)
+def _browser_figure(report: RunReport):
+    """plot_peak2gene for the chosen gene, or the gene with most links passing its default cut-offs."""
+    options, links = report.browser, report.links
+    gene = options.get("gene")
+    if gene is None:
+        passing = links[(links["fdr"] < 0.01) & (links["correlation"].abs() >= 0.3)]
+        if passing.empty:
+            return None, None
+        gene = str(passing["gene"].value_counts().index[0])
+    coverage = ({"bigwig_files": options["bigwig_files"]} if options.get("bigwig_files")
+                else {"groupby": options.get("groupby")})
+    fig, _ = plot_peak2gene(options["data"], gene=gene, links=links, gene_annotation=options["gene_annotation"],
+                            exon_annotation=options.get("exon_annotation"), **coverage)
+    return f"Browser track of {gene} (links at FDR < 0.01 and |r| >= 0.3)", fig
 
 
-def _what_ran(report: RunReport) -> str:
-    if report.record and report.record.get("config"):
-        import yaml
-
-        return "p2g run, config:\n" + yaml.safe_dump(report.record["config"], sort_keys=False)
-    stages = ", ".join(name for name, _, _ in report.stages) or "(no stage recorded)"
-    return f"p2g_dask run report {report.path}: stages {stages}"
+_KINDS = ("link", "calibration", "browser")
 
 
-def _offline(html_path: Path) -> None:
-    """Drop the one remote resource of Dask's report template (a favicon on docs.dask.org)."""
-    text = html_path.read_text(encoding="utf-8")
-    local = re.sub(r'<link rel="(?:shortcut )?icon" href="https?://[^"]*"\s*/?>', '<link rel="icon" href="data:,">',
-                   text)
-    if local != text:
-        html_path.write_text(local, encoding="utf-8")
+def _kind(title: str) -> str:
+    """The first word of a title, lower case: which figure it is (``"calibration"`` ...)."""
+    return re.match(r"[a-z]*", title.lower())[0]
+
+
+def link_figures(report: RunReport) -> None:
+    """Add the link summary, calibration and browser figures the report lacks (by title), drawn
+    in the p2g style; figures given with other titles keep their place after them."""
+    given = {_kind(title): (title, figure) for title, figure in report.figures}
+    links, drawn = report.links, []
+    with plot_style():
+        _draw_missing(report, given, links, drawn)
+
+
+def _draw_missing(report: RunReport, given: dict, links: Any, drawn: list) -> None:
+    if "link" in given:
+        drawn.append(given["link"])
+    elif links is not None:
+        drawn.append(("Link summary (FDR < 0.05)", plot_link_summary(links)[0]))
+    if "calibration" in given:
+        drawn.append(given["calibration"])
+    elif links is not None and {"perm_pval", "emp_pval"} & set(links.columns):
+        drawn.append(("Calibration: the t-test's p-values against the null p-values", plot_link_calibration(links)[0]))
+    if "browser" in given:
+        drawn.append(given["browser"])
+    elif links is not None and report.browser.get("data") is not None and report.browser.get("gene_annotation") is not None:
+        title, fig = _browser_figure(report)
+        if fig is not None:
+            drawn.append((title, fig))
+    report.figures = drawn + [(title, fig) for title, fig in report.figures if _kind(title) not in _KINDS]

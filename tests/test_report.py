@@ -203,3 +203,23 @@ def test_performance_report__bokeh_charts_draw_offline_in_headless_chromium(demo
     assert visit.errors == [] and visit.values == [1, 1]
     spread, colours = _drawn(visit.screenshot)
     assert spread > 0.05 and colours > 20  # task rectangles in the stream's palette
+
+
+def test_tools__report_argument_writes_a_report_of_the_call(tmp_path, local_client):
+    """``p2g.tl.<tool>(..., report=PATH)``: the call's report and Dask's performance report."""
+    sim = p2g.datasets.simulate_multiome(n_cells=200, n_peaks=1000, n_genes=100, n_linked_genes=10, seed=1)
+    path = tmp_path / "p2g" / "report.html"
+    path.parent.mkdir()
+    links = p2g.tl.peak_to_gene(sim.atac, rna=sim.rna, gene_annotation=sim.genes, use_rep="X_latent",
+                                n_metacells=20, k_neighbors=10, client=local_client, report=path)
+    assert "report" not in links.attrs["params"]
+    text = path.read_text()
+    assert "peak_to_gene" in text and "Memory per worker" in text and "Dask performance report" in text
+    assert f"{len(links):,}" in text  # the links' numbers: pairs tested
+    assert (path.parent / "performance_report.html").stat().st_size > 10_000
+    # A tool whose result is no links table: its stage and the cluster's memory, no link numbers.
+    other = tmp_path / "co" / "report.html"
+    other.parent.mkdir()
+    table = p2g.tl.co_accessibility(sim.atac, use_rep="X_latent", n_metacells=20, k_neighbors=10,
+                                    client=local_client, report=other)
+    assert len(table) and "co_accessibility" in other.read_text()

@@ -1,12 +1,11 @@
 """The Zarr multiome store: round trips from every input form, streaming, validation."""
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import zarr
 
+from _sample_files import write_10x_h5
 from _sim_files import write_sim_inputs
 
 import p2g_dask as p2g
@@ -45,23 +44,8 @@ def test_ingest__backed_h5ad_keeps_barcode_intersection(small_sim, tmp_path):
     _assert_same(store, small_sim.atac[common], small_sim.rna[common])
 
 
-def _write_10x_h5(path, atac, rna):
-    """A minimal Cell Ranger ARC filtered_feature_bc_matrix.h5 (features x barcodes, CSC)."""
-    combined = sp.hstack([rna.X, atac.X]).tocsr()  # cells x features == CSC of features x cells
-    n_rna = rna.n_vars
-    with h5py.File(path, "w") as f:
-        m = f.create_group("matrix")
-        m["barcodes"] = np.asarray(atac.obs_names, dtype="S")
-        m["data"], m["indices"], m["indptr"] = combined.data, combined.indices, combined.indptr
-        m["shape"] = np.array([combined.shape[1], combined.shape[0]])
-        feats = m.create_group("features")
-        feats["id"] = np.asarray([f"ENSG{i:05d}" for i in range(n_rna)] + list(atac.var_names), dtype="S")
-        feats["name"] = np.asarray(list(rna.var_names) + list(atac.var_names), dtype="S")
-        feats["feature_type"] = np.asarray(["Gene Expression"] * n_rna + ["Peaks"] * atac.n_vars, dtype="S")
-
-
 def test_ingest__10x_h5_split_by_feature_types(small_sim, tmp_path):
-    _write_10x_h5(tmp_path / "filtered_feature_bc_matrix.h5", small_sim.atac, small_sim.rna)
+    write_10x_h5(tmp_path / "filtered_feature_bc_matrix.h5", small_sim.atac, small_sim.rna)
     store = ingest(tmp_path / "filtered_feature_bc_matrix.h5", None, tmp_path / "s.zarr", chunk_cells=64)
     np.testing.assert_array_equal(store.atac.to_memory().toarray(), small_sim.atac.X.toarray())
     np.testing.assert_array_equal(store.rna.to_memory().toarray(), small_sim.rna.X.toarray())

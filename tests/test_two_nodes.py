@@ -312,11 +312,26 @@ def test_plot_peak2gene__track_reads_two_nodes_match_local_cluster(case, nodes, 
     np.testing.assert_array_equal(np.concatenate(on_nodes), np.concatenate(on_local))
 
 
-@pytest.mark.skip(reason="ingest_samples not in this branch")
 def test_ingest_samples__two_nodes_match_local_cluster(case, nodes, local, harness):
-    """Placeholder for the lead: p2g.io.ingest_samples (multi-sample ingest, another branch) on the
-    two nodes and on the LocalCluster, from fragment files in harness.data; assert the two stores'
-    arrays (atac/X, obs, var) are equal, as the tests above do for the other tools."""
+    """Many samples (shifted peak sets: ATAC counted from the fragments) ingested as tasks on the
+    two nodes and on the LocalCluster, from files in the shared folder: the same store."""
+    from _sample_files import write_sample_files
+
+    sim, _ = case
+    table, _ = write_sample_files(harness.data / "samples", sim, n_samples=2)
+    table = table.assign(**{c: [str(harness.data / "samples" / v) for v in table[c]]
+                            for c in ("fragments", "atac", "rna")})
+
+    def run(client, _, tag):
+        store = p2g.io.ingest_samples(table, harness.data / f"samples_{tag}.zarr", chunk_cells=CHUNK_CELLS,
+                                      client=client, show_progress=False)
+        return {name: (getattr(store, name).to_memory().toarray(), getattr(store, name).obs.index.tolist(),
+                       getattr(store, name).var.index.tolist()) for name in ("atac", "rna")}
+    on_nodes, on_local = _on_both(nodes, local, {"nodes": None, "local": None}, run)
+    assert on_nodes["atac"][0].sum() > 0 and len(on_nodes["atac"][1]) == SIM["n_cells"]
+    for name in ("atac", "rna"):
+        np.testing.assert_array_equal(on_nodes[name][0], on_local[name][0])
+        assert on_nodes[name][1:] == on_local[name][1:]
 
 
 @pytest.mark.slow

@@ -15,6 +15,11 @@ _EXPORTS = {
     "read_chrom_sizes": "annotation",
     "read_fragments": "fragments",
     "verify_store": "verify",
+    "ingest_samples": "samples",
+    "read_sample_table": "samples",
+    "peak_matrix": "peak_counts",
+    "merge_peaks": "peak_sets",
+    "read_peaks": "peak_sets",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 
+import p2g_dask
 from p2g_dask._lazy import LazyModule
 from p2g_dask._variables import check_counts
+from p2g_dask.io._integrity import INTEGRITY_ATTR
 from p2g_dask.io.modality import Modality
 from p2g_dask.io.peaks import peak_table
 
@@ -22,6 +25,8 @@ ad = LazyModule("anndata")
 
 #: Elements per chunk file of the count arrays (data, indices, indptr).
 _ZARR_ELEMENT_CHUNK = 2**20
+#: Root attribute: the modalities a store holds (an ATAC-only store has no "rna").
+MODALITIES_ATTR = "p2g_modalities"
 
 
 @contextlib.contextmanager
@@ -62,12 +67,7 @@ def write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_
     n_obs, n_vars = rows.size, source.n_vars
     probe = source.read_rows(rows[: min(rows.size, 16)])
     dtype = _storage_dtype(probe.dtype)
-    x_group = group.create_group("X")
-    x_group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
-    data = x_group.create_array("data", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=dtype,
-                                compressors=_compressors(), config=_ARRAY_CONFIG)
-    indices = x_group.create_array("indices", shape=(0,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int32,
-                                   compressors=_compressors(), config=_ARRAY_CONFIG)
+    x_group, data, indices = create_count_arrays(group, n_obs, n_vars, dtype)
     indptr = np.zeros(n_obs + 1, dtype=np.int64)
     for start in range(0, n_obs, chunk_cells):
         stop = min(start + chunk_cells, n_obs)
@@ -88,12 +88,31 @@ def write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_
     ptr = x_group.create_array("indptr", shape=indptr.shape, chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int64,
                                compressors=_compressors(), config=_ARRAY_CONFIG)
     ptr[:] = indptr
-    obs = source.obs.iloc[rows].copy()
+    write_modality_tables(group, source.name, source.obs.iloc[rows], source.var,
+                          {k: _take_rows(v, rows) for k, v in source.obsm.items()}, chunk_cells)
+
+
+def create_count_arrays(group: zarr.Group, n_obs: int, n_vars: int, dtype: np.dtype, nnz: int = 0):
+    """The CSR ``X`` group of a modality and its ``data``/``indices`` arrays (``nnz`` long), as
+    every store writer makes them (chunks, Blosc-LZ4 + crc32c, every chunk written)."""
+    x_group = group.create_group("X")
+    x_group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
+    data = x_group.create_array("data", shape=(nnz,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=dtype,
+                                compressors=_compressors(), config=_ARRAY_CONFIG)
+    indices = x_group.create_array("indices", shape=(nnz,), chunks=(_ZARR_ELEMENT_CHUNK,), dtype=np.int32,
+                                   compressors=_compressors(), config=_ARRAY_CONFIG)
+    return x_group, data, indices
+
+
+def write_modality_tables(group: zarr.Group, name: str, obs: pd.DataFrame, var: pd.DataFrame, obsm: Mapping,
+                          chunk_cells: int) -> None:
+    """obs/var/obsm (and the empty elements) of a modality with anndata's encoders, once ``X`` is written."""
+    obs = obs.copy()
     obs.index = obs.index.astype(str)
     ad.io.write_elem(group, "obs", obs)
-    var = source.var.copy()
+    var = var.copy()
     var.index = var.index.astype(str)
-    if source.name == "atac" and not {"chrom", "start", "end"} <= set(var.columns):
+    if name == "atac" and not {"chrom", "start", "end"} <= set(var.columns):
         # Parse peak names once here so readers of the store need not.
         try:
             coords = peak_table(var.index)
@@ -102,11 +121,23 @@ def write_modality(group: zarr.Group, source: Modality, rows: np.ndarray, chunk_
         except ValueError:
             pass  # unparseable names are reported where peaks are needed
     ad.io.write_elem(group, "var", var)
-    ad.io.write_elem(group, "obsm", {k: _take_rows(v, rows) for k, v in source.obsm.items()})
+    ad.io.write_elem(group, "obsm", dict(obsm))
     for empty in ("layers", "varm", "obsp", "varp"):
         ad.io.write_elem(group, empty, {})
     ad.io.write_elem(group, "uns", {})
     group.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0", "p2g_chunk_cells": int(chunk_cells)})
+
+
+def store_attrs(n_obs: int, modalities: list[str]) -> dict:
+    """The root attributes of a store: format and package versions, cells, checksums, modalities.
+
+    Examples
+    --------
+    >>> store_attrs(3, ["atac"])[MODALITIES_ATTR]
+    ['atac']
+    """
+    return {"p2g_format_version": p2g_dask.STORE_FORMAT_VERSION, "p2g_dask_version": p2g_dask.__version__,
+            "n_obs": int(n_obs), INTEGRITY_ATTR: "crc32c", MODALITIES_ATTR: list(modalities)}
 
 
 def _take_rows(value, rows):

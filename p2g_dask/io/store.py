@@ -38,7 +38,10 @@ from p2g_dask.io.barcodes import common_cells
 from p2g_dask.io._integrity import INTEGRITY_ATTR, check_store_chunks, first_indptr_ok
 from p2g_dask.io.modality import Modality
 from p2g_dask.io._sources import open_sources
-from p2g_dask.io._write import STAGED, replace_elem, write_modality, zarr_write_settings
+from p2g_dask.io._write import (  # noqa: F401 - re-exported for the store's writers
+    MODALITIES_ATTR, STAGED, create_count_arrays, replace_elem, store_attrs, write_modality,
+    write_modality_tables, zarr_write_settings,
+)
 
 # Imported at first use, on the client: Dask workers importing this module never need them (~30 MiB each).
 ad = LazyModule("anndata")
@@ -112,15 +115,7 @@ def ingest(
                 raise ValueError(f"chunk_cells={chunk_cells} must be a positive number of cells.")
             with atomic_path(path, overwrite=overwrite, argument="path") as tmp, zarr_write_settings():
                 root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-                root.attrs.update(
-                    {
-                        "p2g_format_version": p2g_dask.STORE_FORMAT_VERSION,
-                        "p2g_dask_version": p2g_dask.__version__,
-                        "n_obs": int(common.size),
-                        INTEGRITY_ATTR: "crc32c",
-                        MODALITIES_ATTR: [source.name for source, _ in sources],
-                    }
-                )
+                root.attrs.update(store_attrs(int(common.size), [source.name for source, _ in sources]))
                 for source, rows in sources:
                     write_modality(root.create_group(source.name), source, rows, int(chunk_cells))
                 logger.info("stored %d cells x %d peaks x %s genes in %s", common.size, atac_src.n_vars,
@@ -302,7 +297,6 @@ class StoreModality:
 
 
 #: Root attribute listing the count modalities of a store (["atac"] for an ATAC-only store).
-MODALITIES_ATTR = "p2g_modalities"
 
 
 class MultiomeStore:

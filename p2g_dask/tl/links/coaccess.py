@@ -26,6 +26,7 @@ from p2g_dask._logging import logger, timed
 from p2g_dask._memory import release_freed_memory
 from p2g_dask._tables import COACCESSIBILITY, require_columns
 from p2g_dask._variables import params_token
+from p2g_dask._report import reported
 from p2g_dask.tl.engine.correlate import chromosome_columns, correlate
 from p2g_dask.tl.engine.kernels import benjamini_hochberg, variance_quantiles
 from p2g_dask.tl.engine.plan import peak_peak_plan
@@ -78,6 +79,7 @@ def coaccessibility_table(plan: Any, results: list[tuple]) -> pd.DataFrame:
     return table[COACCESSIBILITY.names]
 
 
+@reported
 def co_accessibility(
     data: Any,
     *,
@@ -95,6 +97,7 @@ def co_accessibility(
     client: Any = None,
     checkpoint: Any = None,
     show_progress: bool | None = None,
+    report: Any = None,
 ) -> pd.DataFrame:
     """Correlate nearby peaks across kNN metacells (ArchR's ``addCoAccessibility``).
 
@@ -126,6 +129,12 @@ def co_accessibility(
     show_progress
         Show a progress bar while the graph runs (None: the dask config ``p2g.show-progress``,
         True unless set).
+
+    report
+        A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
+        memory per worker over time, spilled bytes, the results' numbers, parameters, versions)
+        and Dask's performance report beside it (with a ``distributed`` client); see
+        docs/report.md.
 
     Returns
     -------

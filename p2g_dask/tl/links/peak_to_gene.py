@@ -24,6 +24,7 @@ from p2g_dask._deprecations import renamed_arguments
 from p2g_dask._logging import logger, timed
 from p2g_dask._memory import release_freed_memory
 from p2g_dask._variables import params_token
+from p2g_dask._report import reported
 from p2g_dask.tl.engine.correlate import chromosome_columns, correlate
 from p2g_dask.tl.engine.plan import peak_gene_plan
 from p2g_dask.tl.engine.sums import plan_sums
@@ -36,6 +37,7 @@ __all__ = ["PeakToGeneParams", "peak_to_gene"]
 
 
 @renamed_arguments(atac="data")
+@reported
 def peak_to_gene(
     data: Any,
     *,
@@ -66,6 +68,7 @@ def peak_to_gene(
     empirical_pval: bool = False,
     n_permutations: int = 0,
     permute: str = "cells",
+    report: Any = None,
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
 
@@ -129,6 +132,12 @@ def peak_to_gene(
         the RNA matrix), ``"metacells"`` shuffles the ATAC metacell order (ArchR's approach).
         With ``groupby``, cells are shuffled within their group (and sample) and ``perm_fdr`` is
         pooled within the group. See docs/coaccessibility.md for the memory cost.
+
+    report
+        A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
+        memory per worker over time, spilled bytes, the results' numbers, parameters, versions)
+        and Dask's performance report beside it (with a ``distributed`` client); see
+        docs/report.md.
 
     Returns
     -------

@@ -19,6 +19,7 @@ from p2g_dask._deprecations import renamed_arguments
 from p2g_dask.io.inputs import resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts, params_record
+from p2g_dask._report import reported
 from p2g_dask.tl.lsi import _kernels as K
 from p2g_dask.tl.lsi._clusters import leiden_clusters
 from p2g_dask.tl.lsi._params import LSIParams
@@ -195,6 +196,7 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
 
 
 @renamed_arguments(atac="data")
+@reported
 def iterative_lsi(
     data: Any,
     *,
@@ -221,6 +223,7 @@ def iterative_lsi(
     client: Any = None,
     show_progress: bool | None = None,
     overwrite: bool = False,
+    report: Any = None,
 ) -> np.ndarray:
     """Iterative LSI embedding of scATAC cells, as ArchR's ``addIterativeLSI``.
 
@@ -284,6 +287,12 @@ def iterative_lsi(
         ``p2g.show-progress``, True unless set); in memory there are no graphs to show.
     overwrite
         Replace an existing ``obsm[key_added]`` in a store (in-memory objects are always updated).
+
+    report
+        A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
+        memory per worker over time, spilled bytes, the results' numbers, parameters, versions)
+        and Dask's performance report beside it (with a ``distributed`` client); see
+        docs/report.md.
 
     Returns
     -------

@@ -35,7 +35,9 @@ from p2g_dask.tl.pseudobulk._bigwig import write_bigwig
 from p2g_dask.tl.pseudobulk._coverage import coverage_runs
 from p2g_dask.io.inputs import get_obs
 from p2g_dask._variables import params_token
+from p2g_dask._report import reported
 from p2g_dask.io.barcodes import match_barcodes
+from p2g_dask.io.fragment_blocks import safe_name
 from p2g_dask.tl.pseudobulk._bigwig import bigwig_chrom_sizes
 from p2g_dask.tl.pseudobulk._cell_groups import sample_table
 from p2g_dask.tl.pseudobulk._params import EXECUTORS, STRATEGIES, PseudobulkParams  # noqa: F401 - public names
@@ -43,6 +45,7 @@ from p2g_dask.tl.pseudobulk._group_bed import write_group_bed
 
 # epione's names (its tutorial: input_data=, chromsizes=, cluster_key=, path_to_fragments=) work as they are.
 @argument_aliases(input_data="data", chromsizes="chrom_sizes", cluster_key="groupby", path_to_fragments="fragments")
+@reported
 def pseudobulk_with_fragments(
     data: Any,
     *,
@@ -67,6 +70,7 @@ def pseudobulk_with_fragments(
     mod_atac: str = "atac",
     checkpoint: str | os.PathLike | None = None,
     bigwig_writer: str = "p2g",
+    report: Any = None,
 ) -> dict[str, str]:
     """Write one coverage BigWig per cell group from 10x fragment files.
 
@@ -142,6 +146,11 @@ def pseudobulk_with_fragments(
         base-pair resolution). Both files hold the same intervals and values, and both are
         re-opened with pybigtools and checked before they get their final name.
 
+    report
+        A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
+        memory per worker over time, spilled bytes, parameters, versions) and Dask's performance
+        report beside it (with a ``distributed`` client); see docs/report.md.
+
     Returns
     -------
     dict
@@ -209,12 +218,8 @@ def pseudobulk_with_fragments(
     return {g: str(bw_files[g]) for g in groups}
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "group"
-
-
 def _file_names(groups: list[str], argument: str = "groupby") -> dict[str, str]:
-    names = {g: _safe(g) for g in groups}
+    names = {g: safe_name(g, fallback="group") for g in groups}
     seen: dict[str, str] = {}
     for g, n in names.items():
         if n.lower() in seen:

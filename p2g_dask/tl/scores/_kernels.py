@@ -12,66 +12,28 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from p2g_dask.io._peak_matrix_kernels import capped_counts_by_key
+from p2g_dask.io.fragment_blocks import read_block_fragments
 
 
-@numba.njit(cache=True, nogil=True)
-def _capped_tile_counts(start, end, cell, n_cells, tile_size, n_tiles, ceiling):  # pragma: no cover - numba
+def _capped_tile_counts(start, end, cell, n_cells, tile_size, n_tiles, ceiling):
     """Tiles x cells insertion counts, capped at ``ceiling`` (<= 0: none), as CSR by tile.
 
     ArchR's insertions of a 0-based half-open fragment ``[start, end)`` are ``start + 1`` and
     ``end`` (1-based), each in tile ``trunc(pos / tile_size)``; tiles past ``n_tiles`` (beyond
-    every gene window) are dropped. A counting sort by tile (fragments come sorted by start, so
-    the writes are nearly sequential), then per tile a per-cell counter that fits in cache.
+    every gene window) are dropped. The counting is the peak matrix's, with tiles as keys
+    (:func:`p2g_dask.io._peak_matrix_kernels.capped_counts_by_key`); the insertions go in
+    fragment order (start, then end), so cells come out in the same order within a tile.
     """
-    ptr = np.zeros(n_tiles + 1, np.int64)
-    for i in range(start.size):
-        t = (start[i] + 1) // tile_size
-        if t < n_tiles:
-            ptr[t + 1] += 1
-        t = end[i] // tile_size
-        if t < n_tiles:
-            ptr[t + 1] += 1
-    for t in range(n_tiles):
-        ptr[t + 1] += ptr[t]
-    fill = ptr[:-1].copy()
-    by_tile = np.empty(ptr[n_tiles], np.int32)
-    for i in range(start.size):
-        t = (start[i] + 1) // tile_size
-        if t < n_tiles:
-            by_tile[fill[t]] = cell[i]
-            fill[t] += 1
-        t = end[i] // tile_size
-        if t < n_tiles:
-            by_tile[fill[t]] = cell[i]
-            fill[t] += 1
-    counter = np.zeros(n_cells, np.int32)
-    touched = np.empty(max(1, n_cells), np.int32)
-    out_ptr = np.zeros(n_tiles + 1, np.int64)
-    out_cell = np.empty(by_tile.size, np.int32)
-    out_count = np.empty(by_tile.size, np.float64)
-    m = 0
-    for t in range(n_tiles):
-        n_touched = 0
-        for j in range(ptr[t], ptr[t + 1]):
-            c = by_tile[j]
-            if counter[c] == 0:
-                touched[n_touched] = c
-                n_touched += 1
-            counter[c] += 1
-        for j in range(n_touched):
-            c = touched[j]
-            v = counter[c]
-            counter[c] = 0
-            if ceiling > 0 and v > ceiling:
-                v = ceiling
-            out_cell[m] = c
-            out_count[m] = v
-            m += 1
-        out_ptr[t + 1] = m
-    return out_ptr, out_cell[:m], out_count[:m]
+    tiles = np.empty(2 * start.size, np.int64)
+    tiles[0::2] = (start + 1) // tile_size
+    tiles[1::2] = end // tile_size
+    cells = np.repeat(np.asarray(cell, np.int32), 2)
+    kept = tiles < n_tiles
+    ptr, tile_cell, count = capped_counts_by_key(tiles[kept], cells[kept], n_tiles, n_cells, ceiling)
+    return ptr, tile_cell, count.astype(np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -133,46 +95,6 @@ def _scores_by_gene(tile_ptr, tile_cell, tile_count, w_ptr, w_tile, w_data, n_ce
         data[fill[c]] = coo_value[i]
         fill[c] += 1
     return row_nnz, indices, data
-
-
-@numba.njit(cache=True, nogil=True)
-def _select_cells(start, end, barcode_id, lookup, first, stop):  # pragma: no cover - numba
-    """The fragments whose cell row ``lookup[barcode_id]`` is in ``[first, stop)``, rows made local."""
-    n = 0
-    for i in range(barcode_id.size):
-        c = lookup[barcode_id[i]]
-        if c >= first and c < stop:
-            n += 1
-    out_start, out_end, out_cell = np.empty(n, start.dtype), np.empty(n, end.dtype), np.empty(n, np.int32)
-    n = 0
-    for i in range(barcode_id.size):
-        c = lookup[barcode_id[i]]
-        if c >= first and c < stop:
-            out_start[n], out_end[n], out_cell[n] = start[i], end[i], c - first
-            n += 1
-    return out_start, out_end, out_cell
-
-
-def read_block_fragments(sources, first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fragments of cells ``first <= cell < stop`` from one chromosome of every cache.
-
-    ``sources`` holds ``(parquet file, lookup)`` pairs; ``lookup[barcode_id]`` is the cell's
-    row (-1: not a cell). Read one row group (1 M rows) at a time, so only this block's
-    fragments are ever kept.
-    """
-    starts, ends, cells = [], [], []
-    for file, lookup in sources:
-        parquet = pq.ParquetFile(file, memory_map=True)
-        for group in range(parquet.num_row_groups):  # the cache writes 1 M-row groups
-            batch = parquet.read_row_group(group, columns=["start", "end", "barcode_id"], use_threads=False)
-            start, end, cell = _select_cells(batch.column(0).to_numpy(), batch.column(1).to_numpy(),
-                                             batch.column(2).to_numpy(), lookup, first, stop)
-            starts.append(start)
-            ends.append(end)
-            cells.append(cell)
-    if not starts:
-        return np.empty(0, np.uint32), np.empty(0, np.uint32), np.empty(0, np.int32)
-    return np.concatenate(starts), np.concatenate(ends), np.concatenate(cells)
 
 
 def tile_gene_scores(start, end, cell, n_cells: int, weights: sp.csr_matrix, tile_size: int,

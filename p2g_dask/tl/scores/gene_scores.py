@@ -34,7 +34,8 @@ from p2g_dask._atomic import TMP_MARKER, _remove, atomic_path
 from p2g_dask._checkpoint import as_checkpoint
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import params_record
-from p2g_dask.io.barcodes import match_barcodes
+from p2g_dask._report import reported
+from p2g_dask.io.fragment_blocks import cell_lookups, fragment_cells, safe_name
 from p2g_dask.io.fragment_cache import build_fragment_cache
 from p2g_dask.io.fragments import fragment_files
 from p2g_dask.io.genes import gene_table
@@ -51,6 +52,7 @@ _DEFAULTS = GeneScoreParams()
 UNS_KEY = "gene_scores"
 
 
+@reported
 def gene_scores(
     fragments: Any,
     *,
@@ -80,6 +82,7 @@ def gene_scores(
     checkpoint: str | os.PathLike | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
+    report: Any = None,
 ) -> Any:
     """Cells x genes gene scores from fragment files, with ArchR's ``addGeneScoreMatrix`` model.
 
@@ -142,6 +145,11 @@ def gene_scores(
         Show a progress bar while the graph runs (None: the dask config ``p2g.show-progress``,
         True unless set).
 
+    report
+        A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
+        memory per worker over time, spilled bytes, parameters, versions) and Dask's performance
+        report beside it (with a ``distributed`` client); see docs/report.md.
+
     Returns
     -------
     AnnData or StoreModality
@@ -189,7 +197,7 @@ def gene_scores(
             # The cache folder is in the key: a call right after another must not be handed the
             # previous call's (deleted) temporary cache while the scheduler still holds its key.
             tasks = [dask.delayed(build_fragment_cache, pure=False)(
-                path, cache_root / _safe(sample),
+                path, cache_root / safe_name(sample),
                 dask_key_name=f"p2g-gene-score-cache-{tokenize(sample, str(path), str(cache_root))}")
                 for sample, path in files.items()]
             # The weights need no fragments: computed while the files are parsed (parsing runs in
@@ -229,12 +237,6 @@ def _shared_folder(store_obj, files: dict) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
-def _safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "sample"
-
-
 def _open_store(store: Any, cells: Any):
     if store is None:
         return None
@@ -264,42 +266,16 @@ def _submit(tasks: list, client, show_progress: bool) -> list:
 
 def _cell_lookups(cells, store_obj, mod_atac, caches, sample_id_col):
     """The cells' obs and, per sample, ``lookup[barcode_id] -> cell row`` (-1: not a cell)."""
-    samples = list(caches)
     if cells is None and store_obj is None:
-        barcodes = {s: caches[s].barcodes() for s in samples}
-        names = [barcodes[s] if len(samples) == 1 else np.char.add(f"{s}#", barcodes[s].astype(str)) for s in samples]
-        sizes = np.cumsum([0] + [len(b) for b in barcodes.values()])
-        obs = pd.DataFrame({"sample": np.repeat(samples, np.diff(sizes))},
-                           index=pd.Index(np.concatenate(names).astype(str)))
-        lookups = {s: np.arange(sizes[i], sizes[i + 1], dtype=np.int64) for i, s in enumerate(samples)}
-        return obs, lookups
+        obs, _ = fragment_cells(None, caches, None)
+        sizes = np.cumsum([0] + [len(caches[s].barcodes()) for s in caches])
+        return obs, {s: np.arange(sizes[i], sizes[i + 1], dtype=np.int64) for i, s in enumerate(caches)}
     if store_obj is not None:
-        obs = store_obj.atac.obs
-    elif isinstance(cells, (list, tuple, np.ndarray, pd.Index)):
-        obs = pd.DataFrame(index=pd.Index(np.asarray(cells).astype(str)))
-    else:
-        obs = get_obs(cells, mod_atac=mod_atac)
-    obs = obs.copy()
-    obs.index = obs.index.astype(str)
-    if obs.index.has_duplicates:
-        raise ValueError(f"cells: {int(obs.index.duplicated().sum())} duplicate cell names; cells must be unique.")
-    if sample_id_col is None:
-        if len(samples) > 1:
-            raise ValueError(f"fragments has {len(samples)} files; pass sample_id_col, the obs column naming "
-                             "each cell's key in fragments.")
-        sample = np.full(len(obs), samples[0], dtype=object)
-    else:
-        if sample_id_col not in obs.columns:
-            raise ValueError(f"sample_id_col={sample_id_col!r} is not an obs column; available: {list(obs.columns)[:20]}.")
-        sample = obs[sample_id_col].astype(str).to_numpy()
-        unknown = sorted(set(sample) - set(samples))
-        if unknown:
-            raise ValueError(f"sample_id_col={sample_id_col!r} has samples {unknown[:10]} that are not keys of "
-                             f"fragments ({samples}); add their files or fix the keys.")
-    # match_barcodes maps barcodes to "group" codes: one group per cell makes the code the cell row.
-    table = pd.DataFrame({"group": pd.Categorical.from_codes(np.arange(len(obs)), categories=pd.RangeIndex(len(obs))),
-                          "sample": sample}, index=obs.index)
-    lookups = {s: match_barcodes(table, s, caches[s].barcodes())[0].astype(np.int64) for s in samples}
+        cells = store_obj.atac.obs
+    elif not isinstance(cells, (list, tuple, np.ndarray, pd.Index)):
+        cells = get_obs(cells, mod_atac=mod_atac)
+    obs, sample = fragment_cells(cells, caches, sample_id_col)
+    lookups = cell_lookups(obs.index, sample, {s: caches[s].barcodes() for s in caches})
     found = sum(int((lk >= 0).sum()) for lk in lookups.values())
     if found == 0:
         raise ValueError("cells: none of the cells is in the fragment files (compare obs names with the files' "
