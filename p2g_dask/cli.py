@@ -77,10 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bigwig(args: argparse.Namespace) -> int:
     from p2g_dask.tl import pseudobulk_with_fragments
 
+    if args.groupby is None:
+        raise ValueError("--groupby is required: the obs column of the groups (one BigWig each), e.g. --groupby "
+                         "cell_type.")
     fragments = dict(item.split("=", 1) if "=" in item else (Path(item).name.split(".")[0], item)
                      for item in args.fragments)
     written = pseudobulk_with_fragments(
-        args.input, chrom_sizes=args.chrom_sizes, groupby=args.cluster_key, fragments=fragments,
+        args.input, chrom_sizes=args.chrom_sizes, groupby=args.groupby, fragments=fragments,
         bigwig_path=args.out, bigwig_strategy=args.strategy, normalize_bigwig=not args.raw,
         cache_fragments=args.cache, n_jobs=args.jobs, bin_size=args.bin_size, overwrite=args.overwrite,
         show_progress=not args.quiet, bigwig_writer=args.writer,
@@ -111,7 +114,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     genes, exons = read_gene_annotation(args.genes, **({"exons": args.exons} if args.exons else {}))
     with plot_style():
         fig, _ = plot_peak2gene(args.input, gene=args.gene, links=links, gene_annotation=genes,
-                                exon_annotation=exons if len(exons) else None, groupby=args.group_by,
+                                exon_annotation=exons if len(exons) else None, groupby=args.groupby,
                                 bigwig_files=bigwigs, fdr_cutoff=args.fdr_cutoff, cor_cutoff=args.cor_cutoff,
                                 positive_only=args.positive_only)
         with atomic_path(args.out, overwrite=args.overwrite, argument="--out") as tmp:
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("input", help="store, .h5ad or .h5mu with the groups in obs")
     bw.add_argument("--fragments", nargs="+", required=True, help="FILE or SAMPLE=FILE (several allowed)")
     bw.add_argument("--chrom-sizes", required=True)
-    bw.add_argument("--cluster-key", required=True)
+    bw.add_argument("--groupby", default=None, help="obs column of the groups (one BigWig each; required)")
+    bw.add_argument("--cluster-key", dest="groupby", action=_RenamedOption, new="--groupby", help=argparse.SUPPRESS)
     bw.add_argument("--out", required=True, help="BigWig folder")
     bw.add_argument("--strategy", choices=["cutsite", "fragment"], default="cutsite")
     bw.add_argument("--raw", action="store_true", help="raw counts instead of CPM")
@@ -240,12 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
 
     plot = sub.add_parser("plot", help="browser track of one gene's links (PNG/PDF/SVG)")
-    plot.add_argument("input", help="store, .h5ad or .h5mu (peak matrix for --group-by)")
+    plot.add_argument("input", help="store, .h5ad or .h5mu (peak matrix for --groupby)")
     plot.add_argument("--links", required=True, help="links.parquet")
     plot.add_argument("--gene", required=True)
     plot.add_argument("--genes", required=True, help="gene annotation (GFF3/GTF/TSV)")
     plot.add_argument("--exons", default=None)
-    plot.add_argument("--group-by", default=None)
+    plot.add_argument("--groupby", default=None, help="obs column: one coverage row per group")
+    plot.add_argument("--group-by", dest="groupby", action=_RenamedOption, new="--groupby", help=argparse.SUPPRESS)
     plot.add_argument("--bigwig", nargs="*", help="GROUP=FILE.bw ...")
     plot.add_argument("--fdr-cutoff", type=float, default=0.01, help="largest FDR of a drawn link (default: %(default)s)")
     plot.add_argument("--cor-cutoff", type=float, default=0.3,

@@ -286,3 +286,22 @@ def test_dask_records_to_log_file__shutdown_warning_in_log_only(tmp_path):
     assert "still alive" not in terminal.getvalue() and "memory budget" in terminal.getvalue()
     log = (tmp_path / "p2g.log").read_text()
     assert "WARNING distributed.nanny: Worker process still alive" in log and "memory budget" not in log
+
+
+def test_p2g_cli__groupby_options_and_their_old_names():
+    """One name per idea on the command line too: --groupby; --cluster-key and --group-by warn."""
+    import warnings
+
+    from p2g_dask.cli import build_parser, main
+
+    parser = build_parser()
+    plot = ["plot", "s.zarr", "--links", "l.parquet", "--gene", "A", "--genes", "g.tsv", "--out", "x.png"]
+    assert parser.parse_args(plot + ["--groupby", "lineage"]).groupby == "lineage"
+    bw = ["bigwig", "s.zarr", "--fragments", "f.tsv.gz", "--chrom-sizes", "c.sizes", "--out", "bw"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert parser.parse_args(bw + ["--cluster-key", "grp"]).groupby == "grp"
+        assert parser.parse_args(plot + ["--group-by", "grp"]).groupby == "grp"
+    assert [str(w.message).split(";")[0] for w in caught if w.category is FutureWarning] == [
+        "p2g: the option --cluster-key is renamed --groupby", "p2g: the option --group-by is renamed --groupby"]
+    assert main(bw) == 2  # no --groupby: a one-line error naming it

@@ -114,7 +114,7 @@ def _cli(fmt: str, good: dict, bad: Path, out: Path) -> list[str]:
     plot = ["plot", str(good["store"]), "--links", str(good["links"]), "--gene", good["gene"],
             "--genes", str(good["genes"]), "--out", str(out / "p.png")]
     bigwig = ["bigwig", str(good["grouped"]), "--fragments", str(good["fragments"]), "--chrom-sizes",
-              str(good["chrom_sizes"]), "--cluster-key", "grp", "--out", str(out / "bw"), "--jobs", "1"]
+              str(good["chrom_sizes"]), "--groupby", "grp", "--out", str(out / "bw"), "--jobs", "1"]
     swap = {"links": ("--links", plot), "genes": ("--genes", plot), "fragments": ("--fragments", bigwig),
             "chrom_sizes": ("--chrom-sizes", bigwig)}
     if fmt == "h5ad":

@@ -447,7 +447,7 @@ def test_p2g_bigwig_command__obs_only_h5ad(tmp_path, capsys, writer):
     ad.AnnData(obs=cells.obs.copy()).write_h5ad(tmp_path / "cells.h5ad")
     (tmp_path / "sizes.txt").write_text("".join(f"{c}\t{n}\n" for c, n in CHROMS.items()))
     rc = main(["--quiet", "bigwig", str(tmp_path / "cells.h5ad"), "--fragments", f"toy={path}",
-               "--chrom-sizes", str(tmp_path / "sizes.txt"), "--cluster-key", "grp", "--out", str(tmp_path / "bw"),
+               "--chrom-sizes", str(tmp_path / "sizes.txt"), "--groupby", "grp", "--out", str(tmp_path / "bw"),
                "--jobs", "1", "--writer", writer])
     assert rc == 0
     written = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
