@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 #: The repository this script belongs to goes first on the path of every child process, so a
@@ -26,20 +27,38 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def compile_bytecode(*paths: str | Path, python: str | None = None) -> None:
+    """Byte-compile ``paths`` (files or folders) with ``python``, as pip does when it installs a package.
+
+    Fresh processes then load bytecode, as on a user's machine; without this, an editable install
+    under ``PYTHONDONTWRITEBYTECODE`` (as on these machines) compiles every module's source again
+    in each process, which a user never pays.
+    """
+    subprocess.run([python or sys.executable, "-m", "compileall", "-q", *map(str, paths)], check=True)
+
+
 def emit(**result) -> None:
     """Print the ``RESULT`` line a path reports back to :func:`run_fresh`."""
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_fresh(script: str, name: str, *args: str) -> dict:
-    """Run ``script --run name *args`` in a new interpreter; return its ``RESULT`` dict."""
-    out = subprocess.run([sys.executable, script, "--run", name, *args], capture_output=True, text=True,
-                         env=child_env())
+def run_fresh(script: str, name: str, *args: str, python: str | None = None,
+              extra_env: dict[str, str] | None = None) -> dict:
+    """Run ``script --run name *args`` in a new interpreter; return its ``RESULT`` dict.
+
+    ``python`` is the interpreter (default: this one; epione's paths run in epione's own
+    environment); ``extra_env`` is added to the child's environment. The returned dict also holds
+    ``process_seconds``: the child's whole life, interpreter start-up to exit, as its user waits.
+    """
+    started = time.perf_counter()
+    out = subprocess.run([python or sys.executable, script, "--run", name, *args], capture_output=True,
+                         text=True, env={**child_env(), **(extra_env or {})})
+    seconds = time.perf_counter() - started
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         print(out.stdout[-3000:], out.stderr[-6000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"the {name!r} path of {Path(script).name} failed (exit code {out.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return {**json.loads(lines[-1][len("RESULT "):]), "process_seconds": seconds}
 
 
 def load_note() -> str:
