@@ -136,8 +136,8 @@ def load_epione(folder: Path, tool: str) -> types.ModuleType:
 
 
 def print_table(rows: dict[str, list[dict]], names: dict[str, str], targets: dict[str, str], *,
-                reference: str = "epione", field: str = "seconds") -> None:
-    """One line per path: wall ``field`` (best, and range over runs), CPU, peak RSS, ratio, target.
+                reference: str = "epione", field: str = "seconds", cpu: str = "cpu") -> None:
+    """One line per path: wall ``field`` (best, and range over runs), ``cpu``, peak RSS, ratio, target.
 
     The ratio is the reference's best wall over the path's best wall, both measured in this run.
     """
@@ -150,5 +150,5 @@ def print_table(rows: dict[str, list[dict]], names: dict[str, str], targets: dic
         shown = f"{min(wall):.2f}" + (f" ({min(wall):.1f}-{max(wall):.1f})" if len(wall) > 1 else "")
         ratio = f"{best[reference] / best[key]:.1f}x" if reference in best else "-"
         peak = max(r["peak"] for r in rows[key]) / 2**30
-        print(f"{name:<60} {shown:>16} {min(r['cpu'] for r in rows[key]):7.1f} {peak:12.2f} {ratio:>9} "
+        print(f"{name:<60} {shown:>16} {min(r[cpu] for r in rows[key]):7.1f} {peak:12.2f} {ratio:>9} "
               f"{targets.get(key, ''):>7}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -48,17 +49,21 @@ def run_fresh(script: str, name: str, *args: str, python: str | None = None,
 
     ``python`` is the interpreter (default: this one; epione's paths run in epione's own
     environment); ``extra_env`` is added to the child's environment. The returned dict also holds
-    ``process_seconds``: the child's whole life, interpreter start-up to exit, as its user waits.
+    ``process_seconds``, the child's whole life from interpreter start-up to exit (as its user
+    waits), and ``process_cpu``, its user + system CPU seconds (with its own children's).
     """
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run([python or sys.executable, script, "--run", name, *args], capture_output=True,
                          text=True, env={**child_env(), **(extra_env or {})})
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         print(out.stdout[-3000:], out.stderr[-6000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"the {name!r} path of {Path(script).name} failed (exit code {out.returncode})")
-    return {**json.loads(lines[-1][len("RESULT "):]), "process_seconds": seconds}
+    return {**json.loads(lines[-1][len("RESULT "):]), "process_seconds": seconds, "process_cpu": cpu}
 
 
 def load_note() -> str:

@@ -165,7 +165,8 @@ def measure(kind: str, folder: Path, args: tuple[str, ...], python: str) -> dict
     rows = {key: value for key, value in result.items() if isinstance(value, dict)}
     for key, row in rows.items():
         emb = np.load(folder / f"emb_{key}.npy")
-        row.update(process=result["process_seconds"], accuracy=knn_accuracy(emb, labels), dims=emb.shape[1])
+        row.update(process=result["process_seconds"], process_cpu=result["process_cpu"],
+                   accuracy=knn_accuracy(emb, labels), dims=emb.shape[1])
     return rows
 
 
@@ -208,7 +209,7 @@ def main() -> None:
             for key, row in measure(kind, folder, common, python).items():
                 rows.setdefault(key, []).append(row)
     print(f"case: 9,631 cells x 107,191 peaks, float32 counts; settings {SETTINGS}; {load_note()}")
-    print_table({k: v for k, v in rows.items() if k in NAMES}, NAMES, TARGETS, field="process")
+    print_table({k: v for k, v in rows.items() if k in NAMES}, NAMES, TARGETS, field="process", cpu="process_cpu")
     if args.store:
         print_table({k: v for k, v in rows.items() if k in STORE_NAMES}, STORE_NAMES, {})
     print_parts(rows)

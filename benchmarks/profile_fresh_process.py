@@ -22,10 +22,13 @@ Usage:  python benchmarks/profile_fresh_process.py [--workdir /tmp/p2g_bench] [-
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +37,7 @@ from _fresh import child_env, compile_bytecode, emit, REPO, run_fresh
 
 PRE_IMPORTS = "import numpy, pandas, scipy.sparse, anndata"
 MARK = "P2G-PROFILE-MARK"
-IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+IMPORTTIME = re.compile(r"import time:\s+(-?\d+) \|\s+(\d+) \| (\s*)(\S+)")
 
 
 # ---------------------------------------------------------------- 1. the import
@@ -49,22 +52,40 @@ def import_seconds() -> dict:
 
 
 def import_breakdown(top: int) -> None:
-    """``python -X importtime`` of ``import p2g_dask.tl`` after :data:`PRE_IMPORTS`, summed and ranked."""
+    """``python -X importtime`` of ``import p2g_dask.tl`` after :data:`PRE_IMPORTS`, summed and ranked.
+
+    Printed: own time by top-level package; then each place where one package imports another
+    (the costly edges), by cumulative time, with the chain of importers up to p2g_dask.
+    """
     code = f"{PRE_IMPORTS}\nimport sys\nsys.stderr.write('{MARK}\\n')\nimport p2g_dask.tl"
+    # The background kernel loading imports numba's internals in another thread, whose lines
+    # would interleave with these and break the tree: it is off here (timed apart above).
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                          env=child_env(), check=True)
-    rows = [m.groups() for m in map(IMPORTTIME.match, done.stderr.split(MARK, 1)[1].splitlines()) if m]
-    own = [(int(s) / 1e6, name) for s, _, _, name in rows]
+                          env={**child_env(), "DASK_P2G__WARM_KERNELS": "false"}, check=True)
+    rows = [(int(own) / 1e6, int(cumulative) / 1e6, len(indent), name) for own, cumulative, indent, name in
+            (m.groups() for m in map(IMPORTTIME.match, done.stderr.split(MARK, 1)[1].splitlines()) if m)]
+    # importtime prints a module after the modules it imported, one level deeper: the importer of
+    # row i is the next row with less indentation.
+    importer = {}
+    for i, (_, _, depth, name) in enumerate(rows):
+        importer[i] = next((j for j in range(i + 1, len(rows)) if rows[j][2] < depth), None)
     by_package: dict[str, float] = defaultdict(float)
-    for seconds, name in own:
+    for seconds, _, _, name in rows:
         by_package[name.split(".")[0]] += seconds
-    total = sum(s for s, _ in own)
-    print(f"  -X importtime (inflates a little): {total:.2f} s over {len(own)} modules; own time by package:")
-    for name, seconds in sorted(by_package.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"    {seconds:6.3f} s  {name}")
-    print("  slowest single modules (own time):")
-    for seconds, name in sorted(own, reverse=True)[:top]:
-        print(f"    {seconds:6.3f} s  {name}")
+    print(f"  -X importtime (inflates a little): {sum(r[0] for r in rows):.2f} s over {len(rows)} modules; "
+          "own time by package:")
+    print("   " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in
+                            sorted(by_package.items(), key=lambda kv: -kv[1])[:top]))
+    edges = [i for i, j in importer.items() if j is not None and rows[i][3].split(".")[0] != rows[j][3].split(".")[0]]
+    print("  costly imports of one package by another (cumulative s: module <- importer <- ... <- p2g_dask; "
+          "background kernel loading off):")
+    for i in sorted(edges, key=lambda i: -rows[i][1])[:top]:
+        chain, j = [rows[i][3]], importer[i]
+        while j is not None and not chain[-1].startswith("p2g_dask"):
+            chain.append(rows[j][3])
+            j = importer[j]
+        shown = chain if len(chain) <= 4 else [*chain[:2], "...", *chain[-2:]]
+        print(f"    {rows[i][1]:6.3f}  {' <- '.join(shown)}")
 
 
 # ---------------------------------------------------------------- 2. and 3.: read, import, call 1, call 2
@@ -109,10 +130,46 @@ def run_timeline(tool: str, workdir: str) -> None:
     emit(marks=marks, stages=stages)
 
 
-def run_profile(tool: str, workdir: str, top: int) -> None:
-    import cProfile
-    import pstats
+class ThreadsProfile:
+    """cProfile of the calling thread and of every thread started inside the block.
 
+    ``threading.setprofile`` hands each new thread a hook whose first call starts a profiler of
+    that thread's own (which then replaces the hook): the work of kernel threads is seen, not
+    just the main thread waiting on them. Threads that outlive the block keep their profiler:
+    use it where threads are started per call (here: the synchronous scheduler).
+    """
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+
+    def _start_in_thread(self, *_) -> None:
+        profile = cProfile.Profile()
+        self.profiles.append(profile)  # list.append is atomic
+        profile.enable()
+
+    def __enter__(self) -> ThreadsProfile:
+        self.profiles.append(cProfile.Profile())
+        threading.setprofile(self._start_in_thread)
+        self.profiles[0].enable()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.profiles[0].disable()
+        threading.setprofile(None)
+
+    def stats(self) -> dict:
+        """pstats' table summed over the threads: (file, line, function) -> (cc, nc, own, cumulative, callers)."""
+        merged = pstats.Stats(self.profiles[0])
+        for profile in self.profiles[1:]:
+            merged.add(profile)
+        return merged.stats
+
+
+#: A thread waiting on others (their work is counted in their own threads) or for work.
+WAITS = ("<method 'acquire' of", "<method '_acquire_restore' of", "of '_queue.SimpleQueue' objects>")
+
+
+def run_profile(tool: str, workdir: str, top: int) -> None:
     import dask
 
     data = read(tool, workdir)
@@ -121,14 +178,17 @@ def run_profile(tool: str, workdir: str, top: int) -> None:
     stats = []
     with dask.config.set(scheduler="synchronous"):
         for name in ("call 1", "call 2"):
-            profile = cProfile.Profile()
             started = time.perf_counter()
-            profile.runcall(call, tool, data)
-            print(f"== {tool}, {name} under cProfile (synchronous scheduler): {time.perf_counter() - started:.2f} s")
-            stats.append(pstats.Stats(profile).stats)
+            with ThreadsProfile() as profile:
+                call(tool, data)
+            print(f"== {tool}, {name} under cProfile (synchronous scheduler, {len(profile.profiles)} threads "
+                  f"profiled): {time.perf_counter() - started:.2f} s")
+            stats.append(profile.stats())
     first, second = stats
-    show("p2g_dask's functions, call 1, by cumulative time", first, {}, 3, top, only="p2g_dask")
-    show("every function, call 1, by own time", first, {}, 2, top)
+    show("p2g_dask's functions, call 1, by cumulative time (summed over threads)", first, {}, 3, top,
+         only="p2g_dask")
+    show("every function, call 1, by own time summed over threads (waits left out)",
+         first, {}, 2, top)
     show("call 1 minus call 2, by own time (the warm-up)", first, second, 2, top)
     show("call 1 minus call 2, by cumulative time, p2g_dask's functions", first, second, 3, top, only="p2g_dask")
     emit()
@@ -148,7 +208,7 @@ def show(title: str, stats: dict, minus: dict, field: int, top: int, only: str |
     """The ``top`` entries by ``field`` (2 own time, 3 cumulative), less ``minus``'s value of each."""
     rows = []
     for key, value in stats.items():
-        if only and only not in key[0]:
+        if (only and only not in key[0]) or any(w in key[2] for w in WAITS):
             continue
         seconds = value[field] - (minus[key][field] if key in minus else 0.0)
         rows.append((seconds, value[1], key))
