@@ -56,6 +56,21 @@ def checkout(folder: Path | None) -> Path:
     return folder
 
 
+def set_up(args: argparse.Namespace, tool: str) -> tuple[Path, str]:
+    """The checkout and epione's interpreter from the options; prints both; byte-compiles both tools.
+
+    Bytecode is written as pip writes it at install (see :func:`_fresh.compile_bytecode`).
+    """
+    from _fresh import REPO, compile_bytecode
+
+    folder = checkout(args.epione)
+    python = epione_python(args.epione_python, args.epione_venv)
+    print(describe(folder, python))
+    compile_bytecode(Path(REPO) / "p2g_dask")
+    compile_bytecode(folder / FILES[tool], python=python)
+    return folder, python
+
+
 def commit(folder: Path) -> str:
     """The checkout's commit (``git rev-parse HEAD``), or ``'unknown (not a git checkout)'``."""
     done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)

@@ -66,6 +66,29 @@ def run_fresh(script: str, name: str, *args: str, python: str | None = None,
     return {**json.loads(lines[-1][len("RESULT "):]), "process_seconds": seconds, "process_cpu": cpu}
 
 
+def two_calls_on_fresh_cluster(call) -> dict:
+    """Start p2g's 2-worker LocalCluster, then time ``call(client, name)`` for 'store1' and 'store2'.
+
+    Returns each call's wall, CPU and peak RSS of the process tree (client + workers), with what
+    ``call`` returned added, and ``cluster_start``: the seconds ``start_cluster`` took (untimed).
+    """
+    from _peak_rss import PeakRSS
+
+    from p2g_dask.cluster import close_cluster, start_cluster
+
+    started = time.perf_counter()
+    client = start_cluster("local", n_workers=2, threads_per_worker=1, dashboard_address=None)
+    rows = {"cluster_start": time.perf_counter() - started}
+    try:
+        for name in ("store1", "store2"):
+            with PeakRSS(interval=0.02) as rss:
+                more = call(client, name)
+            rows[name] = dict(seconds=rss.seconds, cpu=rss.cpu, peak=rss.peak, **(more or {}))
+    finally:
+        close_cluster(client)
+    return rows
+
+
 def load_note() -> str:
     """Cores and load average now: on a shared machine the figures mean little without them."""
     import psutil

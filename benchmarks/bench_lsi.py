@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _epione import FILES, add_arguments, checkout, describe, epione_python, load_epione, print_table
-from _fresh import REPO, compile_bytecode, emit, load_note, run_fresh
+from _epione import add_arguments, load_epione, print_table, set_up
+from _fresh import emit, load_note, run_fresh, two_calls_on_fresh_cluster
 from _peak_rss import PeakRSS
 
 SETTINGS = dict(n_components=30, iterations=2, var_features=25_000, seed=1)
@@ -101,19 +101,12 @@ def knn_accuracy(emb: np.ndarray, labels) -> float:
 # ---------------------------------------------------------------- the paths (each in a fresh process)
 def run_store(folder: Path) -> None:
     import p2g_dask as p2g
-    from p2g_dask.cluster import close_cluster, start_cluster
 
-    client = start_cluster("local", n_workers=2, threads_per_worker=1, dashboard_address=None)
-    rows = {}
-    try:
-        for call in ("store1", "store2"):
-            with PeakRSS(interval=0.02) as rss:
-                emb = p2g.tl.iterative_lsi(str(folder / "bench.zarr"), client=client, overwrite=True, **SETTINGS)
-            rows[call] = dict(seconds=rss.seconds, cpu=rss.cpu, peak=rss.peak)
-            np.save(folder / f"emb_{call}.npy", emb)
-    finally:
-        close_cluster(client)
-    emit(**rows)
+    def call(client, name: str) -> None:
+        emb = p2g.tl.iterative_lsi(str(folder / "bench.zarr"), client=client, overwrite=True, **SETTINGS)
+        np.save(folder / f"emb_{name}.npy", emb)
+
+    emit(**two_calls_on_fresh_cluster(call))
 
 
 def run_path(kind: str, folder: Path, epione: Path | None) -> None:
@@ -195,11 +188,7 @@ def main() -> None:
     if args.run:
         return run_path(args.run, folder, args.epione)
 
-    epione = checkout(args.epione)
-    python = epione_python(args.epione_python, args.epione_venv)
-    print(describe(epione, python))
-    compile_bytecode(Path(REPO) / "p2g_dask")
-    compile_bytecode(epione / FILES["iterative_lsi"], python=python)
+    epione, python = set_up(args, "iterative_lsi")
     prepare(folder, args.store)
     common = ("--workdir", args.workdir, "--epione", str(epione))
     run_fresh(__file__, "prime", *common)

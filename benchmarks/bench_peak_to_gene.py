@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _epione import FILES, add_arguments, checkout, describe, epione_python, load_epione, print_table
-from _fresh import REPO, compile_bytecode, emit, load_note, run_fresh
+from _epione import add_arguments, load_epione, print_table, set_up
+from _fresh import emit, load_note, run_fresh, two_calls_on_fresh_cluster
 from _peak_rss import PeakRSS
 
 N_CELLS, N_PEAKS, N_GENES, N_ANNOTATED = 9_631, 107_191, 29_095, 20_169
@@ -127,22 +127,15 @@ def row(rss: PeakRSS, **more) -> dict:
 # ---------------------------------------------------------------- the paths (each in a fresh process)
 def run_store(folder: Path) -> None:
     import p2g_dask as p2g
-    from p2g_dask.cluster import close_cluster, start_cluster
 
     genes = pd.read_csv(folder / "genes.tsv", sep="\t")
-    started = time.perf_counter()
-    client = start_cluster("local", n_workers=2, threads_per_worker=1, dashboard_address=None)
-    rows = {"cluster_start": time.perf_counter() - started}
-    try:
-        for call in ("store1", "store2"):
-            with PeakRSS() as rss:
-                links = p2g.tl.peak_to_gene(str(folder / "bench.zarr"), gene_annotation=genes, client=client,
-                                            **PARAMS)
-            rows[call] = row(rss, n_pairs=len(links))
-            np.save(folder / f"r_{call}.npy", links["correlation"].to_numpy())
-    finally:
-        close_cluster(client)
-    emit(**rows)
+
+    def call(client, name: str) -> dict:
+        links = p2g.tl.peak_to_gene(str(folder / "bench.zarr"), gene_annotation=genes, client=client, **PARAMS)
+        np.save(folder / f"r_{name}.npy", links["correlation"].to_numpy())
+        return {"n_pairs": len(links)}
+
+    emit(**two_calls_on_fresh_cluster(call))
 
 
 def run_path(kind: str, folder: Path, epione: Path | None) -> None:
@@ -155,6 +148,13 @@ def run_path(kind: str, folder: Path, epione: Path | None) -> None:
         small = atac[:2000].copy()
         p2g.tl.peak_to_gene(small, rna=rna[:2000].copy(), gene_annotation=genes, **{**PARAMS, "n_metacells": 50})
         return emit()
+    if kind == "same_metacells":  # sanity, untimed: p2g on epione's own metacells
+        import p2g_dask as p2g
+
+        links = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=genes, metacells=np.load(
+            folder / "metacells_epione.npy"), **PARAMS)
+        save_pairs(folder / f"pairs_{kind}.npz", links, atac, rna)
+        return emit()
     with PeakRSS() as rss:
         if kind == "epione":
             tool = load_epione(epione, "peak_to_gene")  # its imports: the file's, then sklearn in the call
@@ -163,6 +163,9 @@ def run_path(kind: str, folder: Path, epione: Path | None) -> None:
             import p2g_dask as p2g
 
             links = p2g.tl.peak_to_gene(atac, rna=rna, gene_annotation=genes, **PARAMS)
+    if kind == "epione":  # its metacells, by its own helper as in its call, for the sanity check
+        np.save(folder / "metacells_epione.npy", tool._build_metacell_indices(
+            np.asarray(atac.obsm[PARAMS["use_rep"]]), PARAMS["n_metacells"], PARAMS["k_neighbors"], PARAMS["seed"]))
     save_pairs(folder / f"pairs_{kind}.npz", links, atac, rna)
     emit(**{kind: row(rss, n_pairs=len(links))})
 
@@ -179,18 +182,24 @@ TARGETS = {"memory": ">= 5x", "memory_cold": ">= 3x", "store1": ">= 3x", "store2
 
 
 def same_job(folder: Path) -> str:
-    """Pairs each tool tested, the shared ones, and Spearman's rho of their correlations."""
+    """Pairs each tool tested, the shared ones, and Spearman's rho of their correlations.
+
+    Also against p2g run on epione's own metacells: what is left is epione's means without
+    log-normalisation against p2g's sums scaled to 10,000 and log2-transformed.
+    """
     from scipy.stats import spearmanr
 
-    pairs = {k: np.load(folder / f"pairs_{k}.npz") for k in ("epione", "memory")}
+    pairs = {k: np.load(folder / f"pairs_{k}.npz") for k in ("epione", "memory", "same_metacells")}
     keys = {k: p["peak"].astype(np.int64) * N_GENES + p["gene"] for k, p in pairs.items()}
-    _, i, j = np.intersect1d(keys["epione"], keys["memory"], assume_unique=True, return_indices=True)
-    r_epione, r_p2g = pairs["epione"]["r"][i], pairs["memory"]["r"][j]
-    ok = np.isfinite(r_epione) & np.isfinite(r_p2g)
-    rho = spearmanr(r_epione[ok], r_p2g[ok]).statistic
-    return (f"same job: epione tested {keys['epione'].size:,} pairs, p2g {keys['memory'].size:,}, "
-            f"{i.size:,} shared; Spearman of r on the shared pairs {rho:.3f} (different metacells and "
-            "normalisation: not equal by design)")
+    rho = {}
+    for other in ("memory", "same_metacells"):
+        _, i, j = np.intersect1d(keys["epione"], keys[other], assume_unique=True, return_indices=True)
+        r_epione, r_p2g = pairs["epione"]["r"][i], pairs[other]["r"][j]
+        ok = np.isfinite(r_epione) & np.isfinite(r_p2g)
+        rho[other] = spearmanr(r_epione[ok], r_p2g[ok]).statistic
+    return (f"same job: epione tested {keys['epione'].size:,} pairs, p2g {keys['memory'].size:,}, {i.size:,} shared; "
+            f"Spearman of r on the shared pairs {rho['memory']:.3f} (each its own metacells: cosine vs Euclidean "
+            f"kNN), {rho['same_metacells']:.3f} with p2g on epione's metacells (means vs log-normalised sums)")
 
 
 def check_p2g_paths_agree(folder: Path) -> None:
@@ -211,11 +220,7 @@ def main():
     if args.run:
         return run_path(args.run, folder, args.epione)
 
-    epione = checkout(args.epione)
-    python = epione_python(args.epione_python, args.epione_venv)
-    print(describe(epione, python))
-    compile_bytecode(Path(REPO) / "p2g_dask")
-    compile_bytecode(epione / FILES["peak_to_gene"], python=python)
+    epione, python = set_up(args, "peak_to_gene")
     prepare(folder)
     common = ("--workdir", args.workdir, "--epione", str(epione))
     run_fresh(__file__, "prime", *common)
@@ -223,6 +228,7 @@ def main():
     cluster_start, cold_files = [], []
     for _ in range(args.repeat):
         rows["epione"].append(run_fresh(__file__, "epione", *common, python=python)["epione"])
+        run_fresh(__file__, "same_metacells", *common)
         rows["memory"].append(run_fresh(__file__, "memory", *common)["memory"])
         with tempfile.TemporaryDirectory(prefix="p2g-numba-") as empty:
             result = run_fresh(__file__, "memory_cold", *common, extra_env={"NUMBA_CACHE_DIR": empty})
