@@ -154,12 +154,13 @@ def measure(kind: str, folder: Path, args: tuple[str, ...], python: str) -> dict
     with tempfile.TemporaryDirectory(prefix="p2g-numba-") as empty:
         result = run_fresh(__file__, kind, *args, python=python if kind == "epione" else None,
                            extra_env={"NUMBA_CACHE_DIR": empty} if kind == "memory_cold" else None)
+        cache_files = sum(1 for f in Path(empty).rglob("*") if f.is_file())
     labels = pd.read_parquet(folder / "cell_type.parquet")["cell_type"].to_numpy()
     rows = {key: value for key, value in result.items() if isinstance(value, dict)}
     for key, row in rows.items():
         emb = np.load(folder / f"emb_{key}.npy")
         row.update(process=result["process_seconds"], process_cpu=result["process_cpu"],
-                   accuracy=knn_accuracy(emb, labels), dims=emb.shape[1])
+                   accuracy=knn_accuracy(emb, labels), dims=emb.shape[1], cache_files=cache_files)
     return rows
 
 
@@ -202,6 +203,9 @@ def main() -> None:
     if args.store:
         print_table({k: v for k, v in rows.items() if k in STORE_NAMES}, STORE_NAMES, {})
     print_parts(rows)
+    written = [r["cache_files"] for r in rows["memory_cold"]]
+    print(f"the 1st-run-after-install process left {min(written)}-{max(written)} numba cache files in its "
+          "empty NUMBA_CACHE_DIR (it compiled)")
 
 
 if __name__ == "__main__":
