@@ -16,7 +16,8 @@ class PeakRSS:
     """Sample the summed RSS of this process and its children every ``interval`` seconds.
 
     After the block: ``peak`` (bytes), ``start`` (bytes at entry), ``seconds`` (wall) and
-    ``cpu`` (user + system seconds over the tree; children's last sampled value), because on a
+    ``cpu`` (user + system seconds over the tree within the block: each child's last sampled value
+    less its value at entry, so workers started earlier do not count their start-up), because on a
     shared machine wall time says little on its own.
 
     Examples
@@ -31,6 +32,7 @@ class PeakRSS:
         self.interval, self.peak, self.start, self.cpu, self.seconds = interval, 0, 0, 0.0, 0.0
         self._stop = threading.Event()
         self._children: dict[int, float] = {}
+        self._children_at_entry: dict[int, float] = {}
 
     @staticmethod
     def _own_cpu(p) -> float:
@@ -58,6 +60,7 @@ class PeakRSS:
     def __enter__(self) -> PeakRSS:
         self._cpu0 = self._own_cpu(psutil.Process())
         self.start = self.sample()
+        self._children_at_entry = dict(self._children)
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -68,4 +71,5 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.sample()
-        self.cpu = self._own_cpu(psutil.Process()) - self._cpu0 + sum(self._children.values())
+        self.cpu = self._own_cpu(psutil.Process()) - self._cpu0 + sum(
+            cpu - self._children_at_entry.get(pid, 0.0) for pid, cpu in self._children.items())
