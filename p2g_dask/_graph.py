@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -109,6 +110,57 @@ def _finished_within(futures: list, seconds: float) -> bool:
     return True
 
 
+def _cluster_progress(client: Any, futures: list, *, interval: float = 0.2,
+                      width: int = 40, stream: Any = None) -> None:
+    """A text progress bar (stderr) of a graph running on a cluster, until its results are ready.
+
+    It polls the scheduler for the graph's tasks still to run (waiting, queued, processing),
+    from this thread: unlike ``distributed.progress`` nothing runs in an event loop of its own,
+    so it cannot hang when the graph finishes before the bar starts listening.
+    """
+    from distributed import wait
+
+    root_keys = [future.key for future in futures]
+    stream = sys.stderr if stream is None else stream
+    started = time.perf_counter()
+    total = 0
+
+    def remaining(dask_scheduler, root_keys=root_keys) -> int:
+        # Walk down from the results through tasks still to run: a finished task's inputs are
+        # finished too. The scheduler's keys, not the graph's: optimization may have renamed them.
+        pending, seen, stack = 0, set(), list(root_keys)
+        while stack:
+            ts = dask_scheduler.tasks.get(stack.pop())
+            if ts is None or ts.key in seen or ts.state not in ("waiting", "queued", "processing", "no-worker"):
+                continue
+            seen.add(ts.key)
+            pending += 1
+            stack.extend(dep.key for dep in ts.dependencies)
+        return pending
+
+    def draw(done: int) -> None:
+        filled = int(width * done / max(1, total))
+        stream.write(f"\r[{'#' * filled}{' ' * (width - filled)}] | {100 * done // max(1, total):3d}% Completed "
+                     f"| {time.perf_counter() - started:5.1f}s")
+        stream.flush()
+
+    while True:
+        try:
+            wait(futures, timeout=interval)
+            total = max(total, 1)
+            draw(total)
+            break
+        except TimeoutError:
+            try:
+                left = client.run_on_scheduler(remaining)
+                total = max(total, left)
+                draw(total - left)
+            except Exception:  # noqa: BLE001 - a bar that cannot be drawn never stops the work
+                pass
+    stream.write("\n")
+    stream.flush()
+
+
 def show_progress_default(progress: bool | None) -> bool:
     """``progress``, or the dask config ``p2g.show-progress`` (True unless set) when None: the one
     default of every tool's ``show_progress``.
@@ -135,7 +187,7 @@ def compute(graph: Any, client: Any = None, progress: bool | None = False, *, sc
     client
         A ``distributed.Client``; None uses the current client if there is one.
     progress
-        Show a progress bar on stderr (``distributed.progress`` on a client, else Dask's
+        Show a progress bar on stderr (the scheduler polled for tasks left on a client, else Dask's
         ``ProgressBar``) once the graph has run ``p2g.progress-after`` (3) seconds; None:
         :func:`show_progress_default`.
     scheduler, num_workers
@@ -161,15 +213,7 @@ def compute(graph: Any, client: Any = None, progress: bool | None = False, *, sc
             warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
             futures = client.compute(tasks)
         if progress and not _finished_within(futures, _progress_after()):
-            from distributed import progress as show
-
-            # The bar goes to stderr, with the log: stdout stays the caller's (e.g. a CLI's JSON). In
-            # a notebook without ipywidgets, distributed's widget bar would fail: text instead.
-            import importlib.util
-
-            widgets = None if importlib.util.find_spec("ipywidgets") else False
-            with contextlib.redirect_stdout(sys.stderr):
-                show(futures, notebook=widgets)
+            _cluster_progress(client, futures)
         with quiet_known_failures():
             results = client.gather(futures)
     else:

@@ -1,10 +1,10 @@
 """Warm a process before its first p2g_dask call: imports done, numba kernels loaded from cache.
 
-A fresh Dask worker otherwise pays, inside the user's first call, the imports of the package and
-its dependencies (zarr, scipy, numba) and the loading of every
-numba kernel from its on-disk cache (``cache=True``: no compilation, but each signature's machine
-code still has to be read and linked). :class:`WarmWorker` does that when the worker starts;
-:func:`p2g_dask.cluster.start_cluster` registers it on the clusters it starts.
+A fresh process otherwise pays, inside its first call, the loading of every numba kernel from
+its on-disk cache (``cache=True``: no compilation, but each signature's machine code still has
+to be read and linked). A Dask worker started by :func:`p2g_dask.cluster.start_cluster` runs
+:func:`warm` when it starts (``p2g_dask.cluster.WarmWorker``); :func:`warm_in_background` loads
+them in a thread of a client.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import importlib
 import threading
 import time
 from types import ModuleType
-
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from p2g_dask._logging import logger
 
@@ -177,19 +175,3 @@ def in_worker_process() -> bool:
         return True
     worker = sys.modules.get("distributed.worker")
     return bool(worker is not None and len(getattr(worker.Worker, "_instances", ())))
-
-
-class WarmWorker(WorkerPlugin):
-    """A worker plugin running :func:`warm` when a worker starts (and on workers already up).
-
-    Examples
-    --------
-    >>> WarmWorker().name
-    'p2g-warm'
-    """
-
-    name = "p2g-warm"
-
-    def setup(self, worker) -> None:  # noqa: ANN001 - distributed.Worker
-        seconds = warm()
-        logger.debug("warm: worker %s ready in %.2f s", getattr(worker, "address", "?"), sum(seconds.values()))

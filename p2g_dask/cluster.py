@@ -23,12 +23,14 @@ import dask_jobqueue  # noqa: F401
 import yaml
 from dask.utils import format_bytes, parse_timedelta
 from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.security import Security
 
 from p2g_dask._cluster_options import check_keywords, default_host, free_dashboard_address, positive_int, underscore_keys
 from p2g_dask._cluster_security import binds_beyond_loopback, load_credentials, resolve_security, write_credentials
 from p2g_dask._cluster_slurm import remove_job_credentials, start_slurm, slurm_cluster_options
 from p2g_dask._logging import logger
+from p2g_dask._warm import warm
 
 __all__ = ["VALID_KINDS", "close_cluster", "cluster_session", "dashboard_link", "load_credentials",
            "register_defaults", "slurm_cluster_options", "start_cluster", "write_credentials"]
@@ -296,7 +298,7 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
         credentials; a ``distributed.security.Security`` is used as given. For
         ``kind='address'``: a ``Security`` or a folder written by :func:`write_credentials`.
         ``warm`` (default True): every worker, now and later, imports the package and loads its
-        numba kernels when it starts (:class:`p2g_dask._warm.WarmWorker`), so the first call
+        numba kernels when it starts (:class:`WarmWorker`), so the first call
         does not pay that warm-up.
 
     Returns
@@ -337,8 +339,6 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
 
 def _warm_workers(client: Client) -> None:
     # Registered once: the scheduler runs it on the workers up now and on each one that joins.
-    from p2g_dask._warm import WarmWorker
-
     try:
         register = getattr(client, "register_plugin", None) or client.register_worker_plugin
         register(WarmWorker())
@@ -366,3 +366,19 @@ def cluster_session(kind: str | None = None, **options: Any) -> Iterator[Client]
         yield client
     finally:
         close_cluster(client)
+
+
+class WarmWorker(WorkerPlugin):
+    """A worker plugin running :func:`warm` when a worker starts (and on workers already up).
+
+    Examples
+    --------
+    >>> WarmWorker().name
+    'p2g-warm'
+    """
+
+    name = "p2g-warm"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - distributed.Worker
+        seconds = warm()
+        logger.debug("warm: worker %s ready in %.2f s", getattr(worker, "address", "?"), sum(seconds.values()))

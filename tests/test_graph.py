@@ -164,3 +164,23 @@ def test_read_columns__store_on_client_equals_memory(small_store, local_client):
     # Named keys only (no anonymous _take_block-<uuid>): the fused row references and the columns.
     assert {key_split(t["key"]) for t in stream.data} <= {"p2g-rows", "p2g-trackcolumns"}
     assert "p2g-trackcolumns" in {key_split(t["key"]) for t in stream.data}
+
+
+def test_compute__progress_bar_on_a_cluster_counts_the_tasks_down_to_done(capsys):
+    # The bar polls the scheduler from the caller's thread; it must end at 100% on stderr, leave
+    # stdout to the caller, and return the same result as without a bar.
+    import time
+
+    from distributed import Client, LocalCluster
+
+    parts = [delayed(time.sleep)(0.1, dask_key_name=f"nap-{i}") for i in range(12)]
+    count = delayed(lambda *naps: len(naps))(*parts)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client, dask.config.set({"p2g.progress-after": 0.1}):
+        assert _graph.compute(count, client=client, progress=True) == 12
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    frames = captured.err.split("\r")
+    assert "100% Completed" in frames[-1]
+    shown = [int(f.split("%")[0].split("|")[1]) for f in frames if "% Completed" in f]
+    assert shown == sorted(shown), shown
