@@ -287,6 +287,57 @@ def test_store__damaged_csr_block_named(good, tmp_path):
         p2g.io.open_store(path).atac.to_memory()
 
 
+def test_store__csr_check_of_the_used_rows_only(good, tmp_path):
+    # One row's columns put out of order (checksums rewritten valid): a reader that uses only
+    # other rows (the metacell sums) reads on; one that uses it is stopped, naming the rows.
+    import zarr
+
+    from p2g_dask.io._integrity import read_pieces
+
+    path = tmp_path / "row.zarr"
+    shutil.copytree(good["store"], path)
+    indptr = zarr.open_array(str(path / "atac" / "X" / "indptr"), mode="r")[:]
+    bad_row = int(np.flatnonzero(np.diff(indptr) >= 2)[3])
+    indices = zarr.open_array(str(path / "atac" / "X" / "indices"), mode="r+")
+    lo, hi = int(indptr[bad_row]), int(indptr[bad_row + 1])
+    indices[lo:hi] = indices[lo:hi][::-1].copy()
+    expected = p2g.io.open_store(good["store"]).atac.to_memory()
+    n_obs, n_vars = expected.shape
+    others = np.setdiff1d(np.arange(n_obs), [bad_row])
+    pieces = list(read_pieces(str(path), "atac", 0, n_obs, n_vars, max_entries=500, rows=others))
+    assert len(pieces) > 3
+    for first, stop, (data, piece_indices, piece_indptr) in pieces:
+        got = sp.csr_matrix((data, piece_indices, piece_indptr), shape=(stop - first, n_vars))
+        used = others[(others >= first) & (others < stop)]
+        assert (got[used - first] != expected[used]).nnz == 0
+    with pytest.raises(InputFileError, match=rf"rows \d+-\d+ of atac/X break the CSR format"):
+        list(read_pieces(str(path), "atac", 0, n_obs, n_vars, max_entries=500, rows=np.array([0, bad_row])))
+    with pytest.raises(InputFileError, match="break the CSR format"):
+        list(read_pieces(str(path), "atac", 0, n_obs, n_vars, max_entries=500))
+
+
+def test_csr_some_rows_ok__agrees_with_the_check_of_those_rows():
+    from p2g_dask._variables import csr_block_problem
+    from p2g_dask.io._integrity import _csr_some_rows_ok
+
+    rng = np.random.default_rng(1)
+    verdicts = []
+    for _ in range(300):
+        matrix = sp.random(20, 30, density=0.2, format="csr", random_state=rng)
+        indices = matrix.indices.copy()
+        if indices.size and rng.random() < 0.7:
+            indices[rng.integers(indices.size)] = rng.integers(-2, 33)
+        rows = np.sort(rng.choice(20, rng.integers(1, 20), replace=False)).astype(np.int64)
+        # The same rows as a block of their own: its CSR check is the reference.
+        own_indptr = np.concatenate([[0], np.cumsum(np.diff(matrix.indptr)[rows])])
+        own_indices = np.concatenate([indices[matrix.indptr[r]:matrix.indptr[r + 1]] for r in rows])
+        reference = csr_block_problem(own_indptr, own_indices, 30, own_indices.size) is None
+        verdict = bool(_csr_some_rows_ok(matrix.indptr.astype(np.int64), indices, 30, rows))
+        assert verdict == reference, (rows, indices)
+        verdicts.append(verdict)
+    assert 50 < sum(verdicts) < 250
+
+
 def test_store__folder_not_a_store(tmp_path):
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(InputFileError, match="not a p2g store"):

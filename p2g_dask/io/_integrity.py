@@ -9,7 +9,8 @@ store ``p2g_integrity: "crc32c"``. Zarr fills a missing chunk with the fill valu
 - reading a block (:func:`read_block`) checks the chunks it reads are there and their checksums
   (decoded directly by :mod:`p2g_dask.io._chunks`, 3.5x faster than zarr's pipeline; zarr re-reads
   any range that fails, to name the chunk), and the block's CSR invariants are checked
-  (:func:`p2g_dask._variables.csr_block_problem`),
+  (:func:`p2g_dask._variables.csr_block_problem`; a reader of some rows only, like the metacell
+  sums, checks those rows: :func:`read_pieces`),
 - :func:`p2g_dask.io.verify.verify_store` (``p2g verify STORE``) reads every chunk once.
 
 Stores of the previous version (no ``p2g_integrity``) still open: their chunk presence and CSR
@@ -107,15 +108,21 @@ def read_block(path: str, modality: str, start: int, stop: int, n_vars: int):
 
 
 def _require_csr(path: str, modality: str, start: int, stop: int, indptr: np.ndarray, indices: np.ndarray,
-                 n_vars: int) -> None:
-    """Raise :class:`InputFileError` when rows ``start:stop`` (``indptr`` rebased to 0) break the CSR format."""
+                 n_vars: int, rows: np.ndarray | None = None) -> None:
+    """Raise :class:`InputFileError` when rows ``start:stop`` (``indptr`` rebased to 0) break the
+    CSR format; only ``rows`` (positions in the block) are checked when given."""
     nnz = indices.size if indptr.size == 0 else int(indptr[-1])
     # One compiled pass decides; only a failing block pays for the numpy check that names the problem.
-    if _csr_block_ok(indptr, indices, n_vars, nnz):
+    if rows is None and _csr_block_ok(indptr, indices, n_vars, nnz):
+        return
+    if rows is not None and indptr.size and indptr[0] == 0 and indices.size == nnz and bool(
+            _csr_some_rows_ok(np.asarray(indptr, dtype=np.int64), indices, int(n_vars), np.asarray(rows, np.int64))):
         return
     from p2g_dask._variables import csr_block_problem
 
     problem = csr_block_problem(indptr, indices, n_vars, nnz)
+    if not problem and rows is not None:
+        problem = "a row's positions are outside the block"
     if problem:
         raise InputFileError("store", path, f"is damaged: rows {start}-{stop} of {modality}/X break the CSR "
                              f"format ({problem})", _FIX)
@@ -125,9 +132,15 @@ def _require_csr(path: str, modality: str, start: int, stop: int, indptr: np.nda
 PIECE_ENTRIES = 2**21
 
 
-def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, max_entries: int | None = None):
+def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, max_entries: int | None = None,
+                rows: np.ndarray | None = None):
     """Rows ``start:stop`` of ``<modality>/X`` as consecutive verified pieces of about
     ``max_entries`` stored entries each (:data:`PIECE_ENTRIES` when None; a row is never split).
+
+    ``rows`` (sorted positions relative to ``start``), when given, are the only rows the caller
+    will use: the CSR invariants are checked on those rows only (their bounds within the piece,
+    their columns increasing and below ``n_vars``). The chunks' checksums are checked either
+    way; the metacell sums, which use ~5 % of an atlas's cells, skip ~15 % of their work so.
 
     Yields ``(first, stop, (data, indices, indptr))`` with rows relative to ``start`` and each
     piece's ``indptr`` rebased to 0, checked as :func:`read_block` checks a block. A caller that
@@ -161,7 +174,11 @@ def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, ma
             yield first, stop - start, read_block(path, modality, start + first, stop, n_vars)
             return
         piece_indptr = indptr[first : last + 1] - lo
-        _require_csr(path, modality, start + first, start + last, piece_indptr, indices, n_vars)
+        if rows is None:
+            _require_csr(path, modality, start + first, start + last, piece_indptr, indices, n_vars)
+        else:
+            used = rows[np.searchsorted(rows, first):np.searchsorted(rows, last)] - first
+            _require_csr(path, modality, start + first, start + last, piece_indptr, indices, n_vars, used)
         yield first, last, (data, indices, piece_indptr)
 
 
@@ -225,6 +242,22 @@ def _csr_rows_ok(indptr, indices, n_vars):  # pragma: no cover - jit
     for row in range(indptr.size - 1):
         start, stop = indptr[row], indptr[row + 1]
         if stop < start:
+            return False
+        previous = -1
+        for p in range(start, stop):
+            column = indices[p]
+            if column <= previous or column >= n_vars:
+                return False
+            previous = column
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr_some_rows_ok(indptr, indices, n_vars, rows):  # pragma: no cover - jit
+    nnz = indices.size
+    for row in rows:
+        start, stop = indptr[row], indptr[row + 1]
+        if start < 0 or stop < start or stop > nnz:
             return False
         previous = -1
         for p in range(start, stop):
