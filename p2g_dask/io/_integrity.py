@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from p2g_dask._errors import InputFileError
-from p2g_dask.io._chunks import chunk_key, direct_layout, read_range
+from p2g_dask.io._chunks import chunk_key, direct_layout, prefetch, read_range
 
 #: Root attribute of a store whose count arrays carry a crc32c checksum per chunk.
 INTEGRITY_ATTR = "p2g_integrity"
@@ -162,6 +162,9 @@ def read_pieces(path: str, modality: str, start: int, stop: int, n_vars: int, ma
         return
     # Row cuts every ~max_entries entries (a row longer than that is a piece of its own; a range
     # of fewer entries is one piece).
+    # The range's chunk files are read from disk by the kernel while the first pieces decode.
+    for name in ("data", "indices"):
+        prefetch(layouts[name], int(indptr[0]), int(indptr[-1]))
     targets = np.arange(int(indptr[0]) + max_entries, int(indptr[-1]), max_entries)
     cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets, side="right") - 1, [stop - start]]))
     carries = {"data": {}, "indices": {}}
