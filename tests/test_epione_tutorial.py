@@ -516,3 +516,21 @@ def test_verbose__shows_this_calls_progress_or_only_its_warnings(small, caplog, 
     assert logger.handlers == handlers and logger.level == logging.NOTSET
     with pytest.raises(TypeError, match="verbose='yes' must be True, False or None"):
         p2g.tl.iterative_lsi(small.atac.copy(), verbose="yes", **lsi)
+
+
+def test_iterative_lsi__sample_cells_pre_none_samples_all_cells(small):
+    """epione's own tests call ``iterative_lsi(..., sample_cells_pre=None, verbose=False)`` then
+    ``peak_to_gene`` without ``use_rep``: None is every cell, as ``sample_cells_pre=n_cells``."""
+    import p2g_dask as p2g
+
+    lsi = dict(n_components=10, iterations=2, var_features=400, total_features=500, seed=0)
+    epione_style = small.atac.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p2g.tl.iterative_lsi(epione_style, sample_cells_pre=None, verbose=False, **lsi)
+        links = p2g.tl.peak_to_gene(epione_style, rna=small.rna, gene_annotation=small.genes, n_metacells=30,
+                                    k_neighbors=10, max_distance=100_000, seed=0, verbose=False)
+    every_cell = p2g.tl.iterative_lsi(small.atac.copy(), sample_cells_pre=small.atac.n_obs, **lsi)
+    np.testing.assert_array_equal(epione_style.obsm["X_iterative_lsi"], every_cell)
+    assert epione_style.uns["X_iterative_lsi"]["iteration_n_cells_sampled"][0] == small.atac.n_obs
+    assert epione_style.uns["peak_to_gene"] is links and (links["distance"].abs() <= 100_000).all()

@@ -162,7 +162,7 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
     for it in range(1, iterations + 1):
         last = it == iterations
         # A new sample every iteration, as ArchR; the last one takes all cells unless limited.
-        n_sample = (p.sample_cells_final or source.n_obs) if last else p.sample_cells_pre
+        n_sample = (p.sample_cells_final if last else p.sample_cells_pre) or source.n_obs
         rows = K.sample_cells(rng, log_depth, n_sample, fit_kw["outlier_quantiles"])
         sample = source.take(rows, max_bytes=max_sample_bytes)
         model = _fit(sample, features, **fit_kw)
@@ -208,7 +208,7 @@ def iterative_lsi(
     var_features: int = 25_000,
     resolution: float = 0.5,
     n_neighbors: int = 30,
-    sample_cells_pre: int = 10_000,
+    sample_cells_pre: int | None = 10_000,
     sample_cells_final: int | None = None,
     depth_col: str = "n_fragment",
     seed: int = 1,
@@ -253,7 +253,8 @@ def iterative_lsi(
         Leiden resolution and neighbours of the clustering graph between iterations.
     sample_cells_pre
         Cells sampled to fit each iteration before the last (a new sample each time, drawn
-        within the half-width ``outlier_quantiles`` of log depth), as ArchR's ``sampleCellsPre``.
+        within the half-width ``outlier_quantiles`` of log depth), as ArchR's ``sampleCellsPre``;
+        None samples all cells (epione's ``sample_cells_pre=None``).
     sample_cells_final
         Cells sampled to fit the last iteration; None fits it on all cells (ArchR's default).
         The cells outside a sample are projected with the fitted model.
