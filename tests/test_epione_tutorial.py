@@ -472,7 +472,7 @@ def test_epione_argument_names__silent_and_the_same_results(small):
         p2g.tl.iterative_lsi(atac=small.atac.copy(), **lsi)
 
 
-def test_pseudobulk_with_fragments__random_state_is_seed(small, tmp_path):
+def test_pseudobulk_with_fragments__random_state_and_cache_fragments_as_epione(small, tmp_path):
     import pybigtools
 
     import p2g_dask as p2g
@@ -494,6 +494,13 @@ def test_pseudobulk_with_fragments__random_state_is_seed(small, tmp_path):
 
     group = small.atac.obs["lineage"].value_counts().index[0]   # the largest: down-sampled by the seed
     assert signal(epione[group]) == signal(seeded[group]) != signal(other[group])
+    # epione's cache_fragments=False (its default) keeps no cache, as None; True names no folder.
+    uncached = p2g.tl.pseudobulk_with_fragments(small.atac, bigwig_path=tmp_path / "d", seed=3, cache_fragments=False,
+                                                **common)
+    assert signal(uncached[group]) == signal(seeded[group]) and sorted(os.listdir(tmp_path / "d")) == sorted(
+        os.listdir(tmp_path / "b"))
+    with pytest.raises(ValueError, match="cache_fragments=True .* pass a folder"):
+        p2g.tl.pseudobulk_with_fragments(small.atac, bigwig_path=tmp_path / "e", cache_fragments=True, **common)
 
 
 def test_verbose__shows_this_calls_progress_or_only_its_warnings(small, caplog, capsys, monkeypatch):

@@ -107,8 +107,8 @@ def pseudobulk_with_fragments(
         (``'fragment'``), counted after the chromosome filter. False: raw counts.
     cache_fragments
         Folder for the parquet cache of each fragment file (``<folder>/<sample>/``), reused while
-        the file's path, size and mtime are unchanged, rebuilt otherwise. None: a temporary
-        cache inside ``bigwig_path``, deleted at the end.
+        the file's path, size and mtime are unchanged, rebuilt otherwise. None (or epione's
+        ``False``): a temporary cache inside ``bigwig_path``, deleted at the end.
     executor
         ``'dask'``: the current ``distributed`` client (or ``client``), else a
         ``LocalCluster(n_workers=1, threads_per_worker=n_jobs, processes=False)`` closed at
@@ -177,6 +177,11 @@ def pseudobulk_with_fragments(
     >>> sorted(bws) == sorted(sim.atac.obs["lineage"].unique())
     True
     """
+    if isinstance(cache_fragments, bool):  # epione's: False keeps no cache; True (beside the file) has no folder
+        if cache_fragments:
+            raise ValueError("cache_fragments=True (epione: a cache beside each fragment file) is not supported; "
+                             "pass a folder for the caches, or None for a temporary one.")
+        cache_fragments = None
     params = PseudobulkParams(
         groupby=groupby, sample_id_col=sample_id_col, balance_clusters=balance_clusters, seed=seed,
         bigwig_strategy=bigwig_strategy, shift=shift, bin_size=bin_size, normalize_bigwig=normalize_bigwig,
