@@ -7,6 +7,7 @@ import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import re
 import sys
 import types
 import warnings
@@ -74,6 +75,7 @@ def argument_aliases(**alias_to_name: str) -> Callable:
 def _keyword_map(old_to_new: dict[str, str], *, warn: bool, attribute: str) -> Callable:
     def decorate(func: Callable) -> Callable:
         warn_once = warnings.warn
+        replace, escape = re.sub, re.escape  # the wrapper reads only its closure (see below)
         what = "its old name" if warn else "an alias"
 
         def wrapper(*args, **kwargs):
@@ -97,8 +99,8 @@ def _keyword_map(old_to_new: dict[str, str], *, warn: bool, attribute: str) -> C
                 # An error names the argument as the caller wrote it (cluster_key=, not groupby=).
                 if err.args and isinstance(err.args[0], str):
                     message = err.args[0]
-                    for new, old in used.items():
-                        message = message.replace(f"{new}=", f"{old}=").replace(f"{new}:", f"{old}:")
+                    for new, old in used.items():  # whole names only: fragments=, not cache_fragments=
+                        message = replace(rf"(?<![\w.]){escape(new)}(?=[=:])", old, message)
                     err.args = (message, *err.args[1:])
                 raise
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import matplotlib
 
@@ -476,8 +477,10 @@ def _arc_peaks(axes) -> list[float]:
 def test_plot_peak2gene__old_argument_names_warn_and_draw_the_same(sim, target, links):
     _, new = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, fdr_cutoff=0.01,
                             cor_cutoff=0.3)
-    for old, value, renamed in (("fdr_thresh", 0.01, "fdr_cutoff"), ("min_abs_r", 0.3, "cor_cutoff")):
-        with pytest.warns(FutureWarning, match=f"{old}= is renamed {renamed}="):
+    # epione's names (fdr_thresh, min_abs_r, as its tutorials write them) work without a warning.
+    for old, value in (("fdr_thresh", 0.01), ("min_abs_r", 0.3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             _, axes = plot_peak2gene(sim.atac, gene=target, links=links, gene_annotation=sim.genes, **{old: value})
         assert _arc_peaks(axes) == _arc_peaks(new) and len(_arc_peaks(new)) > 0
     with pytest.warns(FutureWarning, match="atac= is renamed data="):

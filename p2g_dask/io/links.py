@@ -19,19 +19,22 @@ _META_KEY = b"p2g_dask"
 FORMATS = ("parquet", "bedpe", "interact", "longrange", "10x")
 
 
-class MetacellMembership:
+class MetacellMembership(list):
     """An immutable ``(n_metacells, k)`` table of cell indices, kept in ``links.attrs``.
 
     pandas deep-copies and compares ``attrs`` on many operations; a plain numpy array there
     breaks ``pd.concat`` and a list of lists is slow to copy. This wrapper copies in O(1),
-    compares by value and converts with ``numpy.asarray(membership)``.
+    compares by value and converts with ``numpy.asarray(membership)``. It is a list of the rows
+    for JSON alone: ``links.to_parquet`` (pandas) writes ``attrs`` with ``json.dumps``, which
+    writes a list's items and refuses other objects (pandas then drops all ``attrs`` with a
+    ``UserWarning``).
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import json, numpy as np
     >>> m = MetacellMembership(np.array([[0, 1], [2, 3]]))
-    >>> np.asarray(m).tolist(), m.shape
-    ([[0, 1], [2, 3]], (2, 2))
+    >>> np.asarray(m).tolist(), m.shape, json.dumps({"metacells": m})
+    ([[0, 1], [2, 3]], (2, 2), '{"metacells": [[0, 1], [2, 3]]}')
     """
 
     __slots__ = ("_buffer", "shape")
@@ -40,6 +43,7 @@ class MetacellMembership:
         array = np.ascontiguousarray(np.asarray(neighbours), dtype=np.int64)
         if array.ndim != 2:
             raise ValueError(f"metacells must be a 2-D (n_metacells, k) array; got shape {array.shape}.")
+        super().__init__(array.tolist())
         self._buffer = array.tobytes()
         self.shape = tuple(int(s) for s in array.shape)
 
@@ -59,11 +63,20 @@ class MetacellMembership:
     def __copy__(self) -> "MetacellMembership":
         return self
 
+    def __ne__(self, other) -> bool:
+        return not self == other
+
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, item):
         return np.asarray(self)[item]
+
+    def _immutable(self, *args, **kwargs):
+        raise TypeError("a MetacellMembership is immutable; make a new one from numpy.asarray(membership).")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _immutable
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _immutable
 
     def tolist(self) -> list:
         return np.asarray(self).tolist()
@@ -78,10 +91,10 @@ class MetacellMembership:
 def _to_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):  # before list: a membership is one
+        return {"__ndarray__": np.asarray(value).tolist()}
     if isinstance(value, (list, tuple)):
         return [_to_json(v) for v in value]
-    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
-        return {"__ndarray__": np.asarray(value).tolist()}
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -59,8 +59,10 @@ def layout_rows(near: pd.DataFrame, region: tuple[int, int], *, group_names: Seq
     fig_h = sum(heights) + _AXIS_IN + 0.35 if figsize is None else figsize[1]
     if ax is None:
         fig = plt.figure(figsize=(width, fig_h))
-        grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.1, left=left, right=right,
-                                top=1 - 0.35 / fig_h, bottom=_AXIS_IN / fig_h)
+        # The margins are the figure's (not the grid's own): plt.tight_layout() can still move them,
+        # as epione's tutorials call it after plot_peak2gene.
+        fig.subplots_adjust(left=left, right=right, top=1 - 0.35 / fig_h, bottom=_AXIS_IN / fig_h, hspace=0.1)
+        grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
     else:
         fig = ax.figure
         grid = ax.get_subplotspec().subgridspec(len(heights), 1, height_ratios=heights, hspace=0.1)

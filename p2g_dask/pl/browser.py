@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from p2g_dask._deprecations import renamed_arguments
+from p2g_dask._deprecations import argument_aliases, renamed_arguments
+from p2g_dask._epione import LINKS_KEY, kept_links
 from p2g_dask._logging import logger
 from p2g_dask._tables import GROUP_LINKS, LINKS, require_columns
 from p2g_dask.pl import _browser_axes, _tracks
@@ -116,12 +117,15 @@ def _coverage(modality, bigwig_files, groupby, depth_col, peaks, cols, chrom, lo
     return {g: ("bars", edges, means[i]) for i, g in enumerate(groups)}
 
 
-@renamed_arguments(atac="data", fdr_thresh="fdr_cutoff", min_abs_r="cor_cutoff", group_by="groupby")
+@renamed_arguments(atac="data")
+# epione's names, as its tutorials write them (also this package's own names before 0.2): no warning.
+@argument_aliases(adata="data", fdr_thresh="fdr_cutoff", min_abs_r="cor_cutoff", group_by="groupby")
 def plot_peak2gene(
     data: Any = None,
     *,
     gene: str,
-    links: pd.DataFrame,
+    links: pd.DataFrame | None = None,
+    links_key: str = LINKS_KEY,
     gene_annotation: pd.DataFrame | str | os.PathLike,
     exon_annotation: pd.DataFrame | str | os.PathLike | None = None,
     fdr_cutoff: float = 0.01,
@@ -159,14 +163,19 @@ def plot_peak2gene(
         logged warning.
     links
         Table from :func:`p2g_dask.tl.links.peak_to_gene`. Only the links of ``gene`` are drawn.
+        None: the table ``peak_to_gene`` kept in ``uns[links_key]`` of an in-memory ``data``
+        (as epione's ``plot_peak2gene`` reads it).
+    links_key
+        The ``uns`` key of the links when ``links`` is None (``peak_to_gene``'s ``key_added``).
     gene_annotation, exon_annotation
         DataFrames with ``gene_name, chrom, start, end, strand`` (0-based half-open) or paths
         read by :func:`p2g_dask.io.read_gene_annotation`. Without exons, each gene is one block.
     fdr_cutoff, cor_cutoff, positive_only
         Links drawn, as :func:`p2g_dask.tl.filter_links` keeps them (without its variance
         cut-offs): ``fdr <= fdr_cutoff`` and ``|correlation| >= cor_cutoff`` (``correlation >=
-        cor_cutoff`` with ``positive_only``). The old names ``fdr_thresh`` / ``min_abs_r`` (and
-        ``atac`` for ``data``) still work for one release, with a FutureWarning.
+        cor_cutoff`` with ``positive_only``). epione's names ``fdr_thresh`` / ``min_abs_r`` (and
+        ``group_by``, ``adata``) work too, without a warning; ``atac`` for ``data`` works for one
+        release, with a FutureWarning.
     coaccessibility
         Co-accessibility loops (:func:`p2g_dask.tl.coaccessibility_loops`) drawn as a second arc
         track below the links, as ArchR's browser does (loops with both ends in the region).
@@ -220,6 +229,8 @@ def plot_peak2gene(
     from matplotlib.colors import Normalize
 
     _check_coverage_source(data, groupby, bigwig_files)
+    if links is None:
+        links = kept_links(data, links_key=links_key, mod_atac=mod_atac)
     require_columns(links, LINKS, argument="links", columns=_DRAWN)
     genes, exons = load_annotations(gene_annotation, exon_annotation)
     gene_links, arc_groups = _links_of_gene(links, gene, groups)

@@ -20,8 +20,8 @@ STATISTICS = (
 
 def _label(links: pd.DataFrame, column: str, label: str, group: Any = None) -> str:
     record = links.attrs.get("permutation") if column == "perm_pval" else None
-    if record and group is not None and "permute" not in record:  # links per group: one record per group
-        record = record.get(str(group))
+    if record and "permute" not in record:  # links per group: one record per group, all of one call
+        record = record.get(str(group)) if group is not None else next(iter(record.values()), None)
     return f"{label} ({record['permute']}, N={record['n_permutations']})" if record else label
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 from dask.base import tokenize
 
 from p2g_dask import _graph
-from p2g_dask._deprecations import renamed_arguments
+from p2g_dask._deprecations import argument_aliases, renamed_arguments
+from p2g_dask._epione import LINKS_KEY, accepts_verbose, keep_links
 from p2g_dask._logging import logger, timed
 from p2g_dask._memory import release_freed_memory
 from p2g_dask._variables import params_token
@@ -37,6 +38,8 @@ __all__ = ["PeakToGeneParams", "peak_to_gene"]
 
 
 @renamed_arguments(atac="data")
+@argument_aliases(adata="data")  # epione's name of the cells (its tutorials pass them first)
+@accepts_verbose
 @reported
 def peak_to_gene(
     data: Any,
@@ -68,6 +71,8 @@ def peak_to_gene(
     empirical_pval: bool = False,
     n_permutations: int = 0,
     permute: str = "cells",
+    key_added: str | None = LINKS_KEY,
+    inplace: bool = True,
     report: Any = None,
 ) -> pd.DataFrame:
     """Correlate peak accessibility with gene expression across kNN metacells (ArchR-compatible).
@@ -132,6 +137,16 @@ def peak_to_gene(
         the RNA matrix), ``"metacells"`` shuffles the ATAC metacell order (ArchR's approach).
         With ``groupby``, cells are shuffled within their group (and sample) and ``perm_fdr`` is
         pooled within the group. See docs/coaccessibility.md for the memory cost.
+    key_added, inplace
+        With an in-memory AnnData (or MuData: its ``mod_atac`` modality) the links are also kept
+        in its ``uns[key_added]``, as epione's ``peak_to_gene`` keeps them, so
+        ``p2g.pl.plot_peak2gene(data, gene=...)`` finds them without ``links=`` (the same table
+        object, not a copy). ``inplace=False`` or ``key_added=None`` keeps nothing; a store, a
+        path or a view (``atac[cells]``) is never written to.
+    verbose
+        epione's: True shows this call's progress (the ``p2g_dask`` logger's INFO records, on
+        stderr when logging shows none), False only its warnings, None (default) leaves logging as
+        configured.
 
     report
         A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
@@ -192,6 +207,7 @@ def peak_to_gene(
     timings["total"] = round(time.perf_counter() - started, 4)
     records = {k: v for layer, values in zip(layers, extras) for k, v in layer.record(values, stack.groups).items()}
     links.attrs.update(run_record(params, plan, stack, timings, **records))
+    keep_links(data, links, key_added=key_added, inplace=inplace, mod_atac=mod_atac)
     return links
 
 

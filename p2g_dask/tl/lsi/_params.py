@@ -29,7 +29,7 @@ class LSIParams:
     var_features: int = 25_000
     resolution: float = 0.5
     n_neighbors: int = 30
-    sample_cells_pre: int = 10_000
+    sample_cells_pre: int | None = 10_000
     sample_cells_final: int | None = None
     depth_col: str = "n_fragment"
     seed: int = 1
@@ -50,7 +50,8 @@ class LSIParams:
             (self.var_features > n, f"var_features={self.var_features} must exceed n_components={n}."),
             (self.resolution > 0, f"resolution={self.resolution} must be positive, e.g. 0.5."),
             (self.n_neighbors >= 2, f"n_neighbors={self.n_neighbors} must be at least 2, e.g. 30."),
-            (self.sample_cells_pre > n, f"sample_cells_pre={self.sample_cells_pre} must exceed n_components."),
+            (self.sample_cells_pre is None or self.sample_cells_pre > n,
+             f"sample_cells_pre={self.sample_cells_pre} must exceed n_components (None: all cells)."),
             (0 < self.cor_cutoff <= 1, f"cor_cutoff={self.cor_cutoff} must lie in (0, 1]; ArchR uses 0.75."),
             (0 < self.filter_quantile <= 1,
              f"filter_quantile={self.filter_quantile} must lie in (0, 1]; ArchR uses 0.995."),

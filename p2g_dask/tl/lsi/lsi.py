@@ -15,7 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 
-from p2g_dask._deprecations import renamed_arguments
+from p2g_dask._deprecations import argument_aliases, renamed_arguments
+from p2g_dask._epione import accepts_verbose
 from p2g_dask.io.inputs import resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts, params_record
@@ -161,7 +162,7 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
     for it in range(1, iterations + 1):
         last = it == iterations
         # A new sample every iteration, as ArchR; the last one takes all cells unless limited.
-        n_sample = (p.sample_cells_final or source.n_obs) if last else p.sample_cells_pre
+        n_sample = (p.sample_cells_final if last else p.sample_cells_pre) or source.n_obs
         rows = K.sample_cells(rng, log_depth, n_sample, fit_kw["outlier_quantiles"])
         sample = source.take(rows, max_bytes=max_sample_bytes)
         model = _fit(sample, features, **fit_kw)
@@ -196,6 +197,8 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
 
 
 @renamed_arguments(atac="data")
+@argument_aliases(adata="data", cor_cut_off="cor_cutoff")  # epione's names, as its tutorials write them
+@accepts_verbose
 @reported
 def iterative_lsi(
     data: Any,
@@ -205,7 +208,7 @@ def iterative_lsi(
     var_features: int = 25_000,
     resolution: float = 0.5,
     n_neighbors: int = 30,
-    sample_cells_pre: int = 10_000,
+    sample_cells_pre: int | None = 10_000,
     sample_cells_final: int | None = None,
     depth_col: str = "n_fragment",
     seed: int = 1,
@@ -250,7 +253,8 @@ def iterative_lsi(
         Leiden resolution and neighbours of the clustering graph between iterations.
     sample_cells_pre
         Cells sampled to fit each iteration before the last (a new sample each time, drawn
-        within the half-width ``outlier_quantiles`` of log depth), as ArchR's ``sampleCellsPre``.
+        within the half-width ``outlier_quantiles`` of log depth), as ArchR's ``sampleCellsPre``;
+        None samples all cells (epione's ``sample_cells_pre=None``).
     sample_cells_final
         Cells sampled to fit the last iteration; None fits it on all cells (ArchR's default).
         The cells outside a sample are projected with the fitted model.
@@ -263,7 +267,7 @@ def iterative_lsi(
     scale_dims
         Z-score each cell's components before the depth filter and clustering (ArchR's default).
     cor_cutoff
-        Drop components with |r| above this with log10(depth + 1).
+        Drop components with |r| above this with log10(depth + 1) (epione's ``cor_cut_off=``).
     outlier_quantiles
         Sampled cells at or beyond these quantiles of their feature total are projected, not fit
         (ArchR's ``outlierQ``); None fits every sampled cell.
@@ -287,6 +291,10 @@ def iterative_lsi(
         ``p2g.show-progress``, True unless set); in memory there are no graphs to show.
     overwrite
         Replace an existing ``obsm[key_added]`` in a store (in-memory objects are always updated).
+    verbose
+        epione's: True shows this call's progress (the ``p2g_dask`` logger's INFO records, on
+        stderr when logging shows none), False only its warnings, None (default) leaves logging as
+        configured.
 
     report
         A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
@@ -341,6 +349,7 @@ def iterative_lsi(
     info = {
         "params": params_record(params, uns=True),
         "components_kept": kept,
+        "kept_dims": kept,  # epione's name of the same (its tutorial reads uns[key_added]["kept_dims"])
         "depth_correlation": corr,
         "features": np.asarray(modality.var.index[model.features], dtype=str),
         "idf": model.idf,

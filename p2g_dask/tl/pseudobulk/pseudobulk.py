@@ -26,6 +26,7 @@ from dask.base import tokenize
 
 from p2g_dask import _graph
 from p2g_dask._deprecations import argument_aliases
+from p2g_dask._epione import accepts_verbose
 from p2g_dask._atomic import TMP_MARKER, _remove, check_overwrite
 from p2g_dask._checkpoint import as_checkpoint, checkpointed
 from p2g_dask._logging import logger, timed
@@ -44,7 +45,9 @@ from p2g_dask.tl.pseudobulk._params import EXECUTORS, STRATEGIES, PseudobulkPara
 from p2g_dask.tl.pseudobulk._group_bed import write_group_bed
 
 # epione's names (its tutorial: input_data=, chromsizes=, cluster_key=, path_to_fragments=) work as they are.
-@argument_aliases(input_data="data", chromsizes="chrom_sizes", cluster_key="groupby", path_to_fragments="fragments")
+@argument_aliases(input_data="data", chromsizes="chrom_sizes", cluster_key="groupby", path_to_fragments="fragments",
+                  random_state="seed")
+@accepts_verbose
 @reported
 def pseudobulk_with_fragments(
     data: Any,
@@ -104,8 +107,8 @@ def pseudobulk_with_fragments(
         (``'fragment'``), counted after the chromosome filter. False: raw counts.
     cache_fragments
         Folder for the parquet cache of each fragment file (``<folder>/<sample>/``), reused while
-        the file's path, size and mtime are unchanged, rebuilt otherwise. None: a temporary
-        cache inside ``bigwig_path``, deleted at the end.
+        the file's path, size and mtime are unchanged, rebuilt otherwise. None (or epione's
+        ``False``): a temporary cache inside ``bigwig_path``, deleted at the end.
     executor
         ``'dask'``: the current ``distributed`` client (or ``client``), else a
         ``LocalCluster(n_workers=1, threads_per_worker=n_jobs, processes=False)`` closed at
@@ -129,7 +132,7 @@ def pseudobulk_with_fragments(
     bin_size
         1 = base-pair resolution; larger sums the coverage in fixed bins (fewer intervals).
     seed
-        Seed of the down-sampling (``numpy.random.default_rng``).
+        Seed of the down-sampling (``numpy.random.default_rng``; epione's ``random_state=``).
     overwrite
         Replace existing BigWig/BED files; otherwise an existing one is an error.
     client
@@ -150,6 +153,10 @@ def pseudobulk_with_fragments(
         A path (e.g. ``"out/report.html"``): write a run report of this call there (stages,
         memory per worker over time, spilled bytes, parameters, versions) and Dask's performance
         report beside it (with a ``distributed`` client); see docs/report.md.
+    verbose
+        epione's: True shows this call's progress (the ``p2g_dask`` logger's INFO records, on
+        stderr when logging shows none), False only its warnings, None (default) leaves logging as
+        configured. ``show_progress`` is the progress bar.
 
     Returns
     -------
@@ -170,6 +177,11 @@ def pseudobulk_with_fragments(
     >>> sorted(bws) == sorted(sim.atac.obs["lineage"].unique())
     True
     """
+    if isinstance(cache_fragments, bool):  # epione's: False keeps no cache; True (beside the file) has no folder
+        if cache_fragments:
+            raise ValueError("cache_fragments=True (epione: a cache beside each fragment file) is not supported; "
+                             "pass a folder for the caches, or None for a temporary one.")
+        cache_fragments = None
     params = PseudobulkParams(
         groupby=groupby, sample_id_col=sample_id_col, balance_clusters=balance_clusters, seed=seed,
         bigwig_strategy=bigwig_strategy, shift=shift, bin_size=bin_size, normalize_bigwig=normalize_bigwig,
