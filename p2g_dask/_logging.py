@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,23 @@ def timed(step: str, timings: dict | None = None) -> Iterator[None]:
         logger.info("%s finished (%s)", step, datetime.timedelta(seconds=round(elapsed)))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a record comes (as logging's
+    last resort does): a notebook, a test's capture or a CLI that swaps stderr later still gets
+    the records, and a stream closed since is never written to."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ assigns it
+        pass
+
+
 def enable_console_logging(level: int = logging.INFO) -> None:
     """Send ``p2g_dask`` log records of ``level`` and above to stderr (for the CLI and notebooks).
 
@@ -37,7 +55,7 @@ def enable_console_logging(level: int = logging.INFO) -> None:
     """
     handlers = [h for h in logger.handlers if getattr(h, "_p2g_console", False)]
     if not handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._p2g_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

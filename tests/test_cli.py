@@ -1,6 +1,8 @@
 """The p2g command line: `p2g run CONFIG.yaml` end to end, run.json, errors that name the bad key."""
 
 import json
+import logging
+import sys
 
 import pandas as pd
 import pytest
@@ -305,3 +307,21 @@ def test_p2g_cli__groupby_options_and_their_old_names():
     assert [str(w.message).split(";")[0] for w in caught if w.category is FutureWarning] == [
         "p2g: the option --cluster-key is renamed --groupby", "p2g: the option --group-by is renamed --groupby"]
     assert main(bw) == 2  # no --groupby: a one-line error naming it
+
+
+def test_console_logging__writes_to_the_stderr_of_the_moment(monkeypatch):
+    # A console handler made while stderr was another stream (a closed capture, an old notebook
+    # cell) writes to the stderr there is now, and never to the closed one.
+    import io
+
+    from p2g_dask._logging import enable_console_logging, logger
+
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    old, new = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", old)
+    enable_console_logging()
+    old.close()
+    monkeypatch.setattr(sys, "stderr", new)
+    logger.info("stage %d done", 3)
+    assert new.getvalue().endswith("INFO stage 3 done\n")
