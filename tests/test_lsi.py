@@ -16,9 +16,8 @@ from threadpoolctl import threadpool_limits
 
 import p2g_dask as p2g
 from p2g_dask.tl.lsi._clusters import leiden_clusters
-from p2g_dask.tl.lsi._kernels import (
-    project_block, sample_cells, sparse_svd, top_accessible, variable_features,
-)
+from p2g_dask.tl.lsi._kernels import project_block, sample_cells, top_accessible, variable_features
+from p2g_dask.tl.lsi._svd import sparse_svd
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
