@@ -12,6 +12,9 @@ query's ``k`` best in a sorted list, one comparison per candidate: selecting wit
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
@@ -57,10 +60,15 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int, *,
     best_index = np.full((n_queries, k), -1, dtype=np.int64)
     best_distance = np.full((n_queries, k), np.inf)
     step = max(k, int(chunk_bytes // max(1, 8 * n_queries)))
-    for first in range(0, n_points, step):
-        chunk = points[first:first + step]
-        _keep_nearest(queries @ chunk.T, query_norms, np.einsum("ij,ij->i", chunk, chunk), first, best_index,
-                      best_distance)
+    # Many queries (every cell of a sample): their selections run on threads, a range each.
+    n_threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
+    bounds = np.linspace(0, n_queries, n_threads + 1).astype(int) if n_queries >= 2000 else np.array([0, n_queries])
+    with ThreadPoolExecutor(bounds.size - 1) as pool:
+        for first in range(0, n_points, step):
+            chunk = points[first:first + step]
+            products, point_norms = queries @ chunk.T, np.einsum("ij,ij->i", chunk, chunk)
+            list(pool.map(lambda a, b: _keep_nearest(products[a:b], query_norms[a:b], point_norms, first,
+                                                      best_index[a:b], best_distance[a:b]), bounds[:-1], bounds[1:]))
     return best_index, best_distance
 
 
