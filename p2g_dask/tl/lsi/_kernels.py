@@ -31,23 +31,36 @@ def default_threads() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
-def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
-    """Run ``kernel(*args, start, stop)`` over row ranges of about equal nonzeros, on threads."""
+def _row_ranges(indptr: np.ndarray, n_threads: int) -> list[tuple[int, int]]:
+    """Row ranges of about equal nonzeros, about four per thread (one range below 1 M nonzeros)."""
     n_rows = indptr.size - 1
     if n_threads <= 1 or indptr[-1] < 1_000_000:
-        kernel(*args, 0, n_rows)
-        return
+        return [(0, n_rows)]
     cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * n_threads + 1)[1:-1])
     bounds = np.unique(np.concatenate([[0], cuts, [n_rows]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _run_parts(kernel, parts: list[tuple], n_threads: int) -> None:
+    """``kernel(*part)`` for every part, on threads when there are several parts."""
+    if len(parts) <= 1:
+        for part in parts:
+            kernel(*part)
+        return
     # A fresh pool per call: callers may themselves run on Dask's threads.
     with ThreadPoolExecutor(n_threads) as pool:
-        for future in [pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        for future in [pool.submit(kernel, *part) for part in parts]:
             future.result()
 
 
+def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
+    """Run ``kernel(*args, start, stop)`` over row ranges of about equal nonzeros, on threads."""
+    _run_parts(kernel, [(*args, a, b) for a, b in _row_ranges(indptr, n_threads)], n_threads)
+
+
 @numba.njit(cache=True, nogil=True)
-def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out):  # pragma: no cover
-    for i in range(indptr.size - 1):
+def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out, start, stop):  # pragma: no cover
+    for i in range(start, stop):
         if not wanted[i]:
             continue
         for p in range(indptr[i], indptr[i + 1]):
@@ -55,16 +68,19 @@ def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out):  # pragm
                 out[indices[p]] += 1.0 if binarize else data[p]
 
 
-def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | None = None,
+                 n_threads: int = 1) -> np.ndarray:
     """Column sums of one block as a ``(1, n_vars)`` float64 row (binarized or raw counts).
 
     Only rows where the boolean ``wanted`` is True count. Binarizing follows ArchR
-    (``x[x > 0] <- 1``); counts are checked non-negative at the entry points.
+    (``x[x > 0] <- 1``); counts are checked non-negative at the entry points. With threads,
+    each row range sums into its own row, then the rows are added.
     """
-    out = np.zeros(block.shape[1], dtype=np.float64)
-    if block.nnz:
-        _feature_sums_kernel(block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted), out)
-    return out[None, :]
+    ranges = _row_ranges(block.indptr, n_threads) if block.nnz else []
+    out = np.zeros((max(1, len(ranges)), block.shape[1]), dtype=np.float64)
+    args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
+    _run_parts(_feature_sums_kernel, [(*args, out[k], a, b) for k, (a, b) in enumerate(ranges)], n_threads)
+    return out.sum(axis=0, keepdims=True) if len(ranges) > 1 else out
 
 
 def _wanted(block, wanted):

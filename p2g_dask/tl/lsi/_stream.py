@@ -62,10 +62,11 @@ class MemoryRows:
         self._feature_sums: dict[bool, np.ndarray] = {}
 
     def feature_sums(self, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+        threads = K.default_threads()
         if wanted is not None:
-            return K.feature_sums(self.X, binarize=binarize, wanted=wanted)[0]
+            return K.feature_sums(self.X, binarize=binarize, wanted=wanted, n_threads=threads)[0]
         if binarize not in self._feature_sums:
-            self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize)[0]
+            self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize, n_threads=threads)[0]
         return self._feature_sums[binarize]
 
     def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:

@@ -227,8 +227,9 @@ class SlabMatrix:
         threads.run(_slab_fill, (*source, idf_arg, float(scale_to), bool(binarize), totals, offsets, indices,
                                  values), parts)
         values = values[:nnz]
-        if idf is not None:
-            np.log1p(values, out=values)  # numpy's vectorised log: 4x faster than one at a time
+        if idf is not None:  # numpy's vectorised log (4x faster than one at a time), in pieces on threads
+            pieces = np.linspace(0, nnz, len(parts) + 1).astype(np.int64)
+            threads.run(lambda a, b: np.log1p(values[a:b], out=values[a:b]), (), list(zip(pieces[:-1], pieces[1:])))
         return cls(indptr[:-1], indices[:nnz], values, (rows.size, n_features))
 
     def matmul(self, dense: np.ndarray, threads: Threads | None = None) -> np.ndarray:
