@@ -1,7 +1,7 @@
 """The truncated SVD of an LSI fit: the TF-IDF built once into column slabs, products on threads.
 
 A randomized SVD spends its time in sparse x tall-dense products, ``M @ basis`` and
-``M.T @ cells`` (16 of each kind together for 7 power iterations). Each nonzero reads one row
+``M.T @ cells`` (16 of them for 7 power iterations). Each nonzero reads one row
 of the dense operand; when the dense operand exceeds the L2 cache those reads go to memory. So
 the matrix is held in *column slabs* (features in ranges of ``2**shift``; one CSR per slab,
 stored one after another) and every product runs slab by slab: the rows of the dense operand a
