@@ -16,11 +16,11 @@ from threadpoolctl import threadpool_limits
 
 import p2g_dask as p2g
 from p2g_dask.tl.lsi._clusters import leiden_clusters
-from p2g_dask.tl.lsi._kernels import project_block, sample_cells, top_accessible, variable_features
 from p2g_dask.tl.engine.knn import CHUNK_BYTES, nearest_neighbours
-from p2g_dask.tl.lsi._svd import (
-    MIN_THREADED_NNZ, PADDED_WIDTH, SlabMatrix, Threads, project_rows, randomized_svd, sparse_svd, svd_of_rows,
+from p2g_dask.tl.lsi._kernels import (
+    MIN_THREADED_NNZ, Threads, project_block, sample_cells, top_accessible, variable_features,
 )
+from p2g_dask.tl.lsi._svd import PADDED_WIDTH, SlabMatrix, project_rows, randomized_svd, sparse_svd, svd_of_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

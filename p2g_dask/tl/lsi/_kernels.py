@@ -24,6 +24,10 @@ def column_positions(features: np.ndarray, n_vars: int) -> np.ndarray:
     return col_pos
 
 
+#: Work with fewer nonzeros runs on the calling thread (threads cost more than they save).
+MIN_THREADED_NNZ = 1_000_000
+
+
 def default_threads() -> int:
     try:
         return max(1, min(8, len(os.sched_getaffinity(0))))
@@ -31,31 +35,58 @@ def default_threads() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
-def _row_ranges(indptr: np.ndarray, n_threads: int) -> list[tuple[int, int]]:
-    """Row ranges of about equal nonzeros, about four per thread (one range below 1 M nonzeros)."""
-    n_rows = indptr.size - 1
-    if n_threads <= 1 or indptr[-1] < 1_000_000:
-        return [(0, n_rows)]
-    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * n_threads + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], cuts, [n_rows]]))
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+class Threads:
+    """Runs a numba kernel (GIL released) over parts of its work on a thread pool.
 
+    A fresh pool per use (one pass, or all the passes and products of an SVD), not a global one:
+    callers may themselves run on Dask's threads. About four parts per thread even out uneven
+    rows and slabs. Used as a context manager; one thread, or work of fewer than
+    ``MIN_THREADED_NNZ`` nonzeros, runs on the calling thread.
 
-def _run_parts(kernel, parts: list[tuple], n_threads: int) -> None:
-    """``kernel(*part)`` for every part, on threads when there are several parts."""
-    if len(parts) <= 1:
-        for part in parts:
-            kernel(*part)
-        return
-    # A fresh pool per call: callers may themselves run on Dask's threads.
-    with ThreadPoolExecutor(n_threads) as pool:
-        for future in [pool.submit(kernel, *part) for part in parts]:
+    Examples
+    --------
+    >>> values, squares = np.arange(10.0), np.zeros(10)
+    >>> def square(out, start, stop):
+    ...     out[start:stop] = values[start:stop] ** 2
+    >>> with Threads(2, nnz=MIN_THREADED_NNZ) as threads:  # ten items of equal work, in parts
+    ...     threads.run(square, (squares,), threads.ranges(np.arange(11)))
+    >>> float(squares.sum())
+    285.0
+    """
+
+    def __init__(self, n_threads: int | None = None, nnz: int = MIN_THREADED_NNZ):
+        n_threads = default_threads() if n_threads is None else n_threads
+        self.pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and nnz >= MIN_THREADED_NNZ else None
+        self.n_parts = 4 * n_threads if self.pool is not None else 1
+
+    def __enter__(self) -> Threads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def run(self, kernel, args: tuple, parts: list[tuple[int, ...]]) -> None:
+        """``kernel(*args, *part)`` for every part, on the pool's threads (kernels release the GIL)."""
+        if self.pool is None or len(parts) == 1:
+            for part in parts:
+                kernel(*args, *part)
+            return
+        for future in [self.pool.submit(kernel, *args, *part) for part in parts]:
             future.result()
+
+    def ranges(self, cumulative: np.ndarray) -> list[tuple[int, int]]:
+        """``(start, stop)`` item ranges of about equal work, from the work's cumulative sum (leading 0)."""
+        n_items, total = cumulative.size - 1, cumulative[-1]
+        cuts = np.searchsorted(cumulative, np.linspace(0, total, self.n_parts + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n_items), [n_items]]))
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
     """Run ``kernel(*args, start, stop)`` over row ranges of about equal nonzeros, on threads."""
-    _run_parts(kernel, [(*args, a, b) for a, b in _row_ranges(indptr, n_threads)], n_threads)
+    with Threads(n_threads, nnz=int(indptr[-1])) as threads:
+        threads.run(kernel, args, threads.ranges(indptr))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -76,10 +107,11 @@ def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | N
     (``x[x > 0] <- 1``); counts are checked non-negative at the entry points. With threads,
     each row range sums into its own row, then the rows are added.
     """
-    ranges = _row_ranges(block.indptr, n_threads) if block.nnz else []
-    out = np.zeros((max(1, len(ranges)), block.shape[1]), dtype=np.float64)
-    args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
-    _run_parts(_feature_sums_kernel, [(*args, out[k], a, b) for k, (a, b) in enumerate(ranges)], n_threads)
+    with Threads(n_threads, nnz=block.nnz) as threads:
+        ranges = threads.ranges(block.indptr)
+        out = np.zeros((max(1, len(ranges)), block.shape[1]), dtype=np.float64)
+        args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
+        threads.run(_feature_sums_kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
     return out.sum(axis=0, keepdims=True) if len(ranges) > 1 else out
 
 

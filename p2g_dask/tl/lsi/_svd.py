@@ -17,8 +17,6 @@ does not depend on it.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import scipy.linalg
@@ -28,12 +26,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from threadpoolctl import threadpool_limits
 
-from p2g_dask.tl.lsi._kernels import component_signs, default_threads
+from p2g_dask.tl.lsi._kernels import Threads, component_signs
 
 #: Bytes of the dense rows one slab reads or writes: about a quarter of a core's L2 cache.
 SLAB_BYTES = 256 * 1024
-#: Products with fewer nonzeros run on the calling thread (threads cost more than they save).
-MIN_THREADED_NNZ = 1_000_000
 #: The width of the products' fast path (``_gather_padded``, ``_scatter_padded``): range
 #: finders from 40 to 64 columns wide (30 components + 20 oversamples by default) are padded to it
 #: with zero columns, which leave the other columns' results as they are.
@@ -180,43 +176,6 @@ def _padded(dense: np.ndarray) -> bool:
 def slab_shift(width: int, itemsize: int = 4, slab_bytes: int = SLAB_BYTES) -> int:
     """log2 of the features per slab: the widest power of two whose dense rows fit ``slab_bytes``."""
     return max(0, int(np.floor(np.log2(max(1.0, slab_bytes / (width * itemsize))))))
-
-
-class Threads:
-    """Runs a kernel over parts of its work on a thread pool (one pool for all the products of an SVD).
-
-    A fresh pool per SVD, not a global one: callers may themselves run on Dask's threads. About
-    four parts per thread even out uneven rows and slabs. Used as a context manager; one
-    thread, or less than ``MIN_THREADED_NNZ`` nonzeros, runs on the calling thread.
-    """
-
-    def __init__(self, n_threads: int | None = None, nnz: int = MIN_THREADED_NNZ):
-        n_threads = default_threads() if n_threads is None else n_threads
-        self.pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and nnz >= MIN_THREADED_NNZ else None
-        self.n_parts = 4 * n_threads if self.pool is not None else 1
-
-    def __enter__(self) -> Threads:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-    def run(self, kernel, args: tuple, parts: list[tuple[int, ...]]) -> None:
-        """``kernel(*args, *part)`` for every part, on the pool's threads (kernels release the GIL)."""
-        if self.pool is None or len(parts) == 1:
-            for part in parts:
-                kernel(*args, *part)
-            return
-        for future in [self.pool.submit(kernel, *args, *part) for part in parts]:
-            future.result()
-
-    def ranges(self, cumulative: np.ndarray) -> list[tuple[int, int]]:
-        """``(start, stop)`` item ranges of about equal work, from the work's cumulative sum (leading 0)."""
-        n_items, total = cumulative.size - 1, cumulative[-1]
-        cuts = np.searchsorted(cumulative, np.linspace(0, total, self.n_parts + 1)[1:-1])
-        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n_items), [n_items]]))
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class SlabMatrix:
