@@ -15,9 +15,11 @@ from threadpoolctl import threadpool_limits
 
 import p2g_dask as p2g
 from p2g_dask.tl.lsi._clusters import leiden_clusters
+from p2g_dask.tl.engine.knn import CHUNK_BYTES, nearest_neighbours
 from p2g_dask.tl.lsi._kernels import (
-    project_block, sample_cells, sparse_svd, top_accessible, variable_features,
+    MIN_THREADED_NNZ, Threads, project_block, sample_cells, top_accessible, variable_features,
 )
+from p2g_dask.tl.lsi._svd import PADDED_WIDTH, SlabMatrix, project_rows, randomized_svd, sparse_svd, svd_of_rows
 
 
 
@@ -132,6 +134,94 @@ def test_sparse_svd__matches_dense_svd_and_projection_reproduces_fit(sim_small):
     projected = project_block(X, np.arange(X.shape[1]), idf, loadings, scale_to=1e4, binarize=True)
     np.testing.assert_allclose(projected, fitted, rtol=1e-6, atol=1e-6 * np.abs(fitted).max())
     np.testing.assert_allclose(projected, tf @ loadings, rtol=1e-9, atol=1e-9)
+
+
+def counts_with_gaps(seed=11, n_obs=120, n_vars=90):
+    """Poisson counts with explicit zeros, empty rows and empty columns (what the kernels must skip)."""
+    rng = np.random.default_rng(seed)
+    dense = rng.poisson(0.4, (n_obs, n_vars)).astype(np.float32)
+    dense[rng.random(n_obs) < 0.1] = 0
+    dense[:, rng.random(n_vars) < 0.1] = 0
+    X = sp.csr_matrix(dense)
+    X.data[::7] = 0  # explicit zeros stay stored
+    return X, X.toarray()
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+@pytest.mark.parametrize("shift", [0, 3, 10])
+def test_slab_matrix__tfidf_of_rows_and_products_match_scipy(binarize, shift):
+    X, dense = counts_with_gaps()
+    rng = np.random.default_rng(12)
+    features = np.sort(rng.choice(X.shape[1], 50, replace=False))
+    col_pos = np.full(X.shape[1], -1)
+    col_pos[features] = np.arange(features.size)
+    rows = np.sort(rng.choice(X.shape[0], 80, replace=False))
+    idf = rng.uniform(1, 5, features.size)
+    want = sp.csr_matrix(np_tfidf(dense[np.ix_(rows, features)], idf=idf, binarize=binarize))
+    with Threads(2, nnz=MIN_THREADED_NNZ) as threads:  # threaded even on this small matrix
+        for on in (None, threads):
+            slabs = SlabMatrix.build(X, rows, col_pos, shift=shift, idf=idf, binarize=binarize, threads=on)
+            assert slabs.shape == want.shape and slabs.nnz == want.nnz
+            for width in (3, PADDED_WIDTH):  # the generic and the padded scatter
+                right = rng.normal(size=(features.size, width))
+                left = rng.normal(size=(rows.size, width))
+                np.testing.assert_allclose(slabs.matmul(right, on), want @ right, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(slabs.rmatmul(left, on), want.T @ left, rtol=1e-12, atol=1e-12)
+                got32 = slabs.matmul(right.astype(np.float32), on)
+                assert got32.dtype == np.float32
+                np.testing.assert_allclose(got32, want @ right, rtol=1e-4, atol=1e-4 * np.abs(want @ right).max())
+                got32 = slabs.rmatmul(left.astype(np.float32), on)
+                np.testing.assert_allclose(got32, want.T @ left, rtol=1e-4, atol=1e-4 * np.abs(want.T @ left).max())
+
+
+def test_svd_of_rows__same_with_rows_left_out_and_on_any_threads():
+    # Fitting some rows equals fitting all rows with the others emptied (the start is drawn for
+    # every row), and the result does not depend on the threads or the slab layout.
+    X, _ = counts_with_gaps(seed=13, n_obs=300, n_vars=200)
+    rows = np.flatnonzero(np.random.default_rng(14).random(300) < 0.8)
+    emptied = X.multiply(np.isin(np.arange(300), rows)[:, None]).tocsr()
+    emptied.eliminate_zeros()
+    loadings, d, fitted = svd_of_rows(X, rows, np.arange(200), 10, seed=3)
+    want_loadings, want_d, want_fitted = sparse_svd(emptied, 10, seed=3, return_fitted=True)
+    np.testing.assert_allclose(d, want_d, rtol=1e-6)
+    np.testing.assert_allclose(fitted, want_fitted[rows], rtol=1e-5, atol=1e-5 * np.abs(want_fitted).max())
+    start = np.random.default_rng(3).standard_normal((300, 30))[rows]
+    one = randomized_svd(SlabMatrix.build(X, rows, np.arange(200), shift=2), 10, start)
+    with Threads(2, nnz=MIN_THREADED_NNZ) as threads:
+        two = randomized_svd(SlabMatrix.build(X, rows, np.arange(200), shift=2, threads=threads), 10, start,
+                             threads=threads)
+    for a, b in zip(one, two):  # the same to the last bit
+        np.testing.assert_array_equal(a, b)
+    # Other slabs group the nonzeros of M @ basis otherwise: the same up to round-off.
+    other = randomized_svd(SlabMatrix.build(X, rows, np.arange(200), shift=5), 10, start)
+    np.testing.assert_allclose(other[2], one[2], rtol=1e-5, atol=1e-5 * np.abs(one[2]).max())
+
+
+def test_project_rows__equals_project_block():
+    X, _ = counts_with_gaps(seed=15)
+    rng = np.random.default_rng(16)
+    col_pos = np.where(rng.random(X.shape[1]) < 0.6, 0, -1)
+    col_pos[col_pos == 0] = np.arange((col_pos == 0).sum())
+    n_features = int(col_pos.max()) + 1
+    idf, loadings = rng.uniform(1, 3, n_features), rng.normal(size=(n_features, 4))
+    wanted = rng.random(X.shape[0]) < 0.7
+    for binarize in (True, False):
+        want = project_block(X, col_pos, idf, loadings, scale_to=1e4, binarize=binarize, wanted=wanted)
+        got = project_rows(X, np.flatnonzero(wanted), col_pos, idf, loadings, scale_to=1e4, binarize=binarize)
+        np.testing.assert_allclose(got, want[wanted], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_queries", [40, 2500])
+def test_nearest_neighbours__matches_a_full_sort_with_ties_by_position(n_queries):
+    rng = np.random.default_rng(17)
+    points = rng.integers(-4, 5, (2500, 3)).astype(float)  # a grid: exact distances, many ties
+    queries = points[rng.choice(2500, n_queries, replace=False)]
+    distance = ((queries[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+    order = np.lexsort((np.broadcast_to(np.arange(2500), distance.shape), distance), axis=-1)[:, :25]
+    for chunk_bytes in (8 * n_queries * 100, CHUNK_BYTES):  # 25 chunks, and one
+        index, dist = nearest_neighbours(points, queries, 25, chunk_bytes=chunk_bytes)
+        np.testing.assert_array_equal(index, order)
+        np.testing.assert_array_equal(dist, np.take_along_axis(distance, order, axis=1))
 
 
 def test_project_block__subset_features_and_skipped_rows():

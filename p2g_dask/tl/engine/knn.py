@@ -1,13 +1,21 @@
-"""Exact Euclidean k nearest neighbours, by brute force in chunks of points (numpy + BLAS).
+"""Exact Euclidean k nearest neighbours, by brute force in chunks of points (BLAS + numba).
 
 What the metacells (and iterative LSI's clustering) need: exact neighbours of a few hundred
 seeds among all cells, or of every cell among the cells of a sample. scikit-learn's brute-force
 search computes the same squared distances (``|q|^2 - 2 q.p + |p|^2``) but costs ~0.5 s of
 import in every fresh process, more than the search itself at PBMC10k's size.
+
+The distances of a chunk of points come from one matrix product; a numba kernel then keeps each
+query's ``k`` best in a sorted list, one comparison per candidate: selecting with
+``argpartition`` instead cost ~5x the product for every cell of a 10,000-cell sample.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 #: Bytes of one distance block (queries x a chunk of points, float64).
@@ -21,7 +29,7 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int, *,
     Parameters
     ----------
     points
-        ``(n_points, dims)`` coordinates searched.
+        ``(n_points, dims)`` coordinates searched (finite).
     queries
         ``(n_queries, dims)`` coordinates whose neighbours are wanted.
     k
@@ -48,25 +56,39 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int, *,
     k = int(k)
     if not 1 <= k <= n_points:
         raise ValueError(f"k={k} must be between 1 and the number of points ({n_points}).")
-    query_norms = np.einsum("ij,ij->i", queries, queries)[:, None]
-    best_index = np.empty((n_queries, 0), dtype=np.int64)
-    best_distance = np.empty((n_queries, 0))
+    query_norms = np.einsum("ij,ij->i", queries, queries)
+    best_index = np.full((n_queries, k), -1, dtype=np.int64)
+    best_distance = np.full((n_queries, k), np.inf)
     step = max(k, int(chunk_bytes // max(1, 8 * n_queries)))
-    for first in range(0, n_points, step):
-        chunk = points[first:first + step]
-        distance = queries @ chunk.T
-        distance *= -2.0
-        distance += query_norms
-        distance += np.einsum("ij,ij->i", chunk, chunk)[None, :]
-        np.maximum(distance, 0.0, out=distance)
-        index = np.broadcast_to(np.arange(first, first + chunk.shape[0], dtype=np.int64), distance.shape)
-        # Candidates: the best so far and this chunk's; keep the k smallest.
-        candidates = np.concatenate([best_distance, distance], axis=1)
-        positions = np.concatenate([best_index, index], axis=1)
-        if candidates.shape[1] > k:
-            keep = np.argpartition(candidates, k - 1, axis=1)[:, :k]
-            candidates = np.take_along_axis(candidates, keep, axis=1)
-            positions = np.take_along_axis(positions, keep, axis=1)
-        best_distance, best_index = candidates, positions
-    order = np.lexsort((best_index, best_distance), axis=-1)
-    return np.take_along_axis(best_index, order, axis=1), np.take_along_axis(best_distance, order, axis=1)
+    # Many queries (every cell of a sample): their selections run on threads, a range each.
+    n_threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
+    bounds = np.linspace(0, n_queries, n_threads + 1).astype(int) if n_queries >= 2000 else np.array([0, n_queries])
+    with ThreadPoolExecutor(bounds.size - 1) as pool:
+        for first in range(0, n_points, step):
+            chunk = points[first:first + step]
+            products, point_norms = queries @ chunk.T, np.einsum("ij,ij->i", chunk, chunk)
+            list(pool.map(lambda a, b: _keep_nearest(products[a:b], query_norms[a:b], point_norms, first,
+                                                      best_index[a:b], best_distance[a:b]), bounds[:-1], bounds[1:]))
+    return best_index, best_distance
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_nearest(products, query_norms, point_norms, first, best_index, best_distance):  # pragma: no cover
+    # Each row of best_* is sorted by (distance, position); points come in increasing position,
+    # so a candidate enters only when strictly nearer than the current k-th.
+    n_queries, n_points = products.shape
+    k = best_index.shape[1]
+    for q in range(n_queries):
+        worst = best_distance[q, k - 1]
+        for j in range(n_points):
+            # The same operations, in the same order, as |q|^2 - 2 q.p + |p|^2 over whole arrays.
+            distance = max(products[q, j] * -2.0 + query_norms[q] + point_norms[j], 0.0)
+            if distance < worst:
+                slot = k - 1
+                while slot > 0 and best_distance[q, slot - 1] > distance:
+                    best_distance[q, slot] = best_distance[q, slot - 1]
+                    best_index[q, slot] = best_index[q, slot - 1]
+                    slot -= 1
+                best_distance[q, slot] = distance
+                best_index[q, slot] = first + j
+                worst = best_distance[q, k - 1]

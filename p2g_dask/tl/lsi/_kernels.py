@@ -1,6 +1,6 @@
 """Pure numpy / numba kernels of iterative LSI (one CSR block of cells in, arrays out).
 
-Every function here works on one in-memory block; ``lsi.py`` and ``_lsi_stream.py`` apply them
+Every function here works on one in-memory block; ``lsi.py`` and ``_stream.py`` apply them
 to a whole matrix or to each row chunk of a store as a Dask task. Feature subsets are given as
 ``col_pos``: an int64 array over *all* columns holding the position of a selected feature, or -1,
 so a chunk never has to be column-sliced (slow on CSR) before a kernel reads it.
@@ -14,9 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 
 def column_positions(features: np.ndarray, n_vars: int) -> np.ndarray:
@@ -26,6 +24,10 @@ def column_positions(features: np.ndarray, n_vars: int) -> np.ndarray:
     return col_pos
 
 
+#: Work with fewer nonzeros runs on the calling thread (threads cost more than they save).
+MIN_THREADED_NNZ = 1_000_000
+
+
 def default_threads() -> int:
     try:
         return max(1, min(8, len(os.sched_getaffinity(0))))
@@ -33,23 +35,63 @@ def default_threads() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+class Threads:
+    """Runs a numba kernel (GIL released) over parts of its work on a thread pool.
+
+    A fresh pool per use (one pass, or all the passes and products of an SVD), not a global one:
+    callers may themselves run on Dask's threads. About four parts per thread even out uneven
+    rows and slabs. Used as a context manager; one thread, or work of fewer than
+    ``MIN_THREADED_NNZ`` nonzeros, runs on the calling thread.
+
+    Examples
+    --------
+    >>> values, squares = np.arange(10.0), np.zeros(10)
+    >>> def square(out, start, stop):
+    ...     out[start:stop] = values[start:stop] ** 2
+    >>> with Threads(2, nnz=MIN_THREADED_NNZ) as threads:  # ten items of equal work, in parts
+    ...     threads.run(square, (squares,), threads.ranges(np.arange(11)))
+    >>> float(squares.sum())
+    285.0
+    """
+
+    def __init__(self, n_threads: int | None = None, nnz: int = MIN_THREADED_NNZ):
+        n_threads = default_threads() if n_threads is None else n_threads
+        self.pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and nnz >= MIN_THREADED_NNZ else None
+        self.n_parts = 4 * n_threads if self.pool is not None else 1
+
+    def __enter__(self) -> Threads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def run(self, kernel, args: tuple, parts: list[tuple[int, ...]]) -> None:
+        """``kernel(*args, *part)`` for every part, on the pool's threads (kernels release the GIL)."""
+        if self.pool is None or len(parts) == 1:
+            for part in parts:
+                kernel(*args, *part)
+            return
+        for future in [self.pool.submit(kernel, *args, *part) for part in parts]:
+            future.result()
+
+    def ranges(self, cumulative: np.ndarray) -> list[tuple[int, int]]:
+        """``(start, stop)`` item ranges of about equal work, from the work's cumulative sum (leading 0)."""
+        n_items, total = cumulative.size - 1, cumulative[-1]
+        cuts = np.searchsorted(cumulative, np.linspace(0, total, self.n_parts + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n_items), [n_items]]))
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _on_row_ranges(kernel, indptr: np.ndarray, n_threads: int, *args) -> None:
     """Run ``kernel(*args, start, stop)`` over row ranges of about equal nonzeros, on threads."""
-    n_rows = indptr.size - 1
-    if n_threads <= 1 or indptr[-1] < 1_000_000:
-        kernel(*args, 0, n_rows)
-        return
-    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * n_threads + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], cuts, [n_rows]]))
-    # A fresh pool per call: callers may themselves run on Dask's threads.
-    with ThreadPoolExecutor(n_threads) as pool:
-        for future in [pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
-            future.result()
+    with Threads(n_threads, nnz=int(indptr[-1])) as threads:
+        threads.run(kernel, args, threads.ranges(indptr))
 
 
 @numba.njit(cache=True, nogil=True)
-def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out):  # pragma: no cover
-    for i in range(indptr.size - 1):
+def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out, start, stop):  # pragma: no cover
+    for i in range(start, stop):
         if not wanted[i]:
             continue
         for p in range(indptr[i], indptr[i + 1]):
@@ -57,16 +99,20 @@ def _feature_sums_kernel(indptr, indices, data, binarize, wanted, out):  # pragm
                 out[indices[p]] += 1.0 if binarize else data[p]
 
 
-def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | None = None,
+                 n_threads: int = 1) -> np.ndarray:
     """Column sums of one block as a ``(1, n_vars)`` float64 row (binarized or raw counts).
 
     Only rows where the boolean ``wanted`` is True count. Binarizing follows ArchR
-    (``x[x > 0] <- 1``); counts are checked non-negative at the entry points.
+    (``x[x > 0] <- 1``); counts are checked non-negative at the entry points. With threads,
+    each row range sums into its own row, then the rows are added.
     """
-    out = np.zeros(block.shape[1], dtype=np.float64)
-    if block.nnz:
-        _feature_sums_kernel(block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted), out)
-    return out[None, :]
+    with Threads(n_threads, nnz=block.nnz) as threads:
+        ranges = threads.ranges(block.indptr)
+        out = np.zeros((max(1, len(ranges)), block.shape[1]), dtype=np.float64)
+        args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
+        threads.run(_feature_sums_kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
+    return out.sum(axis=0, keepdims=True) if len(ranges) > 1 else out
 
 
 def _wanted(block, wanted):
@@ -76,14 +122,22 @@ def _wanted(block, wanted):
 @numba.njit(cache=True, nogil=True)
 def _row_totals_kernel(indptr, indices, data, col_pos, binarize, wanted, counts, totals, start,
                        stop):  # pragma: no cover
+    # Sums in registers and no branch per nonzero: about half of them are selected, in random
+    # order (a branch there mispredicts half the time); adding 0.0 leaves the sum as it was.
     use_pos = col_pos.size > 0
     for i in range(start, stop):
         if not wanted[i]:
             continue
+        count = 0
+        total = 0.0
         for p in range(indptr[i], indptr[i + 1]):
-            if data[p] != 0 and (not use_pos or col_pos[indices[p]] >= 0):
-                counts[i] += 1
-                totals[i] += 1.0 if binarize else data[p]
+            keep = data[p] != 0
+            if use_pos:
+                keep = keep & (col_pos[indices[p]] >= 0)
+            count += keep
+            total += (1.0 if binarize else data[p]) if keep else 0.0
+        counts[i] = count
+        totals[i] = total
 
 
 def _row_counts_totals(block, col_pos, binarize, n_threads=1, wanted=None):
@@ -221,169 +275,6 @@ def component_signs(loadings: np.ndarray) -> np.ndarray:
     signs = np.sign(loadings[biggest, np.arange(loadings.shape[1])])
     signs[signs == 0] = 1.0
     return signs
-
-
-def fix_signs(loadings: np.ndarray) -> np.ndarray:
-    """``loadings`` with :func:`component_signs` applied."""
-    return loadings * component_signs(loadings)
-
-
-@numba.njit(cache=True, nogil=True)
-def _spmm_kernel(indptr, indices, data, dense, out, start, stop):  # pragma: no cover
-    k = dense.shape[1]
-    for i in range(start, stop):
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            v = data[p]
-            for c in range(k):
-                out[i, c] += v * dense[j, c]
-
-
-def spmm(matrix: sp.csr_matrix, dense: np.ndarray, n_threads: int = 1) -> np.ndarray:
-    """``matrix @ dense`` for a CSR ``matrix``, in the matrix's dtype, over row ranges on threads."""
-    dense = np.ascontiguousarray(dense, dtype=matrix.dtype)
-    out = np.zeros((matrix.shape[0], dense.shape[1]), dtype=matrix.dtype)
-    _on_row_ranges(_spmm_kernel, matrix.indptr, n_threads, matrix.indptr, matrix.indices, matrix.data, dense, out)
-    return out
-
-
-#: Bytes of the dense operand one column slab of a sparse product reads: about half the L2
-#: cache of a core, so the random row gathers ``dense[j, :]`` hit L2 instead of memory.
-SLAB_BYTES = 256 * 1024
-
-
-@numba.njit(cache=True, nogil=True)
-def _slab_counts(indptr, indices, bounds, counts):  # pragma: no cover
-    for i in range(indptr.size - 1):
-        s = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            while indices[p] >= bounds[s + 1]:
-                s += 1
-            counts[s, i + 1] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _slab_fill(indptr, indices, data, bounds, offsets, out_indices, out_data):  # pragma: no cover
-    for i in range(indptr.size - 1):
-        s = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            while indices[p] >= bounds[s + 1]:
-                s += 1
-            q = offsets[s, i]
-            out_indices[q] = indices[p] - bounds[s]
-            out_data[q] = data[p]
-            offsets[s, i] = q + 1
-
-
-def _slab_bounds(n_cols: int, row_bytes: int, slab_bytes: int) -> np.ndarray:
-    """Column bounds of slabs whose rows of the dense operand take about ``slab_bytes``."""
-    per_slab = max(1, int(slab_bytes // max(1, row_bytes)))
-    n_slabs = max(1, -(-n_cols // per_slab))
-    return np.linspace(0, n_cols, n_slabs + 1).astype(np.int64)
-
-
-class ColumnSlabs:
-    """A CSR matrix cut into column slabs, for cache-friendly products with a tall dense block.
-
-    ``matrix @ dense`` gathers one row of ``dense`` per nonzero; when ``dense`` is larger than
-    the L2 cache those gathers go to memory (~0.65 GFlop/s per core measured on 30 M nonzeros x
-    50 columns). Multiplying slab by slab keeps the rows of ``dense`` a slab reads in L2 (2-3x
-    fewer CPU seconds measured). Each output row is summed in the same column order as
-    :func:`spmm` (CSR rows have sorted indices), so the result is the same to the last bit.
-
-    Examples
-    --------
-    >>> import numpy as np, scipy.sparse as sp
-    >>> m = sp.random(50, 40, density=0.2, format="csr", random_state=0)
-    >>> d = np.arange(80.0).reshape(40, 2)
-    >>> bool(np.array_equal(ColumnSlabs(m, width=2, slab_bytes=64).matmul(d), spmm(m, d)))
-    True
-    """
-
-    def __init__(self, matrix: sp.csr_matrix, *, width: int, slab_bytes: int = SLAB_BYTES, dtype=None):
-        matrix = sp.csr_matrix(matrix)
-        if not matrix.has_sorted_indices:
-            matrix = matrix.sorted_indices()
-        self.shape, self.dtype = matrix.shape, np.dtype(dtype or matrix.dtype)
-        n_rows, n_cols = matrix.shape
-        self.bounds = _slab_bounds(n_cols, width * self.dtype.itemsize, slab_bytes)
-        n_slabs = self.bounds.size - 1
-        if n_slabs == 1:
-            self.slabs = [sp.csr_matrix(matrix, dtype=self.dtype)]
-            return
-        counts = np.zeros((n_slabs, n_rows + 1), dtype=np.int64)
-        _slab_counts(matrix.indptr, matrix.indices, self.bounds, counts)
-        indptrs = np.cumsum(counts, axis=1)
-        starts = np.concatenate([[0], np.cumsum(indptrs[:, -1])])
-        offsets = indptrs[:, :-1] + starts[:-1, None]
-        out_indices = np.empty(matrix.nnz, dtype=matrix.indices.dtype)
-        out_data = np.empty(matrix.nnz, dtype=self.dtype)
-        _slab_fill(matrix.indptr, matrix.indices, matrix.data, self.bounds, offsets, out_indices, out_data)
-        self.slabs = [
-            sp.csr_matrix((out_data[starts[s]:starts[s + 1]], out_indices[starts[s]:starts[s + 1]], indptrs[s]),
-                          shape=(n_rows, int(self.bounds[s + 1] - self.bounds[s])))
-            for s in range(n_slabs)
-        ]
-
-    @classmethod
-    def of_transpose(cls, matrix: sp.csr_matrix, *, width: int, slab_bytes: int = SLAB_BYTES,
-                     dtype=None) -> ColumnSlabs:
-        """Slabs of ``matrix.T`` made from row ranges of ``matrix``, without a whole transposed copy."""
-        self = cls.__new__(cls)
-        self.shape, self.dtype = matrix.shape[::-1], np.dtype(dtype or matrix.dtype)
-        self.bounds = _slab_bounds(matrix.shape[0], width * self.dtype.itemsize, slab_bytes)
-        self.slabs = [sp.csr_matrix(matrix[a:b].T, dtype=self.dtype) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
-        return self
-
-    def matmul(self, dense: np.ndarray, n_threads: int = 1) -> np.ndarray:
-        """``matrix @ dense`` in the matrix's dtype, slab by slab, over row ranges on threads."""
-        dense = np.ascontiguousarray(dense, dtype=self.dtype)
-        out = np.zeros((self.shape[0], dense.shape[1]), dtype=self.dtype)
-        for s, slab in enumerate(self.slabs):
-            _on_row_ranges(_spmm_kernel, slab.indptr, n_threads, slab.indptr, slab.indices, slab.data,
-                           dense[self.bounds[s]:self.bounds[s + 1]], out)
-        return out
-
-
-def sparse_svd(
-    tfidf: sp.csr_matrix, n_components: int, *, seed: int, n_iter: int = 7, n_oversamples: int = 20,
-    return_fitted: bool = False,
-) -> tuple[np.ndarray, ...]:
-    """Truncated SVD of a cells x features TF-IDF; returns ``(loadings, singular_values)``.
-
-    Randomized SVD (Halko et al. 2011, LU-normalised power iterations) whose range finder works
-    on the *feature* side: with ``Q`` an orthonormal feature basis, ``B = tfidf @ Q = W S Z^T``
-    and ``loadings = Q Z``, so the fitted coordinates ``W S`` equal ``tfidf @ loadings`` (in
-    float64): projecting a fitted cell gives its fitted coordinates back, as with ArchR's irlba
-    model. The power iterations run in float32 (half the memory traffic); ``seed`` fixes the
-    result. ``return_fitted`` adds the fitted coordinates ``W S``.
-    """
-    n_cells, n_features = tfidf.shape
-    width = min(n_components + n_oversamples, n_cells, n_features)
-    tfidf = sp.csr_matrix(tfidf)
-    # float32 column slabs of the matrix and of its transpose, made straight from the float64
-    # TF-IDF (no whole float32 or transposed copy): each product's gathers stay in cache.
-    transposed = ColumnSlabs.of_transpose(tfidf, width=width, dtype=np.float32)
-    single = ColumnSlabs(tfidf, width=width, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    threads = default_threads()
-    # Multi-threaded BLAS on these thin matrices is slower than one thread on a busy machine
-    # (a 20,000 x 50 QR: 0.1 s on 1 thread, ~1 s on 2); the sparse products use the threads.
-    with threadpool_limits(1, user_api="blas"):
-        basis = transposed.matmul(rng.standard_normal((n_cells, width)), threads)
-        for _ in range(n_iter):
-            basis = scipy.linalg.lu(basis, permute_l=True)[0]
-            cells = scipy.linalg.lu(single.matmul(basis, threads), permute_l=True)[0]
-            basis = transposed.matmul(cells, threads)
-        basis = scipy.linalg.qr(basis.astype(np.float64), mode="economic")[0]
-        small = spmm(sp.csr_matrix(tfidf, dtype=np.float64), basis, threads)
-        w, s, zt = np.linalg.svd(small, full_matrices=False)
-    loadings = basis @ zt[:n_components].T
-    signs = component_signs(loadings)
-    loadings = loadings * signs
-    if return_fitted:
-        return loadings, s[:n_components], w[:, :n_components] * s[:n_components] * signs
-    return loadings, s[:n_components]
 
 
 def row_zscores(coords: np.ndarray) -> np.ndarray:

@@ -18,11 +18,15 @@ from dask.base import tokenize
 
 from p2g_dask import _graph
 from p2g_dask.tl.lsi import _kernels as K
+from p2g_dask.tl.lsi._svd import project_rows, svd_of_rows
 
 #: Fan-in of the tree sums over chunks (bounds the partial results held at once).
 SPLIT_EVERY = 8
 #: Bytes of one dense TF-IDF piece fed to ``svd_compressed`` on the out-of-core SVD path.
 DENSE_PIECE_BYTES = 64 * 2**20
+#: The randomized SVD of a sample in memory: power iterations and oversamples (docs/lsi.md, step 5).
+N_POWER_ITERATIONS = 7
+N_OVERSAMPLES = 20
 
 
 @dataclass
@@ -58,10 +62,11 @@ class MemoryRows:
         self._feature_sums: dict[bool, np.ndarray] = {}
 
     def feature_sums(self, *, binarize: bool, wanted: np.ndarray | None = None) -> np.ndarray:
+        threads = K.default_threads()
         if wanted is not None:
-            return K.feature_sums(self.X, binarize=binarize, wanted=wanted)[0]
+            return K.feature_sums(self.X, binarize=binarize, wanted=wanted, n_threads=threads)[0]
         if binarize not in self._feature_sums:
-            self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize)[0]
+            self._feature_sums[binarize] = K.feature_sums(self.X, binarize=binarize, n_threads=threads)[0]
         return self._feature_sums[binarize]
 
     def row_totals(self, col_pos: np.ndarray | None, *, binarize: bool) -> np.ndarray:
@@ -73,10 +78,11 @@ class MemoryRows:
         return MemoryRows(K.take_rows(self.X, rows))
 
     def project(self, model: LSIModel, wanted: np.ndarray | None = None) -> np.ndarray:
-        return K.project_block(
-            self.X, model.col_pos(self.n_vars), model.idf, model.loadings,
-            scale_to=model.scale_to, binarize=model.binarize, wanted=wanted, n_threads=K.default_threads(),
-        )
+        rows = np.arange(self.n_obs) if wanted is None else np.flatnonzero(wanted)
+        out = np.zeros((self.n_obs, model.loadings.shape[1]))
+        out[rows] = project_rows(self.X, rows, model.col_pos(self.n_vars), model.idf, model.loadings,
+                                 scale_to=model.scale_to, binarize=model.binarize)
+        return out
 
     def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
         return K.group_sums(self.X, labels, n_groups)
@@ -84,11 +90,8 @@ class MemoryRows:
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
             scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(loadings, singular values, fitted coordinates)`` of the cells where ``fit``."""
-        # Cells not fit become empty rows (no copy of the matrix); they add nothing to the SVD.
-        tfidf = K.tfidf_block(self.X, col_pos, idf, scale_to=scale_to, binarize=binarize, wanted=fit,
-                              n_threads=K.default_threads())
-        loadings, d, fitted = K.sparse_svd(tfidf, n_components, seed=seed, return_fitted=True)
-        return loadings, d, fitted[fit]
+        return svd_of_rows(self.X, np.flatnonzero(fit), col_pos, n_components, seed=seed, idf=idf, scale_to=scale_to,
+                           binarize=binarize, n_iter=N_POWER_ITERATIONS, n_oversamples=N_OVERSAMPLES)
 
 
 def _tfidf_dense(block, local_rows, col_pos, idf, scale_to, binarize):
