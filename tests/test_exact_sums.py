@@ -73,6 +73,24 @@ def test_uint16_accumulator__non_counts_are_summed_in_float32(values):
     np.testing.assert_allclose(sums, (membership @ X.astype(np.float64)).toarray(), rtol=1e-5, atol=1e-3)
 
 
+def test_uint16_accumulator__only_member_values_decide_promotion():
+    # Only member cells' values are added, so a non-count elsewhere in the block keeps the exact
+    # uint16 accumulator; the same value in a member cell promotes it to float32.
+    rng = np.random.default_rng(6)
+    X = sp.random(40, 25, density=0.4, random_state=6, format="csr", dtype=np.float32)
+    X.data = rng.integers(1, 6, X.data.size).astype(np.float32)
+    membership = sp.csr_matrix(metacell_membership(np.array([[0, 1, 2, 3], [4, 5, 6, 7]]), 40))
+    outsider, member = 30, 5
+    X.data[X.indptr[outsider]] = 2.5
+    sums = _chained(X, membership, [0, 20, 40])
+    assert sums.dtype == np.uint16
+    np.testing.assert_array_equal(sums, (membership @ X.astype(np.float64)).toarray())
+    X.data[X.indptr[member]] = 0.25
+    sums = _chained(X, membership, [0, 20, 40])
+    assert sums.dtype == np.float32
+    np.testing.assert_array_equal(sums, (membership @ X.astype(np.float64)).toarray().astype(np.float32))
+
+
 def test_uint16_accumulator__unsorted_rows_of_a_column_block():
     rng = np.random.default_rng(2)
     X = sp.random(50, 30, density=0.4, random_state=2, format="csr")
@@ -202,3 +220,46 @@ def test_lane_share__modalities_split_the_workers_lanes(local_client):
     assert n_lanes == {1.0: 2, 0.5: 1, 0.01: 1}  # 2 worker threads; at least one lane each
     assert aggregate.nonzero_shares(Modality("a", None, None, X=X), Modality("b", None, None, X=X[:50])) == [
         X.nnz / (X.nnz + X[:50].nnz), X[:50].nnz / (X.nnz + X[:50].nnz)]
+
+
+@pytest.mark.parametrize("max_entries", [3_000, 5_000, 9_000])
+def test_read_pieces__reused_buffers_give_the_same_pieces(piece_store, max_entries):
+    sim, store = piece_store
+    n_vars = sim.atac.n_vars
+    fresh = list(_integrity.read_pieces(store.path, "atac", 11, 397, n_vars, max_entries=max_entries))
+    seen, bases = [], set()
+    for first, stop, (data, indices, indptr) in _integrity.read_pieces(store.path, "atac", 11, 397, n_vars,
+                                                                       max_entries=max_entries, reuse=True):
+        bases.add(id(data.base))
+        seen.append((first, stop, data.copy(), indices.copy(), indptr.copy()))  # valid until the next piece
+    assert len(seen) == len(fresh) > 3
+    for (first, stop, data, indices, indptr), (f, s, (d, i, p)) in zip(seen, fresh):
+        assert (first, stop) == (f, s)
+        np.testing.assert_array_equal(data, d)
+        np.testing.assert_array_equal(indices, i)
+        np.testing.assert_array_equal(indptr, p)
+    assert len(bases) <= 2  # one buffer, grown at most once, not a new array per piece
+
+
+def test_read_range__into_reused_buffers_equals_new_arrays_and_still_checks(tmp_path):
+    import json
+
+    values = np.random.default_rng(7).integers(0, 99, 10_003).astype(np.int32)
+    folder = tmp_path / "values"
+    import zarr
+    from p2g_dask.io._write import _compressors
+
+    zarr.create_array(str(folder), shape=values.shape, chunks=(1000,), dtype=values.dtype,
+                      compressors=_compressors(), config={"write_empty_chunks": True})[:] = values
+    layout = _chunks.direct_layout(folder, json.loads((folder / "zarr.json").read_text()))
+    buffers, carry = _chunks.ReadBuffers(), {}
+    # Consecutive ranges sharing partial chunks (the carry alternates two scratch chunks).
+    cuts = [0, 450, 1450, 1999, 2000, 3501, 3502, 7777, 10_003]
+    for first, stop in zip(cuts[:-1], cuts[1:]):
+        np.testing.assert_array_equal(_chunks.read_range(layout, first, stop, carry, buffers), values[first:stop])
+    chunk = folder / "c" / "4"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="chunk 4 fails its crc32c checksum"):
+        _chunks.read_range(layout, 3900, 4100, None, buffers)

@@ -84,13 +84,14 @@ class StoreRange(NamedTuple):
         data, indices, indptr = read_block(self.path, self.modality, self.start, self.stop, self.n_vars)
         return Rows(data, indices, indptr, self.n_vars)
 
-    def pieces(self, used_rows: np.ndarray | None = None) -> Iterator[tuple[int, int, Rows]]:
+    def pieces(self, used_rows: np.ndarray | None = None, reuse: bool = False) -> Iterator[tuple[int, int, Rows]]:
         """The rows as consecutive verified pieces ``(first, stop, rows)`` (rows relative to
         ``start``): a consumer folding each piece in holds one piece at a time, not the range.
         ``used_rows`` (sorted, relative to ``start``): the only rows the consumer reads, and so
-        the only ones whose CSR invariants are checked (see ``read_pieces``)."""
+        the only ones whose CSR invariants are checked; ``reuse``: each piece is decoded into
+        the buffers of the one before (valid until the next is asked for; see ``read_pieces``)."""
         for first, stop, (data, indices, indptr) in read_pieces(self.path, self.modality, self.start, self.stop,
-                                                                self.n_vars, rows=used_rows):
+                                                                self.n_vars, rows=used_rows, reuse=reuse):
             yield first, stop, Rows(data, indices, indptr, self.n_vars)
 
 

@@ -56,7 +56,8 @@ def _add_block(accumulator, block, members, n_metacells, dtype, columns, max_mem
     given, added = accumulator, False
     try:
         # Only member rows are summed, so only they need to be valid CSR.
-        for first, stop, rows in block.pieces(used_rows=np.unique(member_cells)):
+        # Each piece is added before the next is read, so the pieces reuse one set of buffers.
+        for first, stop, rows in block.pieces(used_rows=np.unique(member_cells), reuse=True):
             accumulator = metacell_sum_block(rows, *rows_of_members(member_indptr, member_cells, first, stop),
                                              n_metacells, dtype, out=accumulator, columns=columns,
                                              max_members=max_members)
