@@ -181,3 +181,20 @@ def test_run_pipeline__atac_only_config(tmp_path):
                                  gene_annotation=sim.genes, **meta)
     assert len(links) == len(direct) > 100
     np.testing.assert_allclose(links["correlation"], direct["correlation"], rtol=1e-5, atol=1e-6)
+
+
+def test_open_store__cell_names_read_on_first_use_and_hashed_in_blocks(small_sim, tmp_path):
+    from p2g_dask.io.inputs import obs_names_hash, resolve_input
+
+    store = ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr", chunk_cells=50)
+    atac, rna, _ = resolve_input(open_store(store.path))
+    # An atlas's names are not read to open it or to size it.
+    assert atac.store._obs is None and atac.n_obs == small_sim.atac.n_obs and atac.store._obs is None
+    blocks = list(atac.store.obs_names_blocks(block=37))
+    assert [len(b) for b in blocks][:-1] == [37] * (len(blocks) - 1)
+    np.testing.assert_array_equal(np.concatenate(blocks), small_sim.atac.obs_names.to_numpy(str))
+    # The hash read block by block equals the hash of the names in memory (AnnData, read table).
+    expected = obs_names_hash(small_sim.atac.obs_names)
+    assert obs_names_hash(atac) == expected and atac.store._obs is None
+    assert atac.obs.index.equals(small_sim.atac.obs_names) and obs_names_hash(atac) == expected
+    assert obs_names_hash(small_sim.atac.obs_names[::-1]) != expected

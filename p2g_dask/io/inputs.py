@@ -110,13 +110,13 @@ def resolve_input(
     if isinstance(data, MultiomeStore):
         if rna is not None:
             raise ValueError("with a store as input, leave rna=None: the store holds both modalities.")
-        atac_mod = Modality("atac", data.atac.obs, data.atac.var, store=data.atac)
+        atac_mod = Modality("atac", None, data.atac.var, store=data.atac)
         if data.rna is None:  # an ATAC-only store
             if need_rna:
                 raise ValueError(f"the store {data.path!r} holds no RNA (an ATAC-only store); pass gene_obsm= "
                                  "(e.g. 'X_gene_score' from p2g.tl.gene_scores(..., store=...)) with gene_names=.")
             return atac_mod, None, extra_obsm
-        rna_mod = Modality("rna", data.rna.obs, data.rna.var, store=data.rna)
+        rna_mod = Modality("rna", None, data.rna.var, store=data.rna)
         return atac_mod, rna_mod, extra_obsm
     if is_mudata(data):
         mdata = data
@@ -153,11 +153,29 @@ def resolve_input(
     )
 
 
-def obs_names_hash(obs_names: pd.Index) -> str:
-    """A hash of the cell names in order, kept in ``links.attrs`` to recognise the same cells."""
-    import dask.base
+def obs_names_hash(obs_names: Any) -> str:
+    """A hash of the cell names in order, kept in ``links.attrs`` to recognise the same cells.
 
-    return dask.base.tokenize(list(map(str, obs_names)))
+    ``obs_names``: the names (an Index or array), or a :class:`Modality` (a store's names are
+    then read block by block, never all at once). The same names give the same hash either way.
+
+    Examples
+    --------
+    >>> obs_names_hash(pd.Index(["c1", "c2"])) == obs_names_hash(np.array(["c1", "c2"]))
+    True
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    if isinstance(obs_names, Modality):
+        loaded = obs_names.__dict__.get("_obs") is not None or obs_names.store is None
+        blocks = [obs_names.obs.index] if loaded else obs_names.store.obs_names_blocks()
+    else:
+        blocks = [obs_names]
+    for block in blocks:
+        # Each name and a NUL: the hash does not depend on how the names are split into blocks.
+        digest.update("".join(f"{name}\0" for name in map(str, block)).encode())
+    return digest.hexdigest()[:32]
 
 
 def get_obs(data: Any, *, mod_atac: str = "atac") -> pd.DataFrame:

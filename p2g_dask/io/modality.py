@@ -40,6 +40,8 @@ class Modality:
 
     @property
     def n_obs(self) -> int:
+        if self.__dict__.get("_obs") is None and self.store is not None:
+            return self.store.n_obs
         return self.obs.shape[0]
 
     @property
@@ -83,3 +85,19 @@ class Modality:
         bounds = row_bounds(self.n_obs, chunk_cells)
         token = tokenize(self.name, id(self.X), self.X.shape, self.nnz, bounds)
         return memory_blocks(self.X, bounds, token), bounds
+
+
+def _get_obs(self: Modality) -> pd.DataFrame:
+    obs = self.__dict__.get("_obs")
+    if obs is None and self.store is not None:
+        obs = self.__dict__["_obs"] = self.store.obs
+    return obs
+
+
+def _set_obs(self: Modality, obs: pd.DataFrame | None) -> None:
+    self.__dict__["_obs"] = obs
+
+
+# A store's cell table is read on first use (``obs=None`` with a store): the dataclass field
+# stays (constructor, repr), its value lives in ``_obs``.
+Modality.obs = property(_get_obs, _set_obs, doc="The cells (``obs``); a store's is read on first use.")

@@ -218,7 +218,11 @@ class StoreModality:
         try:
             group = zarr.open_group(path, mode="r")[name]
             self._group = group
-            self.obs: pd.DataFrame = _read_frame(path, name, group, "obs")
+            # obs is read on first use: an atlas's cell names are ~70 B each in pandas (1.7 GiB
+            # for 10M cells in two modalities), and peak_to_gene on a store never needs them.
+            self._obs: pd.DataFrame | None = None
+            if "obs" not in group:
+                raise KeyError("obs")
             self.var: pd.DataFrame = _read_frame(path, name, group, "var")
             shape = tuple(group["X"].attrs["shape"])
             self.shape = (int(shape[0]), int(shape[1]))
@@ -230,6 +234,26 @@ class StoreModality:
         if chunk_cells is None:
             chunk_cells = group.attrs.get("p2g_chunk_cells") or chunk_cells_for(self.nnz / max(1, self.shape[0]))
         self.chunk_cells = int(chunk_cells)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The cell table, read from the store on first use."""
+        if self._obs is None:
+            try:
+                self._obs = _read_frame(self.path, self.name, self._group, "obs")
+            except (KeyError, OSError, ValueError, TypeError) as err:
+                raise InputFileError("store", self.path, f"is damaged: its {self.name} obs table cannot be read "
+                                     f"({err!s})", "re-ingest the data with p2g.io.ingest (p2g ingest)") from err
+        return self._obs
+
+    def obs_names_blocks(self, block: int = 1_000_000):
+        """The cell names in consecutive blocks (numpy arrays of str), read without the table."""
+        if self._obs is not None:
+            yield from (self._obs.index[i:i + block].to_numpy() for i in range(0, self.n_obs, block))
+            return
+        names = self._group["obs"][self._group["obs"].attrs.get("_index", "_index")]
+        for i in range(0, self.n_obs, block):
+            yield np.asarray(names[i:min(i + block, self.n_obs)])
 
     @property
     def n_obs(self) -> int:

@@ -347,6 +347,6 @@ def _check_cells(links: pd.DataFrame, modality: Any, metacells: np.ndarray) -> N
     if expected is not None:
         from p2g_dask.io.inputs import obs_names_hash
 
-        if obs_names_hash(modality.obs.index) != expected:
+        if obs_names_hash(modality) != expected:
             raise ValueError("atac's obs_names differ from those peak_to_gene ran on (obs_names_hash); pass the "
                              "same cells in the same order.")

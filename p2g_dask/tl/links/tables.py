@@ -107,7 +107,7 @@ def run_record(params: Any, plan: Any, stack: Any, timings: dict | None = None, 
         "params": record,
         "metacells": stack.record(),
         "n_cells": int(plan.n_cells),
-        "obs_names_hash": obs_names_hash(plan.atac.obs.index),
+        "obs_names_hash": obs_names_hash(plan.atac),
         "p2g_dask_version": p2g_dask.__version__,
         **extra,
     }
