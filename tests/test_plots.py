@@ -407,7 +407,7 @@ def expected_z(X, metacells: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def test_plot_peak2gene_heatmap__rows_matched_and_values_match_numpy(sim, heat_links):
-    fig, axes, mats = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, group_by="cell_type",
+    fig, axes, mats = plot_peak2gene_heatmap(sim.atac, sim.rna, links=heat_links, k=4, groupby="cell_type",
                                              return_matrices=True)
     drawn = mats["links"]
     assert len(drawn) == len(sim.truth)  # the weak copies are filtered out
