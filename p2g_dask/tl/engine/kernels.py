@@ -54,10 +54,13 @@ def _member_values_are_counts(member_cells, x_indptr, x_data, largest):  # pragm
     # (a whole-block min/max cost ~8 % of a store task; members are ~5 % of an atlas's cells).
     for t in range(member_cells.size):
         cell = member_cells[t]
+        bad = 0
+        # No early exit inside a row: the loop vectorises (3x faster on float32 counts).
         for p in range(x_indptr[cell], x_indptr[cell + 1]):
             value = x_data[p]
-            if value < 0 or value > largest or value != math.floor(value):
-                return False
+            bad += (value < 0) | (value > largest) | (value != math.floor(value))
+        if bad:
+            return False
     return True
 
 
@@ -119,8 +122,9 @@ def metacell_sum_block(
     whole = first == 0 and stop == n_features
     # Sorted column indices (the store writes them sorted) let each row find its block by bisection.
     sorted_rows = whole or _rows_sorted(indptr, indices)
+    # Each member row once: a cell is in ~5 overlapping metacells of a PBMC-sized data set.
     if out.dtype == np.uint16 and not (max_members and _member_values_are_counts(
-            member_cells, indptr, data, COUNT_MAX // max(1, int(max_members)))):
+            np.unique(member_cells), indptr, data, COUNT_MAX // max(1, int(max_members)))):
         # Exact: a uint16 accumulator has only ever added (member) values below the same bound.
         out = out.astype(np.float32)
     _accumulate_csr(member_indptr, member_cells, indptr, indices, data, out, int(first), not whole and sorted_rows,
