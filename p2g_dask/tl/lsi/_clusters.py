@@ -11,7 +11,9 @@ Louvain optimises; Leiden guarantees connected clusters), seeded.
 
 from __future__ import annotations
 
+import importlib
 import random
+import threading
 
 import numba
 import numpy as np
@@ -62,6 +64,28 @@ def snn_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
     keep = (weights >= PRUNE_SNN) & (rows != cols)
     graph = sp.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=(n_obs, n_obs))
     return graph.maximum(graph.T).tocsr()
+
+
+def import_igraph_in_background() -> threading.Thread:
+    """Start importing igraph on a thread of its own, so the first fit's SVD hides its cost.
+
+    igraph 1.0 imports matplotlib.pyplot whenever matplotlib is installed (~0.45 s here); the
+    SVD runs in numba threads with the GIL released, so the import overlaps it. A failed import
+    is left to :func:`leiden_clusters`, which imports again and says what to install.
+
+    Examples
+    --------
+    >>> import_igraph_in_background().join()
+    """
+    def load() -> None:
+        try:
+            importlib.import_module("igraph")
+        except Exception:  # noqa: BLE001 - reported by the import in leiden_clusters
+            pass
+
+    thread = threading.Thread(target=load, name="p2g-import-igraph", daemon=True)
+    thread.start()
+    return thread
 
 
 def leiden_clusters(coords: np.ndarray, *, n_neighbors: int, resolution: float, seed: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts, params_record
 from p2g_dask._report import reported
 from p2g_dask.tl.lsi import _kernels as K
-from p2g_dask.tl.lsi._clusters import leiden_clusters
+from p2g_dask.tl.lsi._clusters import import_igraph_in_background, leiden_clusters
 from p2g_dask.tl.lsi._params import LSIParams
 from p2g_dask.tl.lsi._stream import DaskRows, LSIModel, MemoryRows
 
@@ -159,6 +159,8 @@ def _iterate(source, log_depth, params: LSIParams, *, max_sample_bytes):
     iterations = p.iterations
     rng = np.random.default_rng(p.seed)
     history = {"n_features": [], "n_cells_sampled": [], "n_cells_fit": [], "n_clusters": []}
+    if iterations > 1:
+        import_igraph_in_background()
     for it in range(1, iterations + 1):
         last = it == iterations
         # A new sample every iteration, as ArchR; the last one takes all cells unless limited.
