@@ -107,18 +107,19 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
     return seconds
 
 
-#: Loaded by :func:`warm_in_background` when :mod:`p2g_dask.tl` is imported: the kernels of
-#: peak_to_gene, iterative_lsi (and its clustering) and the store reader.
-BACKGROUND_MODULES = ("p2g_dask.tl.engine.kernels", "p2g_dask.tl.lsi._kernels", "p2g_dask.tl.lsi._clusters",
-                      "p2g_dask.io._integrity")
+#: Loaded by :func:`warm_in_background` in the client when :func:`p2g_dask.cluster.start_cluster`
+#: starts a cluster: the kernels a client runs itself (the metacells' kNN, the correlation
+#: tables, LSI's fits and clustering), while the workers start.
+BACKGROUND_MODULES = ("p2g_dask.tl.engine.knn", "p2g_dask.tl.engine.kernels", "p2g_dask.tl.lsi._kernels",
+                      "p2g_dask.tl.lsi._clusters")
 
 
 def warm_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread | None:
     """Load the cached numba kernels of ``modules`` in a daemon thread; return it (None when off).
 
-    Called when :mod:`p2g_dask.tl` is imported: the kernels load while the caller reads its data,
-    so the first call in a fresh process does not wait for them (a call that comes first simply
-    loads them itself; numba serialises the two). Off with the dask config
+    Called by :func:`p2g_dask.cluster.start_cluster` (with ``warm=True``): the client's kernels
+    load while the workers start, so the first call on a fresh cluster does not wait for them
+    (a call that comes first simply loads them itself; numba serialises the two). Off with the dask config
     ``p2g.warm-kernels: false`` (or ``DASK_P2G__WARM_KERNELS=false``).
 
     Examples

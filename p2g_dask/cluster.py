@@ -30,7 +30,7 @@ from p2g_dask._cluster_options import check_keywords, default_host, free_dashboa
 from p2g_dask._cluster_security import binds_beyond_loopback, load_credentials, resolve_security, write_credentials
 from p2g_dask._cluster_slurm import remove_job_credentials, start_slurm, slurm_cluster_options
 from p2g_dask._logging import logger
-from p2g_dask._warm import warm
+from p2g_dask._warm import warm, warm_in_background
 
 __all__ = ["VALID_KINDS", "close_cluster", "cluster_session", "dashboard_link", "load_credentials",
            "register_defaults", "slurm_cluster_options", "start_cluster", "write_credentials"]
@@ -298,8 +298,8 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
         credentials; a ``distributed.security.Security`` is used as given. For
         ``kind='address'``: a ``Security`` or a folder written by :func:`write_credentials`.
         ``warm`` (default True): every worker, now and later, imports the package and loads its
-        numba kernels when it starts (:class:`WarmWorker`), so the first call
-        does not pay that warm-up.
+        numba kernels when it starts (:class:`WarmWorker`), and the client loads the kernels it
+        runs itself in a background thread, so the first call does not pay that warm-up.
 
     Returns
     -------
@@ -330,6 +330,9 @@ def start_cluster(kind: str | None = None, **options: Any) -> Client:
             raise TimeoutError(f"wait_for_workers={wait}: {err}; start more workers or lower it.") from None
     if warm_workers:
         _warm_workers(client)
+        # The client's own kernels (metacells' kNN, tables) load in a thread meanwhile: measured,
+        # the first call's metacells took 0.29 s instead of 0.04 s without it.
+        warm_in_background()
     if "dashboard_address" in opts and opts["dashboard_address"] is None:
         logger.info("Dask dashboard: disabled (dashboard_address=None)")
     else:

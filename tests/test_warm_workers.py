@@ -5,6 +5,7 @@ and importing p2g_dask.tl imports no tool's libraries."""
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import subprocess
 import sys
@@ -63,3 +64,41 @@ def test_lazy_module__imports_on_first_attribute():
     module = LazyModule("colorsys")
     assert "colorsys" in repr(module)
     assert module.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading
+    import numpy as np
+
+    if __name__ == "__main__":
+        from p2g_dask.tl.engine import knn
+        if sys.argv[1] == "fill":  # a first run: compiles the kernel into the (empty) cache
+            knn.nearest_neighbours(np.eye(3), np.eye(3)[:1], 2)
+            print(json.dumps({"signatures": len(knn._keep_nearest.signatures)}))
+            sys.exit()
+        from p2g_dask.cluster import close_cluster, start_cluster
+        before = len(knn._keep_nearest.signatures)
+        client = start_cluster("local", n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+        try:
+            for thread in threading.enumerate():
+                if thread.name == "p2g-warm":
+                    thread.join(60)
+        finally:
+            close_cluster(client)
+        print(json.dumps({"before": before, "after": len(knn._keep_nearest.signatures)}))
+    """
+)
+
+
+def test_start_cluster__client_kernels_load_while_the_workers_start(tmp_path):
+    script = tmp_path / "client_script.py"
+    script.write_text(CLIENT_SCRIPT)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = [subprocess.run([sys.executable, str(script), step], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path, env=env) for step in ("fill", "start")]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-3000:]
+    filled, started = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+    assert filled == {"signatures": 1}
+    # The kNN kernel the first call's metacells need is loaded from the cache, never called.
+    assert started == {"before": 0, "after": 1}
