@@ -250,14 +250,8 @@ def _csr_block_ok(indptr: np.ndarray, indices: np.ndarray, n_vars: int, nnz: int
 def _csr_rows_ok(indptr, indices, n_vars):  # pragma: no cover - jit
     for row in range(indptr.size - 1):
         start, stop = indptr[row], indptr[row + 1]
-        if stop < start:
+        if stop < start or not _row_columns_ok(indices, start, stop, n_vars):
             return False
-        previous = -1
-        for p in range(start, stop):
-            column = indices[p]
-            if column <= previous or column >= n_vars:
-                return False
-            previous = column
     return True
 
 
@@ -266,14 +260,20 @@ def _csr_some_rows_ok(indptr, indices, n_vars, rows):  # pragma: no cover - jit
     nnz = indices.size
     for row in rows:
         start, stop = indptr[row], indptr[row + 1]
-        if start < 0 or stop < start or stop > nnz:
+        if start < 0 or stop < start or stop > nnz or not _row_columns_ok(indices, start, stop, n_vars):
             return False
-        previous = -1
-        for p in range(start, stop):
-            column = indices[p]
-            if column <= previous or column >= n_vars:
-                return False
-            previous = column
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_columns_ok(indices, start, stop, n_vars):  # pragma: no cover - jit
+    # One row's columns: strictly increasing and below n_vars.
+    previous = -1
+    for p in range(start, stop):
+        column = indices[p]
+        if column <= previous or column >= n_vars:
+            return False
+        previous = column
     return True
 
 
