@@ -36,7 +36,7 @@ import pandas as pd
 
 from p2g_dask import _graph
 from p2g_dask._atomic import TMP_MARKER
-from p2g_dask._logging import logger
+from p2g_dask._logging import dask_records_to_log_file, logger
 from p2g_dask._report_html import write_report_html
 
 PERFORMANCE_REPORT = "performance_report.html"
@@ -237,8 +237,11 @@ def _dask_performance_report(client: Any, report: RunReport) -> Iterator[None]:
         yield
     finally:
         try:
-            # Its "Calling Code" section shows what ran: the run's config, or its stages.
-            client.sync(recorder.__aexit__, None, None, None, code=_what_ran(report))
+            # Its "Calling Code" section shows what ran: the run's config, or its stages. The
+            # profiles it fetches are call trees deep enough for distributed's message sizing to
+            # give up ("Sizeof calculation ... failed", harmless): with a run log, that goes there.
+            with dask_records_to_log_file():
+                client.sync(recorder.__aexit__, None, None, None, code=_what_ran(report))
             _offline(tmp)
             os.replace(tmp, path)
         except Exception as err:
