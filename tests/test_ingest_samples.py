@@ -194,6 +194,7 @@ def test_ingest_samples__bad_tables_name_the_argument_value_and_fix(sim, tmp_pat
     assert not (tmp_path / ".p2g-ingest-x.zarr").exists()  # no sample finished: no work folder left
 
 
+@pytest.mark.real_data("the real PBMC fragment file split in two pseudo-samples with shifted peak sets (unsorted real fragments, real barcodes)")
 def test_ingest_samples__real_pbmc_in_two_pseudo_samples_equals_numpy(shared_data, tmp_path):
     import anndata as ad
 

@@ -85,6 +85,7 @@ def test_peak_matrix__two_samples_over_blocks_equal_numpy(tmp_path):
         np.testing.assert_array_equal(got.X.toarray(), want)
 
 
+@pytest.mark.real_data("ArchR's counting rule on the real PBMC fragment file, split in two pseudo-samples")
 def test_peak_matrix__real_pbmc_split_in_two_pseudo_samples(shared_data, tmp_path):
     import anndata as ad
 
