@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from p2g_dask.io.fragments import BgzfWriter
+from p2g_dask.io.bgzf import BgzfWriter
 
 
 def write_fragment_file(path, df, compression="gzip", header=("# id=test", "# reference=none")):

@@ -16,7 +16,8 @@ from _fragment_files import write_fragment_file
 from p2g_dask.datasets.simulate import simulate_multiome
 from p2g_dask.datasets.simulate_fragments import simulate_fragments
 from p2g_dask.io.fragment_cache import build_fragment_cache, cache_status
-from p2g_dask.io.fragments import BgzfWriter, iter_fragments, read_fragments
+from p2g_dask.io.bgzf import BgzfWriter
+from p2g_dask.io.fragments import iter_fragments, read_fragments
 
 COLS = ["chrom", "start", "end", "barcode", "count"]
 

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from p2g_dask._atomic import atomic_path
 from p2g_dask._logging import logger
-from p2g_dask.io.fragments import BgzfWriter, write_fragment_table
+from p2g_dask.io.bgzf import BgzfWriter, write_fragment_table
 
 _PEAK_RE = re.compile(r"^(?P<chrom>[^:]+)[:_-](?P<start>\d+)[-_](?P<end>\d+)$")
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from p2g_dask._atomic import atomic_path
 from p2g_dask.io.fragment_cache import read_cache_file
-from p2g_dask.io.fragments import BgzfWriter, write_fragment_table
+from p2g_dask.io.bgzf import BgzfWriter, write_fragment_table
 
 
 def write_group_bed(path: str, per_chrom: list, group_code: int, overwrite: bool) -> dict:
