@@ -77,3 +77,25 @@ def _isolated_matplotlib_style():
 
     with matplotlib.rc_context():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_orphaned_distributed_scheduler(request):
+    """A test that leaves dask's ``scheduler`` config at "dask.distributed" with no client left
+    (a client garbage collected unclosed) would fail every later test that computes ("no Client
+    active"): the config is reset and the test named in a warning, so one leak is one line."""
+    yield
+    import warnings
+
+    import dask
+
+    if dask.config.get("scheduler", None) not in ("dask.distributed", "distributed"):
+        return
+    from distributed import default_client
+
+    try:
+        default_client()
+    except ValueError:
+        dask.config.config.pop("scheduler", None)
+        warnings.warn(f"{request.node.nodeid} left dask's scheduler config at 'dask.distributed' with no "
+                      "client; reset", stacklevel=1)

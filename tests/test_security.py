@@ -45,7 +45,10 @@ def network():
 def _refusal(address: str, security: Security | None = None) -> BaseException | None:
     """The error a client gets connecting to ``address`` (None when it got in)."""
     try:
-        client = Client(address, security=security, timeout=3)
+        # Not the default client: a failed constructor has already set dask's scheduler config, and
+        # its close at garbage collection would later set it back to "dask.distributed" with no
+        # client left (seen once: later tests failed with "no Client active").
+        client = Client(address, security=security, timeout=3, set_as_default=False)
     except Exception as err:  # noqa: BLE001 - what matters is that it does not connect
         return err
     client.close()
@@ -148,7 +151,7 @@ def test_start_cluster__security_false_warns_and_admits_anyone(network, caplog):
         assert len(warning) == 1 and "anyone on the network" in warning[0].getMessage()
         assert "run code as user" in warning[0].getMessage()
         # What the warning means: a stranger's plain client gets in and runs code.
-        stranger = Client(client.scheduler.address, timeout=5)
+        stranger = Client(client.scheduler.address, timeout=5, set_as_default=False)
         try:
             assert _run_task(stranger) == 36
         finally:
