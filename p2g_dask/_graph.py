@@ -76,17 +76,25 @@ def tree_sum(parts: Sequence[Any], step: str, token: str, *, split_every: int = 
 
 
 def current_client(client: Any = None) -> Any:
-    """``client``, else the current ``distributed`` client, else None (the local scheduler)."""
+    """``client``, else the current ``distributed`` client, else None (the local scheduler).
+
+    A scheduler the caller chose in dask's config (``dask.config.set(scheduler="sync")``,
+    "threads", ...) wins over a default client, as it does for ``dask.compute``; a closed client
+    is no client.
+    """
     if client is not None:
         return client
     if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~1 s
         return None
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
     try:
         from distributed import get_client
 
-        return get_client()
+        found = get_client()
     except (ImportError, ValueError):
         return None
+    return None if getattr(found, "status", "running") in ("closing", "closed") else found
 
 
 #: Seconds a graph runs before its progress bar appears (dask config ``p2g.progress-after``):

@@ -184,3 +184,21 @@ def test_compute__progress_bar_on_a_cluster_counts_the_tasks_down_to_done(capsys
     assert "100% Completed" in frames[-1]
     shown = [int(f.split("%")[0].split("|")[1]) for f in frames if "% Completed" in f]
     assert shown == sorted(shown), shown
+
+
+def test_current_client__a_scheduler_chosen_in_config_wins_and_a_closed_client_is_none():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        client = Client(cluster, set_as_default=False)
+        try:
+            with client.as_current():
+                assert _graph.current_client() is client
+                # As dask.compute does: the caller's explicit scheduler, not the current client.
+                with dask.config.set(scheduler="sync"):
+                    assert _graph.current_client() is None
+            assert _graph.current_client(client) is client
+        finally:
+            client.close()
+        with client.as_current():
+            assert _graph.current_client() is None
