@@ -119,8 +119,8 @@ def warm_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threadi
 
     Called by :func:`p2g_dask.cluster.start_cluster` (with ``warm=True``): the client's kernels
     load while the workers start, so the first call on a fresh cluster does not wait for them
-    (a call that comes first simply loads them itself; numba serialises the two). Off with the dask config
-    ``p2g.warm-kernels: false`` (or ``DASK_P2G__WARM_KERNELS=false``).
+    (a call that comes first simply loads them itself; numba serialises the two). Off with the
+    dask config ``p2g.warm-kernels: false`` (or ``DASK_P2G__WARM_KERNELS=false``).
 
     Examples
     --------

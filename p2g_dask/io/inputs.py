@@ -167,11 +167,7 @@ def obs_names_hash(obs_names: Any) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    if isinstance(obs_names, Modality):
-        loaded = obs_names.__dict__.get("_obs") is not None or obs_names.store is None
-        blocks = [obs_names.obs.index] if loaded else obs_names.store.obs_names_blocks()
-    else:
-        blocks = [obs_names]
+    blocks = obs_names.obs_names_blocks() if isinstance(obs_names, Modality) else [obs_names]
     for block in blocks:
         # Each name and a NUL: the hash does not depend on how the names are split into blocks.
         digest.update("".join(f"{name}\0" for name in map(str, block)).encode())

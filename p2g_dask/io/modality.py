@@ -40,9 +40,16 @@ class Modality:
 
     @property
     def n_obs(self) -> int:
-        if self.__dict__.get("_obs") is None and self.store is not None:
-            return self.store.n_obs
-        return self.obs.shape[0]
+        return self.store.n_obs if self._obs_unread else self.obs.shape[0]
+
+    @property
+    def _obs_unread(self) -> bool:
+        # A store's cell table not read yet (see the obs property below).
+        return self.__dict__.get("_obs") is None and self.store is not None
+
+    def obs_names_blocks(self):
+        """The cell names in consecutive blocks; a store's unread names are read block by block."""
+        return self.store.obs_names_blocks() if self._obs_unread else [self.obs.index]
 
     @property
     def n_vars(self) -> int:
@@ -88,10 +95,9 @@ class Modality:
 
 
 def _get_obs(self: Modality) -> pd.DataFrame:
-    obs = self.__dict__.get("_obs")
-    if obs is None and self.store is not None:
-        obs = self.__dict__["_obs"] = self.store.obs
-    return obs
+    if self._obs_unread:
+        self.__dict__["_obs"] = self.store.obs
+    return self.__dict__.get("_obs")
 
 
 def _set_obs(self: Modality, obs: pd.DataFrame | None) -> None:

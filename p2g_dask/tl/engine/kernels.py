@@ -311,27 +311,23 @@ def standardized_features(sums: np.ndarray, totals: np.ndarray, scale_to: float 
     columns = np.arange(sums.shape[1], dtype=np.int64) if columns is None else np.asarray(columns, dtype=np.int64)
     out_t = np.empty((columns.size, sums.shape[0]), dtype=np.float64)
     variances = np.empty(columns.size, dtype=np.float64)
-    _any_layout(_standardized_features_kernel, sums, safe, columns, out_t, variances)(
-        sums, safe, float(scale_to), columns, out_t, variances)
+    _standardized_kernel_for(sums.dtype)(sums, safe, float(scale_to), columns, out_t, variances)
     return out_t, variances
 
 
-def _any_layout(kernel, matrix: np.ndarray, *vectors: np.ndarray):
-    """``kernel`` compiled once per dtype for a 2-D ``matrix`` of any memory layout
-    (``kernel(matrix, vectors[0], <float64>, *vectors[1:])``, the vectors C-contiguous).
+def _standardized_kernel_for(dtype: np.dtype):
+    """:func:`_standardized_features_kernel` compiled once for sums of ``dtype`` in any memory layout.
 
     numba compiles a new specialisation for each layout it meets (C, F, strided); the column
-    blocks of the sums come in several, so a first run after install compiled this kernel twice
-    (~0.3 s). The compiled entry point takes any layout of the declared ('A') type.
+    blocks of the sums come in several, so a first run after install compiled the kernel twice
+    (~0.3 s). The entry point of the declared 'A' (any layout) signature takes them all.
     """
     from numba import types
 
-    def typed(array: np.ndarray):
-        return types.Array(numba.from_dtype(array.dtype), array.ndim, "C")
-
-    signature = (types.Array(numba.from_dtype(matrix.dtype), 2, "A"), typed(vectors[0]), types.float64,
-                 *(typed(v) for v in vectors[1:]))
-    return kernel.compile(signature)
+    vector = types.float64[::1]
+    signature = (types.Array(numba.from_dtype(np.dtype(dtype)), 2, "A"), vector, types.float64, types.int64[::1],
+                 types.float64[:, ::1], vector)
+    return _standardized_features_kernel.compile(signature)
 
 
 # "reassoc" lets LLVM vectorise the dot products' sums (3x here); results move by ~1e-16.
