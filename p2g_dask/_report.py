@@ -239,8 +239,9 @@ def _dask_performance_report(client: Any, report: RunReport) -> Iterator[None]:
         try:
             # Its "Calling Code" section shows what ran: the run's config, or its stages. The
             # profiles it fetches are call trees deep enough for distributed's message sizing to
-            # give up ("Sizeof calculation ... failed", harmless): with a run log, that goes there.
-            with dask_records_to_log_file():
+            # give up ("Sizeof calculation ... failed", harmless) where they are sent: on the
+            # workers that warning is held back, here it goes to the run log when there is one.
+            with dask_records_to_log_file(), _message_sizing_quiet(client):
                 client.sync(recorder.__aexit__, None, None, None, code=_what_ran(report))
             _offline(tmp)
             os.replace(tmp, path)
@@ -248,6 +249,46 @@ def _dask_performance_report(client: Any, report: RunReport) -> Iterator[None]:
             tmp.unlink(missing_ok=True)
             report.performance_report = None
             logger.warning("report: Dask's performance report could not be saved (%s: %s)", type(err).__name__, err)
+
+
+@contextlib.contextmanager
+def _message_sizing_quiet(client: Any) -> Iterator[None]:
+    """``distributed.sizeof`` records below ERROR held back on the workers and the scheduler for
+    the block; each process's own level is put back after it."""
+    import logging
+
+    try:
+        # Read everywhere before setting anywhere: workers may share a process (processes=False).
+        workers, scheduler = client.run(_sizeof_level), client.run_on_scheduler(_sizeof_level)
+        client.run(_sizeof_level, logging.ERROR)
+        client.run_on_scheduler(_sizeof_level, logging.ERROR)
+    except Exception as err:  # noqa: BLE001 - quieter output is not worth failing a report for
+        logger.debug("report: message sizing not quietened (%s)", err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        by_level: dict[int, list[str]] = {}
+        for address, level in workers.items():
+            by_level.setdefault(level, []).append(address)
+        try:
+            for level, addresses in by_level.items():
+                client.run(_sizeof_level, level, workers=addresses)
+            client.run_on_scheduler(_sizeof_level, scheduler)
+        except Exception as err:  # noqa: BLE001 - a worker gone meanwhile has no level to restore
+            logger.debug("report: message sizing levels not restored everywhere (%s)", err)
+
+
+def _sizeof_level(level: int | None = None) -> int:
+    """The ``distributed.sizeof`` logger's level in this process (before setting ``level``)."""
+    import logging
+
+    sizing = logging.getLogger("distributed.sizeof")
+    previous = sizing.level
+    if level is not None:
+        sizing.setLevel(level)
+    return previous
 
 
 def _what_ran(report: RunReport) -> str:

@@ -223,3 +223,24 @@ def test_tools__report_argument_writes_a_report_of_the_call(tmp_path, local_clie
     table = p2g.tl.co_accessibility(sim.atac, use_rep="X_latent", n_metacells=20, k_neighbors=10,
                                     client=local_client, report=other)
     assert len(table) and "co_accessibility" in other.read_text()
+
+
+def test_message_sizing_quiet__workers_hold_back_sizeof_warnings_then_get_their_level_back(local_client):
+    import logging
+
+    from p2g_dask import _report
+
+    def level() -> int:
+        return logging.getLogger("distributed.sizeof").level
+
+    sizing = logging.getLogger("distributed.sizeof")
+    before = sizing.level
+    sizing.setLevel(logging.INFO)
+    try:
+        with _report._message_sizing_quiet(local_client):
+            assert set(local_client.run(level).values()) == {logging.ERROR}
+            assert local_client.run_on_scheduler(level) == logging.ERROR
+        assert set(local_client.run(level).values()) == {logging.INFO}
+        assert local_client.run_on_scheduler(level) == logging.INFO
+    finally:
+        sizing.setLevel(before)
