@@ -20,16 +20,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from p2g_dask.tl.engine.knn import nearest_neighbours
+from p2g_dask.tl.lsi._kernels import Threads
 
 #: Seurat's default ``prune.SNN``: edges with a Jaccard index below this are dropped.
 PRUNE_SNN = 1 / 15
 
 
-@numba.njit(cache=True)
-def _jaccard_of_neighbours(neighbours, sorted_nn):  # pragma: no cover
-    n_obs, k = neighbours.shape
-    out = np.zeros((n_obs, k))
-    for i in range(n_obs):
+@numba.njit(cache=True, nogil=True)
+def _jaccard_of_neighbours(neighbours, sorted_nn, out, start, stop):  # pragma: no cover
+    k = neighbours.shape[1]
+    for i in range(start, stop):
         for a in range(k):
             j = neighbours[i, a]
             # Both neighbour lists are sorted: count the shared cells by merging them.
@@ -45,7 +45,6 @@ def _jaccard_of_neighbours(neighbours, sorted_nn):  # pragma: no cover
                 else:
                     q += 1
             out[i, a] = shared / (2 * k - shared)
-    return out
 
 
 def snn_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
@@ -58,7 +57,10 @@ def snn_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
     k = min(n_neighbors, n_obs)
     # Exact neighbours (the cell itself first), so the graph does not depend on a random tree.
     neighbours, _ = nearest_neighbours(coords, coords, k)
-    weights = _jaccard_of_neighbours(neighbours, np.sort(neighbours, axis=1))
+    weights = np.zeros((n_obs, k))
+    with Threads(nnz=n_obs * k * k) as threads:  # a merge of two k-lists per edge, rows on threads
+        threads.run(_jaccard_of_neighbours, (neighbours, np.sort(neighbours, axis=1), weights),
+                    threads.ranges(np.arange(n_obs + 1)))
     rows = np.repeat(np.arange(n_obs), k)
     cols, weights = neighbours.ravel(), weights.ravel()
     keep = (weights >= PRUNE_SNN) & (rows != cols)

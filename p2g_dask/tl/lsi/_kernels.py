@@ -247,8 +247,8 @@ def project_block(
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_sums_kernel(indptr, indices, data, labels, out):  # pragma: no cover
-    for i in range(indptr.size - 1):
+def _group_sums_kernel(indptr, indices, data, labels, out, start, stop):  # pragma: no cover
+    for i in range(start, stop):
         g = labels[i]
         if g < 0:
             continue
@@ -256,12 +256,17 @@ def _group_sums_kernel(indptr, indices, data, labels, out):  # pragma: no cover
             out[g, indices[p]] += data[p]
 
 
-def group_sums(block: sp.csr_matrix, labels: np.ndarray, n_groups: int) -> np.ndarray:
-    """Raw count sums per group of cells, ``(n_groups, n_vars)`` float64; label -1 means no group."""
-    out = np.zeros((n_groups, block.shape[1]), dtype=np.float64)
-    if block.nnz:
-        _group_sums_kernel(block.indptr, block.indices, block.data, np.asarray(labels, dtype=np.int64), out)
-    return out
+def group_sums(block: sp.csr_matrix, labels: np.ndarray, n_groups: int, n_threads: int = 1) -> np.ndarray:
+    """Raw count sums per group of cells, ``(n_groups, n_vars)`` float64; label -1 means no group.
+
+    With threads, each row range sums into its own table, then the tables are added.
+    """
+    with Threads(n_threads, nnz=block.nnz) as threads:
+        ranges = threads.ranges(block.indptr)
+        out = np.zeros((max(1, len(ranges)), n_groups, block.shape[1]), dtype=np.float64)
+        args = (block.indptr, block.indices, block.data, np.asarray(labels, dtype=np.int64))
+        threads.run(_group_sums_kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
+    return out.sum(axis=0) if len(ranges) > 1 else out[0]
 
 
 def take_rows(block: sp.csr_matrix, local_rows: np.ndarray) -> sp.csr_matrix:

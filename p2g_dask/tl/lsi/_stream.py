@@ -85,7 +85,7 @@ class MemoryRows:
         return out
 
     def group_sums(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
-        return K.group_sums(self.X, labels, n_groups)
+        return K.group_sums(self.X, labels, n_groups, n_threads=K.default_threads())
 
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
             scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
