@@ -17,6 +17,7 @@ STORE_FORMAT_VERSION = 1
 logging.getLogger("p2g_dask").addHandler(logging.NullHandler())
 
 from p2g_dask._errors import InputFileError  # noqa: E402 - the error type of damaged input files
+from p2g_dask import _exit  # noqa: E402,F401 - exits without the last full collection (see _exit.py)
 
 _SUBMODULES = {"io", "tl", "pl", "datasets", "genome", "cluster", "cli"}
 

@@ -75,3 +75,28 @@ def test_run_plots__styled_inside_without_changing_global_rcparams(tmp_path, mon
     assert seen == {"spines_top": False, "font_size": 9.0}  # the p2g style while drawing
     assert dict(matplotlib.rcParams) == before  # and nothing left behind
     assert (tmp_path / "link_summary.png").stat().st_size > 5_000
+
+
+EXIT_SCRIPT = """
+import atexit, gc, logging, sys
+# Registered before p2g_dask: runs after its handler (atexit is last in, first out).
+atexit.register(lambda: open(sys.argv[1] + "/frozen", "w").write(str(gc.get_freeze_count())))
+import p2g_dask
+log = logging.getLogger("user")
+log.addHandler(logging.FileHandler(sys.argv[1] + "/user.log"))
+log.warning("x" * 100_000)
+atexit.register(lambda: open(sys.argv[1] + "/late", "w").write("ran"))
+data = open(sys.argv[1] + "/data.txt", "w")  # never closed: flushed as the module is cleared
+data.write("y" * 100_000)
+"""
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_exit__survivors_frozen_and_nothing_lost_unless_kept(tmp_path, keep):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "P2G_DASK_EXIT_GC": keep}
+    subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path)], env=env, check=True, timeout=120)
+    frozen = int((tmp_path / "frozen").read_text())
+    assert (frozen > 10_000) if keep == "" else frozen == 0  # imports alone leave >10,000 objects
+    assert (tmp_path / "user.log").read_text() == "x" * 100_000 + "\n"
+    assert (tmp_path / "late").read_text() == "ran"
+    assert (tmp_path / "data.txt").read_text() == "y" * 100_000

@@ -288,7 +288,7 @@ def randomized_svd(matrix: SlabMatrix, n_components: int, start: np.ndarray, *, 
     def lu(product: np.ndarray) -> np.ndarray:
         """The LU-normalised ``product`` (its first ``width`` columns), padded with zero columns."""
         out = np.zeros((product.shape[0], padded), dtype=np.float32)
-        out[:, :width] = scipy.linalg.lu(product[:, :width], permute_l=True)[0]
+        out[:, :width] = scipy.linalg.lu(product[:, :width], permute_l=True, check_finite=False)[0]
         return out
 
     # Multi-threaded BLAS on these thin matrices is slower than one thread on a busy machine
