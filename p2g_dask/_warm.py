@@ -107,11 +107,13 @@ def warm(modules: tuple[str, ...] = WARM_MODULES) -> dict[str, float]:
     return seconds
 
 
-#: Loaded by :func:`warm_in_background` in the client when :func:`p2g_dask.cluster.start_cluster`
-#: starts a cluster: the kernels a client runs itself (the metacells' kNN, the correlation
-#: tables, LSI's fits and clustering), while the workers start.
+#: Imported and loaded by :func:`warm_in_background` in the client when
+#: :func:`p2g_dask.cluster.start_cluster` starts a cluster, while the workers warm: the tools'
+#: modules (their imports were 0.4 s of a first peak_to_gene call on a store) and the kernels a
+#: client runs itself (the metacells' kNN, the correlation tables, LSI's fits and clustering).
 BACKGROUND_MODULES = ("p2g_dask.tl.engine.knn", "p2g_dask.tl.engine.kernels", "p2g_dask.tl.lsi._kernels",
-                      "p2g_dask.tl.lsi._clusters")
+                      "p2g_dask.tl.lsi._clusters", "p2g_dask.tl.links.peak_to_gene", "p2g_dask.tl.links.coaccess",
+                      "p2g_dask.tl.lsi.lsi", "p2g_dask.tl.scores.gene_scores")
 
 
 def warm_in_background(modules: tuple[str, ...] = BACKGROUND_MODULES) -> threading.Thread | None:

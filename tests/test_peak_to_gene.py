@@ -122,6 +122,46 @@ def test_peak_to_gene__store_equals_in_memory(small_sim, small_store, local_clie
     assert from_store.attrs["metacells"] == in_memory.attrs["metacells"]
 
 
+def test_peak_to_gene__store_sums_atac_and_rna_on_different_workers(small_sim, small_store, local_client):
+    # Each modality's lane (a chain of summing tasks) is pinned to its own worker: left to the
+    # scheduler, both chains of a first call sometimes started on one worker, the other idle.
+    from distributed import get_task_stream
+
+    kwargs = dict(gene_annotation=small_sim.genes, use_rep="X_latent", n_metacells=80, k_neighbors=20)
+    with get_task_stream(local_client) as stream:
+        links = p2g.tl.peak_to_gene(small_store.path, client=local_client, **kwargs)
+    sums = [task for task in stream.data if str(task["key"]).startswith("p2g-metacell-sum-")
+            and "combine" not in str(task["key"])]
+    chunks = -(-small_sim.atac.n_obs // small_store.atac.chunk_cells)
+    assert len(sums) == 2 * chunks  # one lane each: ATAC's chunks, then RNA's
+    assert {task["worker"] for task in sums} == set(local_client.scheduler_info()["workers"])
+    # The same links as with the scheduler's own placement (the in-memory sums).
+    pd.testing.assert_frame_equal(links, p2g.tl.peak_to_gene(small_sim.atac, rna=small_sim.rna, **kwargs))
+
+
+def test_membership_sums__lanes_pinned_round_robin_from_first_lane():
+    from p2g_dask.io.inputs import Modality
+    from p2g_dask.tl.engine.accumulate import membership_sums
+
+    class Workers:  # what membership_sums asks of a distributed client
+        def scheduler_info(self):
+            return {"workers": {"tcp://b:2": {}, "tcp://c:3": {}, "tcp://a:1": {}}}
+
+    X = sp.csr_matrix(np.arange(24).reshape(8, 3))
+    mod = Modality("atac", pd.DataFrame(index=list("abcdefgh")), pd.DataFrame(index=list("xyz")), X=X)
+    blocks, _ = membership_sums(mod, sp.csr_matrix(np.ones((2, 8))), chunk_cells=2, lanes=2, client=Workers(),
+                                first_lane=2)
+    for lane, want in zip(blocks[0].lanes, ["tcp://c:3", "tcp://a:1"]):  # lanes 2 and 3 of 3 workers
+        layers = lane.__dask_graph__().layers
+        pinned = {tuple(layer.annotations["workers"]) for name, layer in layers.items()
+                  if name.startswith("p2g-metacell-sum-")}
+        assert pinned == {(want,)}
+        assert all(layer.annotations["allow_other_workers"] for name, layer in layers.items()
+                   if name.startswith("p2g-metacell-sum-"))
+    unpinned, _ = membership_sums(mod, sp.csr_matrix(np.ones((2, 8))), chunk_cells=2, lanes=2)
+    assert not any(layer.annotations for layer in unpinned[0].lanes[0].__dask_graph__().layers.values())
+
+
 def test_peak_to_gene__gene_obsm_equals_rna(small_sim):
     atac = small_sim.atac.copy()
     atac.obsm["X_gene"] = small_sim.rna.X.toarray()

@@ -198,3 +198,43 @@ def test_open_store__cell_names_read_on_first_use_and_hashed_in_blocks(small_sim
     assert obs_names_hash(atac) == expected and atac.store._obs is None
     assert atac.obs.index.equals(small_sim.atac.obs_names) and obs_names_hash(atac) == expected
     assert obs_names_hash(small_sim.atac.obs_names[::-1]) != expected
+
+
+def test_read_frame__plain_tables_without_anndata_equal_read_elem(tmp_path):
+    import anndata as ad
+
+    from p2g_dask.io._frames import _plain_frame, read_frame
+    from p2g_dask.io._write import zarr_write_settings
+
+    root = zarr.open_group(tmp_path / "t.zarr", mode="w")
+    rng = np.random.default_rng(3)
+    plain = pd.DataFrame({
+        "chrom": rng.choice(["chr1", "chrX", "chr10"], 50), "start": rng.integers(0, 10**9, 50),
+        "score": rng.random(50), "keep": rng.random(50) < 0.5,
+        "kind": pd.Categorical(rng.choice(["B", "T", "NK"], 50), categories=["T", "B", "NK"], ordered=True),
+        "level": pd.Categorical(rng.integers(1, 4, 50)),
+    }, index=pd.Index([f"cell{i}-1" for i in range(50)], name="barcode"))
+    unnamed = plain.rename_axis(None)[["start", "chrom"]]  # column order kept
+    empty = pd.DataFrame(index=pd.Index(["a", "b"]))
+    nullable = plain.assign(n=pd.array([1, None] * 25, dtype="Int64"))  # not a plain column
+    with zarr_write_settings():
+        for name, table in (("plain", plain), ("unnamed", unnamed), ("empty", empty), ("nullable", nullable)):
+            ad.io.write_elem(root, name, table)
+    for name in ("plain", "unnamed", "empty", "nullable"):
+        pd.testing.assert_frame_equal(read_frame(root[name]), ad.io.read_elem(root[name]), check_exact=True)
+    assert _plain_frame(root["plain"]) is not None and _plain_frame(root["nullable"]) is None
+
+
+def test_open_store__names_read_in_a_process_without_anndata(small_sim, tmp_path):
+    # A client that only imported pandas opens a store without importing anndata (~0.8 s, with
+    # dask.array and xarray), inside its first call.
+    import subprocess
+    import sys
+
+    ingest(small_sim.atac, small_sim.rna, tmp_path / "s.zarr")
+    script = ("import sys, p2g_dask as p2g; s = p2g.io.open_store(sys.argv[1]); "
+              "print(len(s.atac.var), len(s.rna.var), len(s.atac.obs), 'anndata' in sys.modules, "
+              "'dask.array' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s.zarr")], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == [str(small_sim.atac.n_vars), str(small_sim.rna.n_vars), str(small_sim.atac.n_obs), "False", "False"]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -30,6 +29,7 @@ import zarr
 import p2g_dask
 from p2g_dask._lazy import LazyModule
 from p2g_dask._atomic import atomic_path
+from p2g_dask.io._frames import read_element, read_frame
 from p2g_dask.io.blocks import StoreRange, chunk_cells_for, row_bounds, store_array
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts
@@ -188,8 +188,7 @@ _FRAMES: dict[tuple[str, str, str], tuple[tuple, pd.DataFrame]] = {}
 def _read_frame(path: str, name: str, group, table: str) -> pd.DataFrame:
     """``obs``/``var`` of a modality; a second open of an unchanged store reuses the first read.
 
-    Reading the ~100k peak names through anndata costs ~0.1 s per open; every tool opens the
-    store. The stamp (inode and modification time of the table's metadata) changes whenever the
+    Reading the ~100k peak names costs ~0.1 s per open; every tool opens the store. The stamp (inode and modification time of the table's metadata) changes whenever the
     table is rewritten (ingest replaces it by a rename), and callers get a copy.
     """
     meta = Path(path) / name / table / "zarr.json"
@@ -202,7 +201,7 @@ def _read_frame(path: str, name: str, group, table: str) -> pd.DataFrame:
     cached = _FRAMES.get(key)
     if stamp is not None and cached is not None and cached[0] == stamp:
         return cached[1].copy()
-    frame = ad.io.read_elem(group[table])
+    frame = read_frame(group[table])
     if stamp is not None:
         if len(_FRAMES) >= 16:
             _FRAMES.pop(next(iter(_FRAMES)))
@@ -280,7 +279,7 @@ class StoreModality:
     def obsm(self) -> dict[str, np.ndarray]:
         group = zarr.open_group(self.path, mode="r")[f"{self.name}/obsm"]
         # A key staged by an interrupted write_obsm is not an embedding.
-        return {key: ad.io.read_elem(group[key]) for key in group.keys() if not key.startswith(STAGED)}
+        return {key: read_element(group[key]) for key in group.keys() if not key.startswith(STAGED)}
 
     @property
     def uns(self) -> dict:

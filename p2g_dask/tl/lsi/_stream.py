@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
@@ -185,6 +184,8 @@ class DaskRows:
     def svd(self, fit: np.ndarray, col_pos: np.ndarray, idf: np.ndarray, n_components: int, *,
             scale_to: float, binarize: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``dask.array.linalg.svd_compressed`` on dense float32 TF-IDF pieces of the fit cells."""
+        import dask.array as da  # here only: its import (~0.3 s, with xarray's) is not paid in memory
+
         n_features = idf.size
         piece_rows = max(1, int(DENSE_PIECE_BYTES // (4 * n_features)))
         col_pos_d = dask.delayed(col_pos, traverse=False)
