@@ -30,6 +30,7 @@ from p2g_dask._report import reported
 from p2g_dask.tl.engine.correlate import chromosome_columns, correlate
 from p2g_dask.tl.engine.kernels import benjamini_hochberg, variance_quantiles
 from p2g_dask.tl.engine.plan import peak_peak_plan
+from p2g_dask.tl.engine.prepare import prepare_for_plan
 from p2g_dask.tl.engine.sums import plan_sums
 from p2g_dask.tl.links.groups import link_metacells
 from p2g_dask.tl.links.params import CoAccessibilityParams
@@ -160,11 +161,12 @@ def co_accessibility(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     plan = peak_peak_plan(data, max_distance=params.max_distance, mod_atac=mod_atac)
+    client = _graph.current_client(client)
+    prepare_for_plan(plan, client)  # the kernels compile or load while the metacells are found
     with timed("metacells", timings):
         stack = link_metacells(plan, params, metacells=metacells, tool="co_accessibility")
     logger.info("co_accessibility: %d peaks, %d cells, %d metacells of %d cells", len(plan.peaks), plan.n_cells,
                 *stack.neighbours.shape)
-    client = _graph.current_client(client)
     sums = plan_sums(plan, stack, chunk_cells=chunk_cells, split_every=split_every, client=client,
                      checkpoint=checkpoint, key=params_token(params, "sums"))
     token = tokenize(sums.key(), plan.token(), params_token(params))

@@ -28,6 +28,7 @@ from p2g_dask._variables import params_token
 from p2g_dask._report import reported
 from p2g_dask.tl.engine.correlate import chromosome_columns, correlate
 from p2g_dask.tl.engine.plan import peak_gene_plan
+from p2g_dask.tl.engine.prepare import prepare_for_plan
 from p2g_dask.tl.engine.sums import plan_sums
 from p2g_dask.tl.links.groups import link_metacells
 from p2g_dask.tl.links.layers import LinkRun, requested_layers
@@ -183,12 +184,13 @@ def peak_to_gene(
     started = time.perf_counter()
     plan = peak_gene_plan(data, rna, gene_annotation=gene_annotation, max_distance=params.max_distance,
                           gene_obsm=gene_obsm, gene_names=gene_names, mod_atac=mod_atac, mod_rna=mod_rna)
+    client = _graph.current_client(client)
+    prepare_for_plan(plan, client)  # the kernels compile or load while the metacells are found
     with timed("metacells", timings):
         stack = link_metacells(plan, params, metacells=metacells, n_metacells=n_metacells)
     layers = requested_layers(params, stack)
     logger.info("peak_to_gene: %d peaks, %d annotated genes, %d cells, %d metacells of %d cells",
                 len(plan.peaks), len(plan.genes), plan.n_cells, *stack.neighbours.shape)
-    client = _graph.current_client(client)
     sums = plan_sums(plan, stack, chunk_cells=chunk_cells, split_every=split_every, client=client,
                      keep_rna_rows=any(layer.needs_rna_rows for layer in layers), checkpoint=checkpoint,
                      key=params_token(params, "sums"))
