@@ -35,11 +35,11 @@ def freeze_survivors() -> bool:
 
     Examples
     --------
-    >>> import gc
-    >>> frozen = freeze_survivors()
-    >>> frozen == (gc.get_freeze_count() > 0)
-    True
-    >>> gc.unfreeze()
+    >>> import os
+    >>> os.environ[KEEP_EXIT_GC] = "1"  # as a user keeping Python's collection (a freeze here would
+    >>> freeze_survivors()              # change when this process collects for the rest of its life)
+    False
+    >>> del os.environ[KEEP_EXIT_GC]
     """
     if os.environ.get(KEEP_EXIT_GC, "").strip() not in ("", "0"):
         return False

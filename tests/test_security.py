@@ -5,6 +5,7 @@ LocalClusters stay plain TCP; the dashboard stays on 127.0.0.1 unless asked."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import stat
@@ -42,7 +43,7 @@ def network():
     return _network_address()
 
 
-def _refusal(address: str, security: Security | None = None) -> BaseException | None:
+def _refusal(address: str, security: Security | None = None) -> str | None:
     """The error a client gets connecting to ``address`` (None when it got in)."""
     try:
         # Not the default client: a failed constructor has already set dask's scheduler config, and
@@ -50,9 +51,15 @@ def _refusal(address: str, security: Security | None = None) -> BaseException | 
         # client left (seen once: later tests failed with "no Client active").
         client = Client(address, security=security, timeout=3, set_as_default=False)
     except Exception as err:  # noqa: BLE001 - what matters is that it does not connect
-        return err
-    client.close()
-    return None
+        refused = f"{type(err).__name__}: {err}"
+    else:
+        client.close()
+        return None
+    # The half-built client is garbage now (the error and its traceback are gone): collect it
+    # here. Left to a later collection, its __del__ ran close() inside another client's start
+    # and waited forever on the loop lock that start held (a full-suite hang, seen once).
+    gc.collect()
+    return refused
 
 
 def _assert_refuses_strangers(address: str) -> None:
