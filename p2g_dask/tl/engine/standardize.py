@@ -18,21 +18,26 @@ _LOG_TABLE = 256
 
 
 @numba.njit(cache=True, nogil=True)
-def _standardized_features_kernel(sums, safe_totals, scale_to, columns, out_t, variances):  # pragma: no cover - jit
-    m = sums.shape[0]
+def _log_table(safe_totals, scale_to, table):  # pragma: no cover - jit
     # Sums of counts are mostly small integers: a per-metacell table of their logs, computed by
-    # the same expression (so bit-identical), replaces ~10 ns of log2 by a lookup; other values
-    # (large or fractional sums) take log2.
-    table = np.empty((m, _LOG_TABLE))
-    for i in range(m):
-        for c in range(_LOG_TABLE):
+    # the same expression as the kernel's (so bit-identical), replaces ~10 ns of log2 by a lookup.
+    # A kernel of its own: allocated by the caller, the table costs the main kernel no compiling.
+    for i in range(table.shape[0]):
+        for c in range(table.shape[1]):
             table[i, c] = math.log2(float(c) / safe_totals[i] * scale_to + 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _standardized_features_kernel(sums, safe_totals, scale_to, columns, out_t, variances, table):  # pragma: no cover - jit
+    m = sums.shape[0]
+    # Values in the table (small integer sums) are looked up; others (large or fractional sums)
+    # take log2. Conditional expressions, not min(): fewer overloads to compile on a first run.
     for t0 in range(0, columns.size, 64):
-        t1 = min(t0 + 64, columns.size)
+        t1 = t0 + 64 if t0 + 64 < columns.size else columns.size
         # Tiles of 64 features x 8 metacells: each metacell row of sums is read in short
         # contiguous runs and each feature's output row is written 8 values (a cache line) at a time.
         for i0 in range(0, m, 8):
-            i1 = min(i0 + 8, m)
+            i1 = i0 + 8 if i0 + 8 < m else m
             for j in range(t0, t1):
                 column = columns[j]
                 row = out_t[j]
@@ -75,7 +80,7 @@ def _unit_norm(row, sum_squares, variances, j, m):  # pragma: no cover - jit
     norm = math.sqrt(sum_squares)
     for i in range(m):
         row[i] = row[i] / norm if norm > 0 else np.nan
-    variances[j] = sum_squares / max(1, m - 1)
+    variances[j] = sum_squares / (m - 1 if m > 1 else 1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -155,7 +160,9 @@ def standardized_features(sums: np.ndarray, totals: np.ndarray, scale_to: float 
     columns = np.arange(sums.shape[1], dtype=np.int64) if columns is None else np.asarray(columns, dtype=np.int64)
     out_t = np.empty((columns.size, sums.shape[0]), dtype=np.float64)
     variances = np.empty(columns.size, dtype=np.float64)
-    _standardized_kernel_for(sums.dtype)(sums, safe, float(scale_to), columns, out_t, variances)
+    table = np.empty((sums.shape[0], _LOG_TABLE))
+    _log_table(safe, float(scale_to), table)
+    _standardized_kernel_for(sums.dtype)(sums, safe, float(scale_to), columns, out_t, variances, table)
     return out_t, variances
 
 
@@ -170,5 +177,5 @@ def _standardized_kernel_for(dtype: np.dtype):
 
     vector = types.float64[::1]
     signature = (types.Array(numba.from_dtype(np.dtype(dtype)), 2, "A"), vector, types.float64, types.int64[::1],
-                 types.float64[:, ::1], vector)
+                 types.float64[:, ::1], vector, types.float64[:, ::1])
     return _standardized_features_kernel.compile(signature)
