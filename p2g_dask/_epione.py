@@ -12,10 +12,10 @@ import contextlib
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from p2g_dask._lazy import imported_instance
 from p2g_dask._logging import logger
 
 #: Where ``peak_to_gene`` keeps its links and ``plot_peak2gene`` looks for them (epione's key).
@@ -100,13 +100,11 @@ def accepts_verbose(func: Callable) -> Callable:
 def _atac_anndata(data: Any, mod_atac: str):
     """The in-memory AnnData of the ATAC cells of ``data`` (an AnnData, or a MuData's
     ``mod_atac``), or None for a store, a path or anything else."""
-    ad = sys.modules.get("anndata")
-    if ad is None:  # no AnnData can exist yet; importing anndata would cost ~0.8 s for nothing
-        return None
-    if isinstance(data, ad.AnnData):
+    # Checked without importing anndata (~0.8 s): no AnnData exists before it is imported.
+    if imported_instance(data, "anndata", "AnnData"):
         return data
     found = getattr(data, "mod", {}).get(mod_atac) if hasattr(getattr(data, "mod", None), "get") else None
-    return found if isinstance(found, ad.AnnData) else None
+    return found if imported_instance(found, "anndata", "AnnData") else None
 
 
 def keep_links(data: Any, links, *, key_added: str | None, inplace: bool, mod_atac: str = "atac") -> None:

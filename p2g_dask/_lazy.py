@@ -4,6 +4,8 @@ lazy stand-ins for heavy dependencies that only some code paths need."""
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, str]):
@@ -43,3 +45,18 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+def imported_instance(obj: Any, module: str, name: str) -> bool:
+    """True when ``obj`` is a ``module.name`` instance, without importing ``module``.
+
+    An object of that class can only exist once its module is imported; callers that merely
+    check a type (a MuData, an AnnData, a dask array) then skip an import of 0.3-0.8 s.
+
+    Examples
+    --------
+    >>> imported_instance(3, "fractions", "Fraction") or imported_instance([], "builtins", "list")
+    True
+    """
+    found = sys.modules.get(module)
+    return found is not None and isinstance(obj, getattr(found, name))

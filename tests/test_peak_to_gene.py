@@ -231,10 +231,10 @@ PREPARE_SCRIPT = """
 import numpy as np, p2g_dask as p2g
 from p2g_dask.datasets import simulate_multiome
 from p2g_dask.tl.engine import kernels, knn
-from p2g_dask.tl.engine.prepare import prepare_in_background
+from p2g_dask.tl.engine.prepare import csr_dtypes, prepare_in_background
 sim = simulate_multiome(n_cells=300, n_peaks=600, n_genes=60, n_linked_genes=5, seed=2)
 sim.atac.X = sim.atac.X.astype(np.float32); sim.rna.X = sim.rna.X.astype(np.float32)
-prepare_in_background((sim.atac.X.dtype, sim.rna.X.dtype)).join()
+prepare_in_background(tuple(csr_dtypes(X) for X in (sim.atac.X, sim.rna.X))).join()
 def signatures():
     return {f.__name__: set(f.signatures) for f in (knn._keep_nearest, kernels._accumulate_csr,
             kernels._standardized_features_kernel, kernels._pair_dots)}

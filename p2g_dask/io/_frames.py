@@ -88,8 +88,8 @@ def _plain_frame(group: Any) -> pd.DataFrame | None:
     columns = {name: _column(group[name]) if name in group else None for name in order}
     if index is None or any(values is None for values in columns.values()):
         return None
-    frame = pd.DataFrame(columns, index=pd.Index(index, name=None if index_key == "_index" else index_key))
-    return frame[order] if order else frame
+    # The dict holds the columns in column-order, so the frame does too.
+    return pd.DataFrame(columns, index=pd.Index(index, name=None if index_key == "_index" else index_key))
 
 
 def _column(node: Any) -> Any:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from p2g_dask._lazy import LazyModule
+from p2g_dask._lazy import LazyModule, imported_instance
 from p2g_dask._errors import InputFileError, check_input_file, reading
 from p2g_dask._logging import logger
 from p2g_dask.io.modality import Modality
@@ -218,10 +218,7 @@ def is_mudata(obj: Any) -> bool:
     A MuData exists only once mudata is imported, so without it the answer is False without
     paying its import (~0.5 s in a first call on AnnData).
     """
-    import sys
-
-    md = sys.modules.get("mudata")
-    return md is not None and isinstance(obj, md.MuData)
+    return imported_instance(obj, "mudata", "MuData")
 
 
 def require_modality(mod: str, mods, *, argument: str, where: str) -> None:

@@ -21,13 +21,14 @@ import scipy.sparse as sp
 from p2g_dask._logging import logger
 
 
-def prepare_in_background(value_dtypes: tuple) -> threading.Thread:
-    """Compile (or load from cache) the in-memory links kernels for counts of ``value_dtypes``.
+def prepare_in_background(matrix_dtypes: tuple) -> threading.Thread:
+    """Compile (or load from cache) the in-memory links kernels for counts of ``matrix_dtypes``.
 
     Parameters
     ----------
-    value_dtypes
-        dtypes of the count matrices' values (e.g. ATAC's and RNA's ``X.dtype``).
+    matrix_dtypes
+        ``(values dtype, column indices dtype)`` of each count matrix as the sums read it
+        (:func:`csr_dtypes`): numba compiles one kernel per pair.
 
     Returns
     -------
@@ -36,9 +37,9 @@ def prepare_in_background(value_dtypes: tuple) -> threading.Thread:
 
     Examples
     --------
-    >>> prepare_in_background((np.float32,)).join()
+    >>> prepare_in_background(((np.float32, np.int32),)).join()
     """
-    dtypes = tuple(dict.fromkeys(np.dtype(dtype) for dtype in value_dtypes))
+    dtypes = tuple(dict.fromkeys((np.dtype(values), np.dtype(indices)) for values, indices in matrix_dtypes))
     thread = threading.Thread(target=_prepare, args=(dtypes,), name="p2g-prepare-kernels", daemon=True)
     thread.start()
     return thread
@@ -54,9 +55,9 @@ def _prepare(dtypes: tuple) -> None:
         points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
         nearest_neighbours(points, points[:1], 2)
         members = (np.array([0, 2], dtype=np.int64), np.array([0, 1], dtype=np.int64))
-        for dtype in dtypes:
-            counts = sp.csr_matrix(np.array([[1, 0], [2, 3]], dtype=dtype))
-            counts.indices = counts.indices.astype(np.int32)
+        for values, indices in dtypes:
+            counts = sp.csr_matrix(np.array([[1, 0], [2, 3]], dtype=values))
+            counts.indices = counts.indices.astype(indices)
             metacell_sums_threaded(counts, *members, 1, threads=1)
         sums = np.array([[1.0, 2.0], [3.0, 5.0]], dtype=np.float32)
         standardized_t, _ = standardized_features(sums, sums.sum(1))
@@ -80,4 +81,18 @@ def prepare_for_plan(plan, client) -> threading.Thread | None:
     modalities = [m for m in (plan.atac, plan.rna) if m is not None]
     if client is not None or any(m.store is not None or getattr(m, "X", None) is None for m in modalities):
         return None
-    return prepare_in_background(tuple(m.X.dtype for m in modalities))
+    return prepare_in_background(tuple(csr_dtypes(m.X) for m in modalities))
+
+
+def csr_dtypes(matrix) -> tuple:
+    """``(values dtype, column indices dtype)`` of ``matrix`` as CSR rows (``p2g_dask.io.blocks.Rows.of``):
+    a CSR matrix keeps its own; anything else is converted, and scipy then picks int32 indices.
+
+    Examples
+    --------
+    >>> csr_dtypes(np.zeros((2, 2), dtype=np.float32))
+    (dtype('float32'), dtype('int32'))
+    """
+    if sp.issparse(matrix) and matrix.format == "csr":
+        return matrix.dtype, matrix.indices.dtype
+    return matrix.dtype, np.dtype(np.int32)

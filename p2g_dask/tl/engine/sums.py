@@ -143,19 +143,18 @@ def plan_sums(plan: Any, stack: Any, *, chunk_cells: int | None = None, split_ev
         # across the cluster, not once per worker (half the memory on 2 workers, same speed).
         atac_share, rna_share = nonzero_shares(plan.atac, plan.rna)
         atac, atac_totals = membership_sums(plan.atac, membership, lane_share=atac_share, **options)
+        options["first_lane"] = len(atac[0].lanes)  # RNA's lanes start on the workers after ATAC's
         rna_columns, rna_rows = plan.gene_columns, None
         if keep_rna_rows:
             # One pass: the row blocks give the real sums (columns = positions among the annotated
             # genes, then the totals) and are kept for the permutations' chromosome pieces.
             rna_rows = SelectedColumns(plan.rna, plan.gene_columns, chunk_cells)
-            rna, _ = membership_sums(rna_rows, membership, lane_share=rna_share, first_lane=len(atac[0].lanes),
-                                     **options)
+            rna, _ = membership_sums(rna_rows, membership, lane_share=rna_share, **options)
             rna_totals = delayed(last_column, pure=True)(
                 rna[-1].sums, dask_key_name=f"p2g-metacell-totals-{tokenize(rna[-1].sums.key)}")
             rna_columns = np.arange(plan.gene_columns.size)
         else:
-            rna, rna_totals = membership_sums(plan.rna, membership, lane_share=rna_share,
-                                              first_lane=len(atac[0].lanes), **options)
+            rna, rna_totals = membership_sums(plan.rna, membership, lane_share=rna_share, **options)
     ckpt = as_checkpoint(checkpoint)
     identity = tokenize(atac_totals.key, None if rna_totals is None else rna_totals.key)
     if ckpt is not None:

@@ -107,12 +107,18 @@ def feature_sums(block: sp.csr_matrix, *, binarize: bool, wanted: np.ndarray | N
     (``x[x > 0] <- 1``); counts are checked non-negative at the entry points. With threads,
     each row range sums into its own row, then the rows are added.
     """
+    args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
+    return _summed_over_row_ranges(_feature_sums_kernel, block, args, (block.shape[1],), n_threads)[None, :]
+
+
+def _summed_over_row_ranges(kernel, block: sp.csr_matrix, args: tuple, shape: tuple, n_threads: int) -> np.ndarray:
+    """``kernel(*args, out, start, stop)`` over row ranges on threads, each range adding into its own
+    zeroed float64 ``shape`` array; the arrays' total (one range: its array as it is)."""
     with Threads(n_threads, nnz=block.nnz) as threads:
         ranges = threads.ranges(block.indptr)
-        out = np.zeros((max(1, len(ranges)), block.shape[1]), dtype=np.float64)
-        args = (block.indptr, block.indices, block.data, bool(binarize), _wanted(block, wanted))
-        threads.run(_feature_sums_kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
-    return out.sum(axis=0, keepdims=True) if len(ranges) > 1 else out
+        out = np.zeros((max(1, len(ranges)), *shape), dtype=np.float64)
+        threads.run(kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
+    return out.sum(axis=0) if len(ranges) > 1 else out[0]
 
 
 def _wanted(block, wanted):
@@ -261,12 +267,8 @@ def group_sums(block: sp.csr_matrix, labels: np.ndarray, n_groups: int, n_thread
 
     With threads, each row range sums into its own table, then the tables are added.
     """
-    with Threads(n_threads, nnz=block.nnz) as threads:
-        ranges = threads.ranges(block.indptr)
-        out = np.zeros((max(1, len(ranges)), n_groups, block.shape[1]), dtype=np.float64)
-        args = (block.indptr, block.indices, block.data, np.asarray(labels, dtype=np.int64))
-        threads.run(_group_sums_kernel, args, [(out[part], a, b) for part, (a, b) in enumerate(ranges)])
-    return out.sum(axis=0) if len(ranges) > 1 else out[0]
+    args = (block.indptr, block.indices, block.data, np.asarray(labels, dtype=np.int64))
+    return _summed_over_row_ranges(_group_sums_kernel, block, args, (n_groups, block.shape[1]), n_threads)
 
 
 def take_rows(block: sp.csr_matrix, local_rows: np.ndarray) -> sp.csr_matrix:

@@ -8,7 +8,6 @@ sequencing depth are dropped. See ``docs/lsi.md`` for the exact recipe and where
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from dask.base import tokenize
 
 from p2g_dask._deprecations import argument_aliases, renamed_arguments
 from p2g_dask._epione import accepts_verbose
+from p2g_dask._lazy import imported_instance
 from p2g_dask.io.inputs import resolve_input
 from p2g_dask._logging import logger, timed
 from p2g_dask._variables import check_counts, params_record
@@ -62,7 +62,7 @@ def tfidf(X: Any, *, idf: np.ndarray | None = None, scale_to: float = 1e4, binar
     """
     if scale_to <= 0:
         raise ValueError(f"scale_to={scale_to} must be positive, e.g. 1e4 (ArchR's scaleTo).")
-    if _is_dask_array(X):
+    if imported_instance(X, "dask.array", "Array"):  # dask.array (~0.3 s) is not imported for the others
         rows = DaskRows.from_dask_array(X)
         n_obs, n_vars = X.shape
         if idf is None:
@@ -79,13 +79,6 @@ def tfidf(X: Any, *, idf: np.ndarray | None = None, scale_to: float = 1e4, binar
         idf = _idf(X.shape[0], K.feature_sums(X, binarize=binarize)[0])
     idf = _check_idf(idf, X.shape[1])
     return K.tfidf_block(X, np.arange(X.shape[1], dtype=np.int64), idf, scale_to=scale_to, binarize=binarize)
-
-
-def _is_dask_array(X: Any) -> bool:
-    # A caller holding a dask array has imported dask.array; it is not imported here for the
-    # others (~0.3 s of a fresh process, xarray's import included).
-    array_module = sys.modules.get("dask.array")
-    return array_module is not None and isinstance(X, array_module.Array)
 
 
 def _idf(n_obs: int, sums: np.ndarray) -> np.ndarray:
